@@ -1,0 +1,5 @@
+"""Lightning callbacks of kd_lightning."""
+
+from kd_lightning.callbacks.unfreeze import BackboneUnfreeze
+
+__all__ = ["BackboneUnfreeze"]

@@ -1,0 +1,24 @@
+"""Backbones: one registry for kd_lightning's own nets, torchvision and timm models."""
+
+from kd_lightning.models import cifar_resnet, small  # noqa: F401  (register the built-in nets)
+from kd_lightning.models._registry import Backbone, register_backbone, list_backbones
+from kd_lightning.models.classifier import IMAGENET_INPUT, Classifier, InputConfig
+from kd_lightning.models.factory import create_model
+from kd_lightning.models.spec import ModelSpec, as_spec
+from kd_lightning.models.weights import CheckpointError, LoadReport, load_weights, read_state_dict
+
+__all__ = [
+    "Backbone",
+    "CheckpointError",
+    "Classifier",
+    "IMAGENET_INPUT",
+    "InputConfig",
+    "LoadReport",
+    "ModelSpec",
+    "as_spec",
+    "create_model",
+    "list_backbones",
+    "load_weights",
+    "read_state_dict",
+    "register_backbone",
+]

@@ -1,0 +1,80 @@
+"""One registry for every backbone kd_lightning can build, whatever its origin."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from torch import nn
+
+from kd_lightning.models.classifier import InputConfig
+
+
+class Backbone(NamedTuple):
+    """What a registered builder returns.
+
+    Attributes:
+        trunk: maps images to ``[B, feature_dim]`` features (the original classifier removed).
+        feature_dim: width of the trunk output.
+        head: the original pretrained classifier, kept when its class count matches the request.
+        input_config: overrides the registered input config (e.g. read from pretrained weights).
+    """
+
+    trunk: nn.Module
+    feature_dim: int
+    head: nn.Module | None = None
+    input_config: InputConfig | None = None
+
+
+BackboneBuilder = Callable[..., Backbone]
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """A registered backbone: its builder and the input it expects."""
+
+    name: str
+    builder: BackboneBuilder
+    input_config: InputConfig
+    description: str = ""
+
+
+_BACKBONES: dict[str, BackboneEntry] = {}
+
+
+def register_backbone(
+    name: str | None = None, *, input_config: InputConfig = InputConfig()
+) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """Register a builder ``fn(pretrained=False, in_chans=..., **kwargs) -> Backbone`` by name.
+
+    Adding a network to kd_lightning is one function with this decorator; ``create_model`` then
+    builds it by name from Python and from YAML configs.
+    """
+
+    def decorator(fn: BackboneBuilder) -> BackboneBuilder:
+        key = name or fn.__name__
+        if key in _BACKBONES:
+            raise ValueError(f"backbone {key!r} is already registered")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _BACKBONES[key] = BackboneEntry(key, fn, input_config, doc[0] if doc else "")
+        return fn
+
+    return decorator
+
+
+def get_backbone_entry(name: str) -> BackboneEntry | None:
+    return _BACKBONES.get(name)
+
+
+def list_backbones() -> list[str]:
+    """Names of the networks registered by kd_lightning itself (torchvision/timm names work too)."""
+    return sorted(_BACKBONES)
+
+
+def unknown_name_error(kind: str, name: str, known: list[str]) -> ValueError:
+    """A ValueError that suggests the closest known names, for typos in configs."""
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return ValueError(f"unknown {kind} {name!r}.{hint}")

@@ -1,0 +1,103 @@
+"""The one model type every kd_lightning module trains: input adapter + backbone + linear head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """How a backbone expects its input; travels with the model so data never has to guess.
+
+    Args:
+        mean: per-channel mean the weights were trained with (inputs arrive in [0, 1]).
+        std: per-channel standard deviation.
+        in_chans: channels the first layer expects; grayscale input is repeated to match.
+        input_size: native (H, W) of the pretrained weights, for documentation and resizing configs.
+    """
+
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    in_chans: int = 1
+    input_size: tuple[int, int] | None = None
+
+
+IMAGENET_INPUT = InputConfig(
+    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), in_chans=3, input_size=(224, 224)
+)
+
+
+class InputAdapter(nn.Module):
+    """Normalises [0, 1] images with the backbone's own statistics and matches its channel count.
+
+    Normalisation lives in the model, not the data pipeline, because a teacher and its student
+    may have been trained with different statistics, and an exported student then takes plain
+    [0, 1] images.
+    """
+
+    def __init__(self, config: InputConfig) -> None:
+        super().__init__()
+        self.in_chans = config.in_chans
+        mean = torch.tensor(config.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(config.std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return x  # non-image input (e.g. pre-computed features) passes through untouched
+        if x.shape[1] != self.in_chans:
+            if x.shape[1] != 1:
+                raise ValueError(
+                    f"input has {x.shape[1]} channels but the backbone expects {self.in_chans}; "
+                    "only 1-channel (grayscale) input is expanded automatically"
+                )
+            x = x.expand(-1, self.in_chans, -1, -1)
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+class Classifier(nn.Module):
+    """A backbone that maps images to a feature vector, followed by a replaceable linear head.
+
+    Args:
+        backbone: module mapping ``[B, C, H, W]`` images to ``[B, feature_dim]`` features.
+        feature_dim: width of the backbone output.
+        num_classes: number of outputs of the head.
+        input_config: the backbone's expected input statistics and channels.
+        head: an existing head to keep (e.g. ImageNet classifier weights); a new ``nn.Linear``
+            is created when omitted.
+        name: registry name, recorded for checkpoints and reports.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        num_classes: int,
+        input_config: InputConfig,
+        head: nn.Module | None = None,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.feature_dim = feature_dim
+        self.num_classes = num_classes
+        self.input_config = input_config
+        self.input_adapter = InputAdapter(input_config)
+        self.backbone = backbone
+        self.head = head if head is not None else nn.Linear(feature_dim, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.input_adapter(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+    def reset_head(self, num_classes: int) -> None:
+        """Replace the head with a freshly initialised one for a new label set."""
+        device = next(self.backbone.parameters()).device
+        self.head = nn.Linear(self.feature_dim, num_classes).to(device)
+        self.num_classes = num_classes

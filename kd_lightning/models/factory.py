@@ -1,0 +1,74 @@
+"""``create_model``: the one door to every backbone (kd_lightning, torchvision, timm)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from kd_lightning.models import _torchvision, _timm
+from kd_lightning.models._registry import get_backbone_entry, list_backbones, unknown_name_error
+from kd_lightning.models.classifier import Classifier, InputConfig
+from kd_lightning.models.weights import load_weights
+
+TORCHVISION_PREFIX = "torchvision/"
+TIMM_PREFIX = "timm/"
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    pretrained: bool | str = False,
+    weights_path: str | None = None,
+    in_chans: int | None = None,
+    **kwargs: Any,
+) -> Classifier:
+    """Build a classifier by name with a head of ``num_classes`` outputs.
+
+    Names are looked up in kd_lightning's registry first, then torchvision, then timm; a
+    ``torchvision/`` or ``timm/`` prefix picks the source explicitly.
+
+    Args:
+        name: registry name, e.g. ``resnet8x4``, ``resnet18``, ``timm/efficientnet_b0``.
+        num_classes: outputs of the (new or kept) head.
+        pretrained: ``True``/``"DEFAULT"`` or a named torchvision weights enum value
+            (``"IMAGENET1K_V2"``); for timm, any truthy value loads its default weights.
+        weights_path: a local state dict or Lightning checkpoint loaded over the built model.
+        in_chans: input channels for networks that take it (small nets, timm).
+        **kwargs: passed to the builder (e.g. ``width`` of the small CNN).
+    """
+    entry = get_backbone_entry(name)
+    options = dict(kwargs)
+    if in_chans is not None:
+        options["in_chans"] = in_chans
+    if entry is not None:
+        built = entry.builder(pretrained=pretrained, **options)
+        input_config = built.input_config or entry.input_config
+        if in_chans is not None and input_config.in_chans != in_chans:
+            input_config = _with_channels(input_config, in_chans)
+    elif name.startswith(TIMM_PREFIX) or (
+        not name.startswith(TORCHVISION_PREFIX) and not _torchvision.has_model(name) and _timm.has_model(name)
+    ):
+        built = _timm.build(name.removeprefix(TIMM_PREFIX), pretrained=pretrained, **options)
+        input_config = built.input_config
+    elif _torchvision.has_model(name.removeprefix(TORCHVISION_PREFIX)):
+        built = _torchvision.build(name.removeprefix(TORCHVISION_PREFIX), pretrained=pretrained, **options)
+        input_config = built.input_config
+    else:
+        raise unknown_name_error("backbone", name, list_backbones() + _torchvision.model_names())
+
+    head = built.head
+    if head is not None and getattr(head, "out_features", None) != num_classes:
+        head = None
+    model = Classifier(built.trunk, built.feature_dim, num_classes, input_config, head=head, name=name)
+    if weights_path is not None:
+        load_weights(model, weights_path)
+    return model
+
+
+def _with_channels(config: InputConfig, in_chans: int) -> InputConfig:
+    """Adapt per-channel statistics when a network is built for another channel count."""
+    if len(config.mean) == in_chans:
+        return replace(config, in_chans=in_chans)
+    mean = sum(config.mean) / len(config.mean)
+    std = sum(config.std) / len(config.std)
+    return replace(config, in_chans=in_chans, mean=(mean,) * in_chans, std=(std,) * in_chans)

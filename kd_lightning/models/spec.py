@@ -1,0 +1,47 @@
+"""``ModelSpec``: how a config names a network and where its weights come from."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kd_lightning.models.classifier import Classifier
+from kd_lightning.models.factory import create_model
+from kd_lightning.models.weights import load_weights
+
+
+@dataclass
+class ModelSpec:
+    """A network by registry name plus the source of its weights.
+
+    Args:
+        name: registry name (kd_lightning, torchvision or timm; see ``create_model``).
+        pretrained: ``True``/``"DEFAULT"`` or a named torchvision weights enum value.
+        weights_path: a local state dict or Lightning checkpoint (of any kd_lightning module).
+        kwargs: extra builder arguments, e.g. ``{width: 16}`` for ``small_cnn``.
+    """
+
+    name: str
+    pretrained: bool | str = False
+    weights_path: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, num_classes: int, strict_head: bool = False) -> Classifier:
+        """Build the network; ``strict_head`` refuses weights whose head has another class count."""
+        model = create_model(self.name, num_classes, pretrained=self.pretrained, **self.kwargs)
+        if self.weights_path is not None:
+            load_weights(model, self.weights_path, strict_head=strict_head)
+        return model
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only, so the spec can live in a checkpoint loaded with ``weights_only=True``."""
+        return asdict(self)
+
+
+def as_spec(value: ModelSpec | str | dict[str, Any]) -> ModelSpec:
+    """Accept a spec, a bare name, or the dict stored in a checkpoint's hyper-parameters."""
+    if isinstance(value, ModelSpec):
+        return value
+    if isinstance(value, str):
+        return ModelSpec(value)
+    return ModelSpec(**value)

@@ -1,0 +1,7 @@
+"""The LightningModules: a frozen-backbone finetuner and a teacher–student distiller."""
+
+from kd_lightning.modules.base import SupervisedModule
+from kd_lightning.modules.distiller import DistillationModule
+from kd_lightning.modules.finetuner import FrozenBackboneFinetuner
+
+__all__ = ["DistillationModule", "FrozenBackboneFinetuner", "SupervisedModule"]

@@ -1,0 +1,85 @@
+"""What the finetuner and the distiller share: metrics, evaluation steps and optimizers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def classification_metrics(num_classes: int) -> MetricCollection:
+    """Top-1 accuracy (micro-averaged: the fraction of correct predictions)."""
+    return MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro")})
+
+
+class SupervisedModule(L.LightningModule):
+    """Base LightningModule: one trainable classifier (``self.network``), its metrics and optimizer.
+
+    Args:
+        num_classes: classes of the task (linked from the DataModule by the CLI).
+        optimizer: optimizer factory over the trainable parameters (``class_path`` in YAML).
+        lr_scheduler: optional scheduler factory; ``ReduceLROnPlateau`` monitors ``val/loss``.
+        label_smoothing: label smoothing of the cross-entropy term.
+    """
+
+    network: nn.Module
+
+    def __init__(
+        self,
+        num_classes: int,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.num_classes = num_classes
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.label_smoothing = label_smoothing
+        self.train_metrics = classification_metrics(num_classes).clone(prefix="train/")
+        self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
+        self.test_metrics = classification_metrics(num_classes).clone(prefix="test/")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+    def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        """Class probabilities of the trained network."""
+        return self(batch[0]).softmax(dim=-1)
+
+    def _evaluate(self, batch: Batch, stage: str, metrics: MetricCollection) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        self.log(f"{stage}/loss", self.cross_entropy(logits, y), sync_dist=True)
+        metrics.update(logits, y)
+        self.log_dict(metrics)
+        return logits
+
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}

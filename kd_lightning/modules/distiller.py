@@ -1,0 +1,155 @@
+"""Knowledge distillation: a frozen teacher trains a student on its softened outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from kd_lightning.losses import DistillationLoss, KDLoss, ModelOutputs
+from kd_lightning.losses.kd import check_temperature
+from kd_lightning.models.spec import ModelSpec, as_spec
+from kd_lightning.modules.base import Batch, SupervisedModule
+from kd_lightning.modules.freezing import freeze
+
+TEACHER_PREFIX = "teacher."
+
+
+class DistillationModule(SupervisedModule):
+    """Train ``student`` on ``(1 − α)·CE(student, y) + α·KD(student, teacher)``.
+
+    The teacher is frozen: no gradients, never in the optimizer, in eval mode for the whole run
+    (Lightning calls ``.train()`` on the module every epoch; :meth:`train` puts it back), and
+    left out of checkpoints unless ``save_teacher`` is set, since it is rebuilt from its spec.
+
+    Args:
+        student: the network to train (registry name and optional weights).
+        teacher: the trained network to learn from: a registry name with ``pretrained`` weights,
+            or ``weights_path`` to a kd_lightning Lightning checkpoint or a state-dict file.
+        num_classes: classes of the task; the teacher must have as many.
+        temperature: softening temperature ``T`` of the KD term.
+        alpha: weight of the KD term; the cross-entropy on labels gets ``1 − α``.
+        save_teacher: also store the teacher's weights in the student's checkpoints.
+        optimizer, lr_scheduler, label_smoothing: see :class:`SupervisedModule`.
+    """
+
+    def __init__(
+        self,
+        student: ModelSpec,
+        teacher: ModelSpec,
+        num_classes: int,
+        temperature: float = 4.0,
+        alpha: float = 0.9,
+        save_teacher: bool = False,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(num_classes, optimizer, lr_scheduler, label_smoothing)
+        check_temperature(temperature)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] (the KD share of the loss), got {alpha}")
+        student_spec, teacher_spec = as_spec(student), as_spec(teacher)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.hparams["student"] = student_spec.to_dict()
+        self.hparams["teacher"] = teacher_spec.to_dict()
+        self.save_teacher = save_teacher
+        self.network = student_spec.build(num_classes)
+        self.teacher = self._build_teacher(teacher_spec, num_classes)
+        self.loss_terms = nn.ModuleDict({"kd": KDLoss(temperature)})
+        self.loss_weights: dict[str, float] = {"ce": 1.0 - alpha, "kd": alpha}
+        self.val_teacher_metrics = _teacher_metrics(num_classes, "val/")
+        self.test_teacher_metrics = _teacher_metrics(num_classes, "test/")
+
+    @property
+    def student(self) -> nn.Module:
+        return self.network
+
+    @staticmethod
+    def _build_teacher(spec: ModelSpec, num_classes: int) -> nn.Module:
+        if spec.weights_path is None and not spec.pretrained:
+            rank_zero_warn(
+                f"teacher {spec.name!r} has neither weights_path nor pretrained weights: it is "
+                "untrained, so the student will learn noise. Set teacher.weights_path."
+            )
+        teacher = spec.build(num_classes, strict_head=True)
+        freeze(teacher)
+        return teacher
+
+    def train(self, mode: bool = True) -> DistillationModule:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def teacher_outputs(self, x: torch.Tensor) -> ModelOutputs:
+        with torch.no_grad():
+            return ModelOutputs(self.teacher(x))
+
+    def student_outputs(self, x: torch.Tensor) -> ModelOutputs:
+        return ModelOutputs(self.network(x))
+
+    def loss_components(
+        self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Every weighted term by name (``ce`` plus each distillation loss), unweighted."""
+        terms = {"ce": self.cross_entropy(student.logits, targets)}
+        for name, loss in self.loss_terms.items():
+            terms[name] = loss(student, teacher, targets)
+        return terms
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        teacher = self.teacher_outputs(x)
+        student = self.student_outputs(x)
+        terms = self.loss_components(student, teacher, y)
+        loss = sum(self.loss_weights[name] * value for name, value in terms.items())
+        self.train_metrics.update(student.logits, y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({f"train/{name}": value for name, value in terms.items()})
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch: Batch, stage: str, metrics: MetricCollection) -> torch.Tensor:
+        student_logits = super()._evaluate(batch, stage, metrics)
+        teacher_logits = self.teacher_outputs(batch[0]).logits
+        teacher_metrics = self.val_teacher_metrics if stage == "val" else self.test_teacher_metrics
+        teacher_metrics["teacher_acc"].update(teacher_logits, batch[1])
+        teacher_metrics["agreement"].update(student_logits, teacher_logits.argmax(dim=-1))
+        self.log_dict(teacher_metrics)
+        return student_logits
+
+    def trainable_parameters(self):
+        # The teacher is frozen, so this is the student plus any loss adapters.
+        return (p for name, p in self.named_parameters() if p.requires_grad and not name.startswith(TEACHER_PREFIX))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not self.save_teacher:
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
+                del state[key]
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Load strictly; a checkpoint saved without its teacher keeps the teacher rebuilt from its spec."""
+        if not any(k.startswith(TEACHER_PREFIX) for k in state_dict):
+            teacher_state = {TEACHER_PREFIX + k: v for k, v in self.teacher.state_dict().items()}
+            state_dict = {**state_dict, **teacher_state}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _teacher_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Teacher accuracy, and top-1 agreement (student accuracy against the teacher's argmax)."""
+    return MetricCollection(
+        {
+            "teacher_acc": MulticlassAccuracy(num_classes, average="micro"),
+            "agreement": MulticlassAccuracy(num_classes, average="micro"),
+        },
+        prefix=prefix,
+        compute_groups=False,
+    )
+

@@ -1,0 +1,79 @@
+"""Transfer learning: a pretrained backbone with a new head, frozen or unfrozen on a schedule."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from kd_lightning.callbacks.unfreeze import BackboneUnfreeze
+from kd_lightning.models.spec import ModelSpec, as_spec
+from kd_lightning.modules.base import Batch, SupervisedModule
+from kd_lightning.modules.freezing import freeze, keep_frozen_in_eval
+
+Strategy = Literal["linear_probe", "full", "freeze_then_unfreeze"]
+
+
+class FrozenBackboneFinetuner(SupervisedModule):
+    """Fine-tune a (pretrained) backbone with a new linear head.
+
+    Strategies:
+        ``linear_probe``: the backbone never trains; its BatchNorm stays in eval mode, so its
+        running statistics never change. ``full``: everything trains (with no pretrained
+        weights this is plain supervised training, e.g. of a teacher). ``freeze_then_unfreeze``:
+        frozen until ``unfreeze_at_epoch``, then trained in its own param group at
+        ``backbone_lr_factor`` × the head's learning rate (a :class:`BackboneUnfreeze` callback).
+
+    Args:
+        backbone: the network and its weights (registry name, ``pretrained``, ``weights_path``).
+        num_classes: classes of the new head.
+        strategy: one of the strategies above.
+        unfreeze_at_epoch: epoch at which ``freeze_then_unfreeze`` unfreezes.
+        backbone_lr_factor: backbone/head learning-rate ratio after the unfreeze.
+        optimizer, lr_scheduler, label_smoothing: see :class:`SupervisedModule`.
+    """
+
+    def __init__(
+        self,
+        backbone: ModelSpec,
+        num_classes: int,
+        strategy: Strategy = "linear_probe",
+        unfreeze_at_epoch: int = 1,
+        backbone_lr_factor: float = 0.1,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(num_classes, optimizer, lr_scheduler, label_smoothing)
+        if strategy not in ("linear_probe", "full", "freeze_then_unfreeze"):
+            raise ValueError(f"unknown strategy {strategy!r}; use linear_probe, full or freeze_then_unfreeze")
+        spec = as_spec(backbone)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.hparams["backbone"] = spec.to_dict()
+        self.strategy = strategy
+        self.unfreeze_at_epoch = unfreeze_at_epoch
+        self.backbone_lr_factor = backbone_lr_factor
+        self.network = spec.build(num_classes)
+        if strategy == "linear_probe":
+            freeze(self.network.backbone)
+
+    def configure_callbacks(self) -> list[Callback]:
+        if self.strategy == "freeze_then_unfreeze":
+            return [BackboneUnfreeze(self.unfreeze_at_epoch, self.backbone_lr_factor)]
+        return []
+
+    def train(self, mode: bool = True) -> FrozenBackboneFinetuner:
+        super().train(mode)
+        keep_frozen_in_eval(self.network.backbone)
+        return self
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.cross_entropy(logits, y)
+        self.train_metrics.update(logits, y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
