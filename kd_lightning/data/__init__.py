@@ -3,5 +3,21 @@
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.digits import DigitsDataModule
 from kd_lightning.data.tensor_dataset import TensorImageDataset
+from kd_lightning.data.torchvision_sets import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    FashionMNISTDataModule,
+    MNISTDataModule,
+    TorchvisionDataModule,
+)
 
-__all__ = ["DigitsDataModule", "ImageClassificationDataModule", "TensorImageDataset"]
+__all__ = [
+    "CIFAR100DataModule",
+    "CIFAR10DataModule",
+    "DigitsDataModule",
+    "FashionMNISTDataModule",
+    "ImageClassificationDataModule",
+    "MNISTDataModule",
+    "TensorImageDataset",
+    "TorchvisionDataModule",
+]
