@@ -1,7 +1,7 @@
 """Backbones: one registry for kd_lightning's own nets, torchvision and timm models."""
 
 from kd_lightning.models import cifar_resnet, small  # noqa: F401  (register the built-in nets)
-from kd_lightning.models._registry import Backbone, register_backbone, list_backbones
+from kd_lightning.models._registry import Backbone, list_backbones, register_backbone
 from kd_lightning.models.classifier import IMAGENET_INPUT, Classifier, InputConfig
 from kd_lightning.models.factory import create_model
 from kd_lightning.models.spec import ModelSpec, as_spec
