@@ -16,9 +16,9 @@ def _softmax(row: list[float], t: float) -> list[float]:
 def _hand_kd(student: list[list[float]], teacher: list[list[float]], t: float) -> float:
     """T² · mean over the batch of Σ_c p_t log(p_t / p_s), in plain Python floats."""
     total = 0.0
-    for s_row, t_row in zip(student, teacher):
+    for s_row, t_row in zip(student, teacher, strict=True):
         p_s, p_t = _softmax(s_row, t), _softmax(t_row, t)
-        total += sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s))
+        total += sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s, strict=True))
     return t * t * total / len(student)
 
 
