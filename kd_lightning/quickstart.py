@@ -71,6 +71,7 @@ def run(
     """Run the pipeline and write ``output/results.json``; returns the same dictionary."""
     output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    L.seed_everything(seeds[0], verbose=False)  # before construction: the seed fixes the initial weights
     teacher = FrozenBackboneFinetuner(TEACHER, num_classes=10, strategy="full", optimizer=_adam(3e-3))
     teacher_acc, teacher_ckpt = _fit_and_test(teacher, teacher_epochs, output / "teacher", seed=seeds[0])
     teacher_from_ckpt = ModelSpec(TEACHER.name, weights_path=str(teacher_ckpt), kwargs=TEACHER.kwargs)
