@@ -74,8 +74,20 @@ def _quickstart(args: list[str]) -> None:
     main(args)
 
 
+def _report(args: list[str]) -> None:
+    from kd_lightning.report import main
+
+    main(args)
+
+
+def _export(args: list[str]) -> None:
+    from kd_lightning.export import main
+
+    main(args)
+
+
 # Commands beyond Lightning's own, each a function of the remaining arguments.
-COMMANDS: dict[str, Callable[[list[str]], None]] = {"quickstart": _quickstart}
+COMMANDS: dict[str, Callable[[list[str]], None]] = {"quickstart": _quickstart, "report": _report, "export": _export}
 
 
 def main(argv: list[str] | None = None) -> None:
