@@ -186,9 +186,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-repeats", type=int, default=20, help="timed passes per batch size")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the latency runs (default: torch's)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    reports = build_report(args.teacher, args.students, args.data, args.output, args.names, args.latency_repeats)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)
+    try:
+        reports = build_report(args.teacher, args.students, args.data, args.output, args.names, args.latency_repeats)
+    finally:
+        torch.set_num_threads(threads)
     console = Console(soft_wrap=True)
     for r in reports:
         console.print(
