@@ -1,4 +1,6 @@
-"""Write the tutorial notebooks (outputs stripped) from the cell sources below: `python notebooks/build_notebooks.py`.
+"""Write the tutorial notebooks (outputs stripped) from the cell sources below.
+
+    python notebooks/build_notebooks.py && ruff format notebooks
 
 Keeping the sources here makes diffs readable and every notebook's shared setup identical.
 """
@@ -13,15 +15,15 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 HERE = Path(__file__).parent
 
 
-def setup(name: str) -> str:
+def setup(name: str, plots: bool = True) -> str:
+    pyplot = "import matplotlib.pyplot as plt\n" if plots else ""
     return f'''import logging
 import os
 import warnings
 from pathlib import Path
 
 import lightning as L
-import matplotlib.pyplot as plt
-import torch
+{pyplot}import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 # KD_FAST=1 (used by the tests) cuts every run to a couple of epochs: the numbers then mean little.
@@ -167,7 +169,11 @@ scratch_curve, scratch_acc, _ = fit(scratch, DigitsDataModule(), STUDENT_EPOCHS,
 L.seed_everything(0)
 student = DistillationModule(STUDENT, TEACHER, num_classes=10, temperature=4.0, alpha=0.9, optimizer=adam(1e-2))
 kd_curve, kd_acc, _ = fit(student, DigitsDataModule(), STUDENT_EPOCHS, "student_kd")
-params = lambda module: sum(p.numel() for p in module.network.parameters())
+
+def params(module):
+    return sum(p.numel() for p in module.network.parameters())
+
+
 print(f"teacher {params(teacher):,} parameters, student {params(student):,}")
 print(f"test accuracy: scratch {scratch_acc:.3f}, distilled {kd_acc:.3f}, teacher {teacher_acc:.3f}")
 
@@ -175,7 +181,10 @@ plt.figure(figsize=(6, 4))
 plt.plot(range(1, len(scratch_curve) + 1), scratch_curve, label="student from labels")
 plt.plot(range(1, len(kd_curve) + 1), kd_curve, label="student distilled (T=4, α=0.9)")
 plt.axhline(teacher_acc, color="grey", linestyle=":", label="teacher (test)")
-plt.xlabel("epoch"); plt.ylabel("validation accuracy"); plt.legend(); plt.title("KD vs. scratch")"""
+plt.xlabel("epoch")
+plt.ylabel("validation accuracy")
+plt.title("KD vs. scratch")
+plt.legend()"""
         ),
         new_markdown_cell(
             "## Temperature sweep\n\n"
@@ -196,7 +205,10 @@ plt.figure(figsize=(6, 4))
 plt.plot(list(sweep), list(sweep.values()), marker="o", label="distilled student")
 plt.axhline(scratch_acc, color="tab:red", linestyle="--", label="student from labels")
 plt.axhline(teacher_acc, color="grey", linestyle=":", label="teacher")
-plt.xscale("log", base=2); plt.xlabel("temperature T"); plt.ylabel("test accuracy"); plt.legend()
+plt.xscale("log", base=2)
+plt.xlabel("temperature T")
+plt.ylabel("test accuracy")
+plt.legend()
 plt.title("temperature sweep (α = 0.9, one seed)")"""
         ),
         new_markdown_cell(
@@ -215,7 +227,7 @@ def teacher_to_deployment() -> list:
             "ONNX and TorchScript with `kd_lightning.export.export_network`, which checks each file against "
             "PyTorch. The same steps exist as commands: `kd-lightning report` and `kd-lightning export`."
         ),
-        new_code_cell(setup("03_teacher_to_deployment")),
+        new_code_cell(setup("03_teacher_to_deployment", plots=False)),
         new_code_cell(FIT),
         new_code_cell(
             """from kd_lightning.data import DigitsDataModule
