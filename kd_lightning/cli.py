@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections.abc import Callable
 
 from lightning.pytorch.callbacks import Callback, RichProgressBar
@@ -91,6 +92,8 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {"quickstart": _quickstart, "
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Frozen teachers and backbones are in eval mode on purpose; Lightning's hint about it is noise.
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in COMMANDS:
         COMMANDS[argv[0]](argv[1:])
