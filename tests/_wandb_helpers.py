@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ def read_records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
         if kind == 0:  # zero padding at the end of a block
             pos += left_in_block
             continue
+        if pos + CHUNK_HEADER.size + length > len(data):
+            return  # a chunk still being written
         payload = data[pos + CHUNK_HEADER.size : pos + CHUNK_HEADER.size + length]
         pos += CHUNK_HEADER.size + length
         pending = payload if kind in (FULL, FIRST) else pending + payload
@@ -42,12 +45,23 @@ def read_records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
             yield record
 
 
+def finished_records(log: Path, timeout_s: float = 30.0) -> list[wandb_internal_pb2.Record]:
+    """The run's records once its ``exit`` record is on disk: ``wandb.finish()`` can return while the
+    separate ``wandb-core`` process is still writing the log."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = list(read_records(log))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def offline_run(wandb_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The (config, history rows) of the single offline run under ``wandb_dir``."""
     (log,) = wandb_dir.glob("wandb/offline-run-*/run-*.wandb")
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
-    for record in read_records(log):
+    for record in finished_records(log):
         kind = record.WhichOneof("record_type")
         if kind == "config":
             config.update({item.key: json.loads(item.value_json) for item in record.config.update})
