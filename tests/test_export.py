@@ -59,6 +59,16 @@ def test_export_fails_loudly_beyond_tolerance(checkpoints, tmp_path):
     assert exit_info.value.code == 1
 
 
+def test_data_from_a_config_file_or_a_name(tmp_path):
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "digits" / "finetune.yaml"
+    assert load_datamodule(config).samples_per_class == 20
+    assert type(load_datamodule("digits")) is type(load_datamodule(config))
+    with pytest.raises(ValueError, match="unknown data set"):
+        load_datamodule("imagenet")
+
+
 def test_export_refuses_a_plain_state_dict(tmp_path):
     torch.save({"weight": torch.zeros(1)}, tmp_path / "plain.pt")
     with pytest.raises(CheckpointError, match="not a kd_lightning Lightning checkpoint"):

@@ -159,7 +159,8 @@ def _markdown(reports: list[ModelReport], num_test: int, threads: int) -> str:
             "# Teacher vs. students",
             "",
             f"Test split of {num_test} images. Latency: median CPU wall time of one forward pass "
-            f"({threads} threads, after warm-up). MACs: one image. Size: the saved state dict.",
+            f"({threads} CPU thread{'s' if threads != 1 else ''}, after warm-up). "
+            "MACs: one image. Size: the saved state dict.",
             "",
             header,
             *rows,
