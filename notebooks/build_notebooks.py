@@ -108,7 +108,7 @@ class DigitSubset(DigitsDataModule):
 
 SOURCE, TARGET = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]  # lists: checkpoints store them (weights_only)
 PRETRAIN_EPOCHS = 2 if FAST else 15
-EPOCHS = 2 if FAST else 10"""
+EPOCHS = 2 if FAST else 20"""
         ),
         new_markdown_cell("## The pretrained backbone: a `small_cnn` trained on the digits 0–4"),
         new_code_cell(
@@ -138,8 +138,8 @@ runs = {
 curves, test_acc = {}, {}
 for name, kwargs in runs.items():
     L.seed_everything(0)
-    module = FrozenBackboneFinetuner(num_classes=5, optimizer=adam(3e-3), **kwargs)
-    data = DigitSubset(TARGET, samples_per_class=10, batch_size=32)
+    module = FrozenBackboneFinetuner(num_classes=5, optimizer=adam(1e-2), **kwargs)
+    data = DigitSubset(TARGET, samples_per_class=10, batch_size=10)
     curves[name], test_acc[name], _ = fit(module, data, EPOCHS, name.replace(" ", "_"))
     print(f"{name:>22s}: test accuracy {test_acc[name]:.3f}")"""
         ),
@@ -155,9 +155,11 @@ right.set(xlabel="test accuracy", title="best checkpoint on the test split", xli
 plt.tight_layout()"""
         ),
         new_markdown_cell(
-            "Features learnt on the digits 0–4 already separate 5–9: the linear probe is strong from the first "
-            "epoch, and unfreezing lets the backbone adapt afterwards. Training the same network from scratch "
-            "on 50 images is what those features are measured against."
+            "How much pretrained features help depends on how related the source task is. Features of the "
+            "digits 0–4 put the linear probe well above chance (20 %) on 5–9, and unfreezing lets the "
+            "backbone adapt to the new shapes. On 8×8 digits a small CNN trained from scratch is already "
+            "strong with 50 images, so do not expect the pretrained runs to win here; the point is the "
+            "mechanics, which are the same with an ImageNet backbone on a harder data set."
         ),
     ]
 
