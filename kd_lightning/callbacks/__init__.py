@@ -1,5 +1,6 @@
 """Lightning callbacks of kd_lightning."""
 
+from kd_lightning.callbacks.confusion import ConfusionMatrixLogger
 from kd_lightning.callbacks.unfreeze import BackboneUnfreeze
 
-__all__ = ["BackboneUnfreeze"]
+__all__ = ["BackboneUnfreeze", "ConfusionMatrixLogger"]

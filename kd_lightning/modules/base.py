@@ -10,14 +10,10 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+
+from kd_lightning.metrics import classification_metrics
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-def classification_metrics(num_classes: int) -> MetricCollection:
-    """Top-1 accuracy (micro-averaged: the fraction of correct predictions)."""
-    return MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro")})
 
 
 class SupervisedModule(L.LightningModule):
@@ -46,7 +42,7 @@ class SupervisedModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.label_smoothing = label_smoothing
-        self.train_metrics = classification_metrics(num_classes).clone(prefix="train/")
+        self.train_metrics = classification_metrics(num_classes, evaluation=False).clone(prefix="train/")
         self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
         self.test_metrics = classification_metrics(num_classes).clone(prefix="test/")
 
@@ -56,11 +52,12 @@ class SupervisedModule(L.LightningModule):
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics)
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        """Returns the logits, for callbacks such as the confusion matrix."""
+        return self._evaluate(batch, "val", self.val_metrics)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_metrics)
+    def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, "test", self.test_metrics)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Class probabilities of the trained network."""

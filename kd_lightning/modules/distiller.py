@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from kd_lightning.losses import KDLoss, ModelOutputs
 from kd_lightning.losses.kd import check_temperature
+from kd_lightning.metrics import TeacherStudentKL
 from kd_lightning.models.spec import ModelSpec, as_spec
 from kd_lightning.modules.base import Batch, SupervisedModule
 from kd_lightning.modules.freezing import freeze
@@ -121,6 +122,7 @@ class DistillationModule(SupervisedModule):
         teacher_metrics = self.val_teacher_metrics if stage == "val" else self.test_teacher_metrics
         teacher_metrics["teacher_acc"].update(teacher_logits, batch[1])
         teacher_metrics["agreement"].update(student_logits, teacher_logits.argmax(dim=-1))
+        teacher_metrics["kl"].update(student_logits, teacher_logits)
         self.log_dict(teacher_metrics)
         return student_logits
 
@@ -143,11 +145,13 @@ class DistillationModule(SupervisedModule):
 
 
 def _teacher_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    """Teacher accuracy, and top-1 agreement (student accuracy against the teacher's argmax)."""
+    """Teacher accuracy, top-1 agreement (student accuracy against the teacher's argmax) and
+    mean KL(teacher ‖ student) at temperature 1."""
     return MetricCollection(
         {
             "teacher_acc": MulticlassAccuracy(num_classes, average="micro"),
             "agreement": MulticlassAccuracy(num_classes, average="micro"),
+            "kl": TeacherStudentKL(),
         },
         prefix=prefix,
         compute_groups=False,
