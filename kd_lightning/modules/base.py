@@ -15,9 +15,14 @@ from torchmetrics.classification import MulticlassAccuracy
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def classification_metrics(num_classes: int) -> MetricCollection:
-    """Top-1 accuracy (micro-averaged: the fraction of correct predictions)."""
-    return MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro")})
+def classification_metrics(num_classes: int, validate_args: bool = True) -> MetricCollection:
+    """Top-1 accuracy (micro-averaged: the fraction of correct predictions).
+
+    Args:
+        validate_args: torchmetrics' input checks run ``torch.unique`` on the targets, a
+            host-device sync; the training metrics turn them off to keep the step sync-free.
+    """
+    return MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=validate_args)})
 
 
 class SupervisedModule(L.LightningModule):
@@ -54,7 +59,7 @@ class SupervisedModule(L.LightningModule):
         self.label_smoothing = label_smoothing
         self.channels_last = channels_last
         self.compile_networks = compile
-        self.train_metrics = classification_metrics(num_classes).clone(prefix="train/")
+        self.train_metrics = classification_metrics(num_classes, validate_args=False).clone(prefix="train/")
         self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
         self.test_metrics = classification_metrics(num_classes).clone(prefix="test/")
 
