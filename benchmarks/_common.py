@@ -36,9 +36,8 @@ class RandomFashionShaped(ImageClassificationDataModule):
     def load_split(self, split: str) -> TensorImageDataset:
         n = 60_000 if split == "train" else 10_000
         g = torch.Generator().manual_seed(0 if split == "train" else 1)
-        return TensorImageDataset(
-            torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g)
-        )
+        images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
+        return TensorImageDataset(images, torch.randint(0, 10, (n,), generator=g))
 
 
 def fashion_mnist(**kwargs) -> tuple[ImageClassificationDataModule, str]:
@@ -114,5 +113,7 @@ def median_time(fn, repeats: int, warmup: int = 1) -> float:
 
 def header(title: str) -> None:
     print(f"\n== {title} ==")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU cores {os.cpu_count()}, "
-          f"load average {os.getloadavg()[0]:.1f} (shared machine: absolute times are context only)")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU cores {os.cpu_count()}, "
+        f"load average {os.getloadavg()[0]:.1f} (shared machine: absolute times are context only)"
+    )

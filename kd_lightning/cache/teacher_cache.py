@@ -70,6 +70,7 @@ class ViewTable:
     dy: torch.Tensor
     dx: torch.Tensor
     flip: torch.Tensor
+    hflip: bool = True
 
     @classmethod
     def sample(cls, n: int, num_views: int, padding: int, hflip: bool, seed: int) -> ViewTable:
@@ -77,7 +78,7 @@ class ViewTable:
         dy = torch.randint(0, 2 * padding + 1, (num_views, n), generator=generator)
         dx = torch.randint(0, 2 * padding + 1, (num_views, n), generator=generator)
         flip = torch.rand(num_views, n, generator=generator) < 0.5 if hflip else torch.zeros(num_views, n, dtype=bool)
-        return cls(padding, dy, dx, flip)
+        return cls(padding, dy, dx, flip, hflip)
 
     @property
     def num_views(self) -> int:
@@ -87,10 +88,10 @@ class ViewTable:
         """View ``view`` of the samples ``index`` from their uint8 ``images``, as float in [0, 1]."""
         x = to_float_images(images, image_size)
         x = crop_at(x, self.padding, self.dy[view, index], self.dx[view, index])
-        return flip_where(x, self.flip[view, index])
+        return flip_where(x, self.flip[view, index]) if self.hflip else x
 
     def to(self, device: torch.device) -> ViewTable:
-        return ViewTable(self.padding, self.dy.to(device), self.dx.to(device), self.flip.to(device))
+        return ViewTable(self.padding, self.dy.to(device), self.dx.to(device), self.flip.to(device), self.hflip)
 
 
 @dataclass
@@ -135,9 +136,9 @@ class TeacherOutputCache:
 
     @classmethod
     def from_entry(
-        cls, entry: dict[str, torch.Tensor], padding: int, image_size: int | None, num_classes: int, device
+        cls, entry: dict[str, torch.Tensor], padding: int, hflip: bool, image_size: int | None, num_classes: int, device
     ) -> TeacherOutputCache:
-        views = ViewTable(padding, entry["dy"], entry["dx"], entry["flip"]).to(device)
+        views = ViewTable(padding, entry["dy"], entry["dx"], entry["flip"], hflip).to(device)
         names = ("logits", "topk_values", "topk_indices", "topk_fill")
         stored = {name: entry[name].to(device) for name in names if name in entry}
         features = {k.removeprefix("feature."): t.to(device) for k, t in entry.items() if k.startswith("feature.")}
@@ -253,7 +254,7 @@ class TeacherCacheCallback(Callback):
             )
             entry = self.store.put(key, cache.to_entry(), slot="teacher")
         pl_module.teacher_cache = TeacherOutputCache.from_entry(
-            entry, padding, datamodule.image_size, num_classes, pl_module.device
+            entry, padding, hflip, datamodule.image_size, num_classes, pl_module.device
         )
         dataset = TensorTupleDataset(images, labels, torch.arange(len(images)))
         loader = shard_loader(dataset, datamodule.batch_size, shuffle=True, seed=getattr(datamodule, "seed", 0))
