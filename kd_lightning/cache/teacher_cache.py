@@ -15,7 +15,8 @@ of one per epoch (Beyer et al., 2022, find long, consistent "function matching" 
 many views, so use ``num_views`` near the epoch count when augmentation matters).
 
 Logits can be stored as top-k values and indices (many-class data sets); the other classes
-share the probability mass the teacher gave them, spread uniformly (:func:`topk_compress`).
+share the probability mass the teacher gave them at the KD temperature, spread uniformly
+(:func:`topk_compress`).
 """
 
 from __future__ import annotations
@@ -40,19 +41,22 @@ log = logging.getLogger(__name__)
 VIEW_PIPELINE = "to_float_images+crop_at+flip_where/v1"  # bump when view rendering changes
 
 
-def topk_compress(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def topk_compress(
+    logits: torch.Tensor, k: int, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-``k`` logits, their class indices, and one fill logit for the other ``C − k`` classes.
 
-    The fill is the log-mean-exp of the dropped logits, so at temperature 1 the dropped classes
-    keep exactly their total probability mass (spread evenly); at other temperatures the mass
-    is approximate (measured in benchmarks/RESULTS_performance.md).
+    The fill is ``T · log-mean-exp(dropped / T)``: at the distillation temperature ``T`` the
+    dropped classes keep exactly their total softened probability mass (spread evenly). Only
+    the shape of the tail is lost, and at high ``T`` the tail carries much of the signal, so
+    the error grows with ``T`` (measured in benchmarks/RESULTS_performance.md).
     """
     num_classes = logits.shape[-1]
     if not 0 < k < num_classes:
         raise ValueError(f"top-k needs 0 < k < num_classes={num_classes}, got {k}")
     values, indices = logits.topk(k, dim=-1)
     rest = logits.scatter(-1, indices, float("-inf"))
-    fill = rest.logsumexp(dim=-1, keepdim=True) - math.log(num_classes - k)
+    fill = temperature * ((rest / temperature).logsumexp(dim=-1, keepdim=True) - math.log(num_classes - k))
     return values, indices, fill
 
 
@@ -156,6 +160,7 @@ def build_teacher_cache(
     device: torch.device,
     topk: int | None = None,
     context: Any = None,
+    temperature: float = 1.0,
 ) -> TeacherOutputCache:
     """Run ``teacher_outputs(x) -> ModelOutputs`` over every view of every image, once.
 
@@ -183,7 +188,7 @@ def build_teacher_cache(
     if topk is None:
         cache.logits = stacked
     else:
-        values, indices, fill = topk_compress(stacked, topk)
+        values, indices, fill = topk_compress(stacked, topk, temperature)
         index_dtype = torch.int16 if num_classes <= torch.iinfo(torch.int16).max else torch.int32
         cache.topk_values, cache.topk_indices, cache.topk_fill = values, indices.to(index_dtype), fill
     return cache
@@ -200,15 +205,19 @@ class TeacherCacheCallback(Callback):
         store: where entries live (memory, or memory-mapped files on disk).
         num_views: fixed augmented views per sample (1 when the DataModule does not augment).
         topk: store only the top-k logits per sample (``None``: all).
+        temperature: the KD temperature, at which top-k storage keeps the dropped mass exact.
         seed: seed of the view parameters.
     """
 
-    def __init__(self, store: CacheStore, num_views: int = 1, topk: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, store: CacheStore, num_views: int = 1, topk: int | None = None, temperature: float = 1.0, seed: int = 0
+    ) -> None:
         if num_views < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
         self.store = store
         self.num_views = num_views
         self.topk = topk
+        self.temperature = temperature
         self.seed = seed
         self._original: Any = None
 
@@ -233,6 +242,7 @@ class TeacherCacheCallback(Callback):
             num_views=num_views,
             seed=self.seed,
             topk=self.topk,
+            topk_temperature=self.temperature if self.topk else None,
             pipeline=VIEW_PIPELINE,
             precision=str(trainer.precision),
         )
@@ -251,6 +261,7 @@ class TeacherCacheCallback(Callback):
                 pl_module.device,
                 self.topk,
                 trainer.precision_plugin.forward_context,
+                self.temperature,
             )
             entry = self.store.put(key, cache.to_entry(), slot="teacher")
         pl_module.teacher_cache = TeacherOutputCache.from_entry(

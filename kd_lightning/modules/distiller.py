@@ -83,7 +83,9 @@ class DistillationModule(SupervisedModule):
         self.test_teacher_metrics = _teacher_metrics(num_classes, "test/")
         self.teacher_cache: TeacherOutputCache | None = None  # set by TeacherCacheCallback during fit
         store = CacheStore("memory" if teacher_cache is True else teacher_cache, cache_dir) if teacher_cache else None
-        self._cache_callback = TeacherCacheCallback(store, cache_views, cache_topk) if store is not None else None
+        self._cache_callback = (
+            TeacherCacheCallback(store, cache_views, cache_topk, temperature) if store is not None else None
+        )
 
     @property
     def student(self) -> nn.Module:
