@@ -70,7 +70,7 @@ def test_epochs_after_the_first_reuse_the_cache_and_the_backbone_never_runs(teac
 def test_changed_weights_transforms_or_data_rebuild_the_cache(teacher_spec, monkeypatch) -> None:
     calls = _count_computes(monkeypatch)
     module = FrozenBackboneFinetuner(teacher_spec, num_classes=10, feature_cache=True)
-    fit = lambda dm: make_trainer(max_epochs=1, num_sanity_val_steps=0).fit(module, dm)  # noqa: E731
+    fit = lambda dm: make_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1).fit(module, dm)  # noqa: E731
     fit(DigitsDataModule(batch_size=64))
     fit(DigitsDataModule(batch_size=64))
     assert len(calls) == 2  # second fit: all hits
