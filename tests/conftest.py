@@ -17,6 +17,8 @@ from kd_lightning.modules import FrozenBackboneFinetuner
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+# The test networks are tiny: one thread is faster than two (no oversubscription) and repeatable.
+torch.set_num_threads(1)
 
 TEACHER_SPEC = ModelSpec("small_cnn", kwargs={"width": 8})
 

@@ -120,7 +120,12 @@ class ImageClassificationDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
 
-    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int):
+        # Batches from a cache (kd_lightning.cache) are already in their final form: pre-computed
+        # features ([B, D], not images) or (images, labels, sample indices) whose views the
+        # module renders itself, so that a cached teacher output matches the student's view.
+        if len(batch) != 2 or batch[0].dim() != 4:
+            return batch
         images, labels = batch
         images = to_float_images(images, self.image_size)
         if self.trainer is not None and self.trainer.training:

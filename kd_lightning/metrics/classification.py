@@ -18,10 +18,13 @@ def classification_metrics(num_classes: int, evaluation: bool = True) -> MetricC
         num_classes: classes of the task.
         evaluation: add F1 and ECE. Training leaves them out: ECE keeps every prediction's confidence
             until the epoch ends, and on augmented training batches neither number is what users read.
+            Training metrics also skip torchmetrics' input checks, whose ``torch.unique`` on the
+            targets is a host-device sync in every step.
     """
-    metrics: dict[str, Metric] = {"acc": MulticlassAccuracy(num_classes, average="micro")}
+    checks = evaluation
+    metrics: dict[str, Metric] = {"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=checks)}
     if num_classes >= TOP5_MIN_CLASSES:
-        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro", validate_args=checks)
     if evaluation:
         metrics["f1_macro"] = MulticlassF1Score(num_classes, average="macro")
         metrics["ece"] = MulticlassCalibrationError(num_classes, n_bins=ECE_BINS, norm="l1")

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from kd_lightning.cache.store import CacheStore
+from kd_lightning.cache.teacher_cache import TeacherCacheCallback, TeacherOutputCache
 from kd_lightning.losses import KDLoss, ModelOutputs
 from kd_lightning.losses.kd import check_temperature
 from kd_lightning.metrics import TeacherStudentKL
@@ -37,7 +40,13 @@ class DistillationModule(SupervisedModule):
         temperature: softening temperature ``T`` of the KD term.
         alpha: weight of the KD term; the cross-entropy on labels gets ``1 − α``.
         save_teacher: also store the teacher's weights in the student's checkpoints.
-        optimizer, lr_scheduler, label_smoothing: see :class:`SupervisedModule`.
+        teacher_cache: compute the teacher's training outputs once and reuse them every epoch
+            (``True``/``"memory"``, or ``"disk"``: memory-mapped files under ``cache_dir``);
+            see :mod:`kd_lightning.cache.teacher_cache` for how augmented views stay exact.
+        cache_views: fixed augmented views per training sample (used when the DataModule augments).
+        cache_topk: store only the top-k teacher logits per sample (many-class data sets).
+        cache_dir: directory of the ``"disk"`` teacher cache.
+        optimizer, lr_scheduler, label_smoothing, channels_last, compile: see :class:`SupervisedModule`.
     """
 
     def __init__(
@@ -48,11 +57,17 @@ class DistillationModule(SupervisedModule):
         temperature: float = 4.0,
         alpha: float = 0.9,
         save_teacher: bool = False,
+        teacher_cache: bool | Literal["memory", "disk"] = False,
+        cache_views: int = 1,
+        cache_topk: int | None = None,
+        cache_dir: str = ".kd_cache/teacher",
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
-        super().__init__(num_classes, optimizer, lr_scheduler, label_smoothing)
+        super().__init__(num_classes, optimizer, lr_scheduler, label_smoothing, channels_last, compile)
         check_temperature(temperature)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1] (the KD share of the loss), got {alpha}")
@@ -67,6 +82,11 @@ class DistillationModule(SupervisedModule):
         self.loss_weights: dict[str, float] = {"ce": 1.0 - alpha, "kd": alpha}
         self.val_teacher_metrics = _teacher_metrics(num_classes, "val/")
         self.test_teacher_metrics = _teacher_metrics(num_classes, "test/")
+        self.teacher_cache: TeacherOutputCache | None = None  # set by TeacherCacheCallback during fit
+        store = CacheStore("memory" if teacher_cache is True else teacher_cache, cache_dir) if teacher_cache else None
+        self._cache_callback = (
+            TeacherCacheCallback(store, cache_views, cache_topk, temperature) if store is not None else None
+        )
 
     @property
     def student(self) -> nn.Module:
@@ -88,7 +108,16 @@ class DistillationModule(SupervisedModule):
         self.teacher.eval()
         return self
 
-    def teacher_outputs(self, x: torch.Tensor) -> ModelOutputs:
+    def configure_callbacks(self) -> list[Callback]:
+        return [self._cache_callback] if self._cache_callback is not None else []
+
+    def networks_to_compile(self) -> list[nn.Module]:
+        return [self.network, self.teacher]
+
+    def teacher_outputs(self, x: torch.Tensor, index: torch.Tensor | None = None) -> ModelOutputs:
+        """The teacher's outputs for ``x``; looked up by sample ``index`` when the cache is on."""
+        if index is not None and self.teacher_cache is not None:
+            return self.teacher_cache.outputs(index, self.current_epoch)
         with torch.no_grad():
             return ModelOutputs(self.teacher(x))
 
@@ -105,8 +134,11 @@ class DistillationModule(SupervisedModule):
         return terms
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        teacher = self.teacher_outputs(x)
+        x, y, *index = batch  # a third element (sample indices) comes from the teacher cache
+        index = index[0] if index else None
+        if index is not None:
+            x = self.teacher_cache.render(x, index, self.current_epoch)
+        teacher = self.teacher_outputs(x, index)
         student = self.student_outputs(x)
         terms = self.loss_components(student, teacher, y)
         loss = sum(self.loss_weights[name] * value for name, value in terms.items())

@@ -8,6 +8,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from kd_lightning.cache.feature_cache import FeatureCacheCallback, is_feature_batch
+from kd_lightning.cache.store import CacheStore
 from kd_lightning.callbacks.unfreeze import BackboneUnfreeze
 from kd_lightning.models.spec import ModelSpec, as_spec
 from kd_lightning.modules.base import Batch, SupervisedModule
@@ -32,7 +34,12 @@ class FrozenBackboneFinetuner(SupervisedModule):
         strategy: one of the strategies above.
         unfreeze_at_epoch: epoch at which ``freeze_then_unfreeze`` unfreezes.
         backbone_lr_factor: backbone/head learning-rate ratio after the unfreeze.
-        optimizer, lr_scheduler, label_smoothing: see :class:`SupervisedModule`.
+        feature_cache: with ``linear_probe``, compute the backbone features of the train and
+            val sets once and train the head on them (``True``/``"memory"``: kept in memory;
+            ``"disk"``: memory-mapped files under ``cache_dir``). Skipped, with a logged reason,
+            when the DataModule augments randomly. See :class:`FeatureCacheCallback`.
+        cache_dir: directory of the ``"disk"`` feature cache.
+        optimizer, lr_scheduler, label_smoothing, channels_last, compile: see :class:`SupervisedModule`.
     """
 
     def __init__(
@@ -42,11 +49,15 @@ class FrozenBackboneFinetuner(SupervisedModule):
         strategy: Strategy = "linear_probe",
         unfreeze_at_epoch: int = 1,
         backbone_lr_factor: float = 0.1,
+        feature_cache: bool | Literal["memory", "disk"] = False,
+        cache_dir: str = ".kd_cache/features",
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
-        super().__init__(num_classes, optimizer, lr_scheduler, label_smoothing)
+        super().__init__(num_classes, optimizer, lr_scheduler, label_smoothing, channels_last, compile)
         if strategy not in ("linear_probe", "full", "freeze_then_unfreeze"):
             raise ValueError(f"unknown strategy {strategy!r}; use linear_probe, full or freeze_then_unfreeze")
         spec = as_spec(backbone)
@@ -58,11 +69,21 @@ class FrozenBackboneFinetuner(SupervisedModule):
         self.network = spec.build(num_classes)
         if strategy == "linear_probe":
             freeze(self.network.backbone)
+        if feature_cache and strategy != "linear_probe":
+            raise ValueError(f"feature_cache needs strategy='linear_probe' (a frozen backbone), got {strategy!r}")
+        storage = "memory" if feature_cache is True else feature_cache
+        self.feature_store = CacheStore(storage, cache_dir) if feature_cache else None
 
     def configure_callbacks(self) -> list[Callback]:
         if self.strategy == "freeze_then_unfreeze":
             return [BackboneUnfreeze(self.unfreeze_at_epoch, self.backbone_lr_factor)]
+        if self.feature_store is not None:
+            return [FeatureCacheCallback(self.feature_store)]
         return []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of images, or of cached backbone features (``[B, D]``) through the head alone."""
+        return self.network.head(x) if is_feature_batch(x) else self.network(x)
 
     def train(self, mode: bool = True) -> FrozenBackboneFinetuner:
         super().train(mode)

@@ -1,0 +1,60 @@
+"""Where cached tensors live: process memory, or files on disk that are memory-mapped back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+Storage = Literal["memory", "disk"]
+
+
+class CacheStore:
+    """A key → ``dict[str, Tensor]`` store.
+
+    ``"memory"`` keeps entries in this object (they survive repeated ``fit`` calls of the same
+    module). ``"disk"`` writes one ``<key>.pt`` file per entry under ``cache_dir`` and loads it
+    with ``mmap=True``, so an entry larger than RAM pages in on demand and later runs (or other
+    processes) reuse it. A changed key simply misses, which is how a stale entry is rebuilt.
+
+    Args:
+        storage: ``"memory"`` or ``"disk"``.
+        cache_dir: directory of the disk entries.
+    """
+
+    def __init__(self, storage: Storage = "memory", cache_dir: str | Path = ".kd_cache") -> None:
+        if storage not in ("memory", "disk"):
+            raise ValueError(f"storage must be 'memory' or 'disk', got {storage!r}")
+        self.storage = storage
+        self.cache_dir = Path(cache_dir)
+        self._slots: dict[str, tuple[str, dict[str, torch.Tensor]]] = {}
+
+    def path(self, key: str) -> Path:
+        return self.cache_dir / f"{key}.pt"
+
+    def get(self, key: str, slot: str = "default") -> dict[str, torch.Tensor] | None:
+        """The entry stored under ``key``, or ``None``.
+
+        Args:
+            slot: in memory, each slot (e.g. ``"train"``, ``"val"``) holds one live entry, so a
+                stale entry is dropped as soon as its replacement is stored.
+        """
+        if self.storage == "memory":
+            stored_key, entry = self._slots.get(slot, (None, None))
+            return entry if stored_key == key else None
+        path = self.path(key)
+        if not path.exists():
+            return None
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+
+    def put(self, key: str, entry: dict[str, torch.Tensor], slot: str = "default") -> dict[str, torch.Tensor]:
+        """Store ``entry`` and return what later ``get`` calls will see (memory-mapped on disk)."""
+        if self.storage == "memory":
+            self._slots[slot] = (key, entry)
+            return entry
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.path(key).with_suffix(".tmp")
+        torch.save({name: t.contiguous() for name, t in entry.items()}, tmp)
+        tmp.replace(self.path(key))  # atomic: a crashed write never leaves a truncated entry
+        return self.get(key)

@@ -1,0 +1,173 @@
+"""Teacher-output cache: outputs equal a fresh teacher forward on the student's exact view."""
+
+import lightning as L
+import pytest
+import torch
+from conftest import make_trainer
+
+from kd_lightning.cache import teacher_cache as teacher_cache_module
+from kd_lightning.cache.teacher_cache import ViewTable, topk_compress, topk_expand
+from kd_lightning.data import DigitsDataModule
+from kd_lightning.data.transforms import crop_at, flip_where, to_float_images
+from kd_lightning.losses import kd_loss
+from kd_lightning.models import ModelSpec
+from kd_lightning.modules import DistillationModule
+
+STUDENT = ModelSpec("small_cnn", kwargs={"width": 4})
+
+
+class ViewChecker(L.Callback):
+    """Before every cached step: render the batch's view and run the real teacher on it."""
+
+    def __init__(self) -> None:
+        self.max_error = 0.0
+        self.views: dict[int, torch.Tensor] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        images, _, index = batch
+        cache = pl_module.teacher_cache
+        x = cache.render(images, index, trainer.current_epoch)
+        with torch.no_grad():
+            fresh = pl_module.teacher(x)
+        cached = cache.outputs(index, trainer.current_epoch).logits
+        self.max_error = max(self.max_error, (fresh - cached).abs().max().item())
+        if batch_idx == 0:
+            order = index.argsort()
+            self.views[trainer.current_epoch] = (x[order], index[order])
+
+
+def _count_builds(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    original = teacher_cache_module.build_teacher_cache
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_cache_module, "build_teacher_cache", counting)
+    return calls
+
+
+def test_cached_outputs_equal_a_fresh_teacher_forward_on_the_augmented_view(teacher_spec) -> None:
+    module = DistillationModule(STUDENT, teacher_spec, num_classes=10, teacher_cache=True, cache_views=2)
+    checker = ViewChecker()
+    dm = DigitsDataModule(batch_size=64, crop_padding=1, hflip=True)
+    make_trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=1, callbacks=[checker]).fit(module, dm)
+    assert checker.max_error < 1e-5  # same function, batch composition may differ: float32 round-off only
+    assert set(checker.views) == {0, 1}
+    assert module.teacher_cache is None  # released at teardown
+
+
+def test_rendered_view_is_the_random_augmentation_with_recorded_parameters() -> None:
+    images = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    views = ViewTable.sample(len(images), num_views=3, padding=2, hflip=True, seed=0)
+    index = torch.tensor([4, 0, 5])
+    out = views.render(images[index], index, view=2, image_size=None)
+    expected = flip_where(
+        crop_at(to_float_images(images[index]), 2, views.dy[2, index], views.dx[2, index]), views.flip[2, index]
+    )
+    assert torch.equal(out, expected)
+    assert not torch.equal(views.render(images[index], index, 0, None), out)  # views differ
+
+
+def test_student_trains_on_the_cached_views(teacher_spec) -> None:
+    module = DistillationModule(STUDENT, teacher_spec, num_classes=10, teacher_cache=True, cache_views=2)
+    seen: list[torch.Tensor] = []
+    original = module.student_outputs
+
+    def recording(x):
+        seen.append(x.detach().clone())
+        return original(x)
+
+    module.student_outputs = recording
+    checker = ViewChecker()
+    dm = DigitsDataModule(batch_size=64, crop_padding=1, hflip=True)
+    make_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, callbacks=[checker]).fit(module, dm)
+    x_checker, _ = checker.views[0]
+    assert sorted(t.sum().item() for t in seen[0]) == pytest.approx(sorted(t.sum().item() for t in x_checker))
+
+
+def test_changed_teacher_data_or_transforms_rebuild_the_cache(teacher_spec, tmp_path, monkeypatch) -> None:
+    calls = _count_builds(monkeypatch)
+
+    def fit(module, **dm_kwargs):
+        trainer = make_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+        trainer.fit(module, DigitsDataModule(batch_size=64, **dm_kwargs))
+
+    make = lambda: DistillationModule(  # noqa: E731
+        STUDENT, teacher_spec, num_classes=10, teacher_cache="disk", cache_dir=str(tmp_path)
+    )
+    fit(make())
+    fit(make())
+    assert len(calls) == 1  # a new module with the same teacher hits the disk entry
+    module = make()
+    with torch.no_grad():
+        next(module.teacher.parameters()).add_(0.01)
+    fit(module)
+    assert len(calls) == 2
+    fit(make(), image_size=10)
+    assert len(calls) == 3
+    fit(make(), seed=3)
+    assert len(calls) == 4
+    fit(make(), hflip=True)
+    assert len(calls) == 5
+
+
+def test_topk_keeps_the_top_logits_and_the_mass_of_the_rest() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(4, 20, dtype=torch.float64) * 3
+    values, indices, fill = topk_compress(logits, 5)
+    full = topk_expand(values, indices, fill, 20)
+    assert torch.equal(full.gather(-1, indices), logits.gather(-1, indices))
+    p, q = logits.softmax(-1), full.softmax(-1)
+    torch.testing.assert_close(q.gather(-1, indices), p.gather(-1, indices))  # exact at T = 1
+    with pytest.raises(ValueError, match="top-k"):
+        topk_compress(logits, 20)
+
+
+def test_topk_kd_error_shrinks_with_k_and_vanishes_at_c_minus_one() -> None:
+    torch.manual_seed(0)
+    teacher, student = torch.randn(64, 20) * 3, torch.randn(64, 20)
+    exact = kd_loss(student, teacher)
+    errors = [(kd_loss(student, topk_expand(*topk_compress(teacher, k), 20)) - exact).abs().item() for k in (2, 8, 19)]
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 1e-5
+
+
+def test_topk_cache_trains_and_its_kd_error_is_small(teacher_spec) -> None:
+    module = DistillationModule(STUDENT, teacher_spec, num_classes=10, teacher_cache=True, cache_topk=5)
+    errors: list[float] = []
+
+    class Compare(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            images, _, index = batch
+            x = pl_module.teacher_cache.render(images, index, 0)
+            student = pl_module.network(x).detach()
+            with torch.no_grad():
+                exact = kd_loss(student, pl_module.teacher(x))
+            approx = kd_loss(student, pl_module.teacher_cache.outputs(index, 0).logits)
+            errors.append(((approx - exact).abs() / exact).item())
+
+    make_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=0, callbacks=[Compare()]).fit(
+        module, DigitsDataModule(batch_size=64)
+    )
+    assert len(errors) == 3 and max(errors) < 0.25  # top-5 of 10 at T = 4: ~10% (measured in benchmarks)
+
+
+def test_cache_matches_the_uncached_loss_without_augmentation(teacher_spec) -> None:
+    module = DistillationModule(STUDENT, teacher_spec, num_classes=10, teacher_cache=True)
+    losses: list[tuple[float, float]] = []
+
+    class Compare(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            images, y, index = batch
+            x = to_float_images(images)
+            cached = pl_module.loss_components(pl_module.student_outputs(x), pl_module.teacher_outputs(x, index), y)
+            fresh = pl_module.loss_components(pl_module.student_outputs(x), pl_module.teacher_outputs(x), y)
+            losses.append((cached["kd"].item(), fresh["kd"].item()))
+
+    make_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, callbacks=[Compare()]).fit(
+        module, DigitsDataModule(batch_size=64)
+    )
+    for cached, fresh in losses:
+        assert cached == pytest.approx(fresh, rel=1e-5)
