@@ -1,5 +1,7 @@
 """Lightning callbacks of kd_lightning."""
 
+from kd_lightning.callbacks.nonfinite import NonFiniteLossGuard
+from kd_lightning.callbacks.resume import ExactResume
 from kd_lightning.callbacks.unfreeze import BackboneUnfreeze
 
-__all__ = ["BackboneUnfreeze"]
+__all__ = ["BackboneUnfreeze", "ExactResume", "NonFiniteLossGuard"]

@@ -8,12 +8,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kd_lightning.errors import KDLightningError
+
 # Prefixes under which networks are stored: kd_lightning's modules keep the trained network
 # (a finetuned backbone, a distilled student) as ``network.``; others use ``model.``/``module.``.
 KNOWN_PREFIXES = ("", "network.", "model.", "module.", "student.", "teacher.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(KDLightningError, ValueError):
     """A weights file that is missing, unreadable, or does not fit the model."""
 
 

@@ -7,10 +7,14 @@ from collections.abc import Iterable
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
+
+from kd_lightning.callbacks.nonfinite import NonFiniteLossGuard
+from kd_lightning.callbacks.resume import ExactResume
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -47,8 +51,14 @@ class SupervisedModule(L.LightningModule):
         self.scheduler_factory = lr_scheduler
         self.label_smoothing = label_smoothing
         self.train_metrics = classification_metrics(num_classes).clone(prefix="train/")
+        # In checkpoints, so an epoch's training accuracy survives a mid-epoch resume.
+        self.train_metrics.persistent(True)
         self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
         self.test_metrics = classification_metrics(num_classes).clone(prefix="test/")
+
+    def configure_callbacks(self) -> list[Callback]:
+        """Exact resume (RNG states, config check) and a stop on non-finite losses, in every run."""
+        return [ExactResume(), NonFiniteLossGuard()]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)

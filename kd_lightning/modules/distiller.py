@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from kd_lightning.errors import ConfigError, as_config_error
 from kd_lightning.losses import KDLoss, ModelOutputs
 from kd_lightning.losses.kd import check_temperature
 from kd_lightning.models.spec import ModelSpec, as_spec
@@ -52,9 +53,10 @@ class DistillationModule(SupervisedModule):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(num_classes, optimizer, lr_scheduler, label_smoothing)
-        check_temperature(temperature)
+        with as_config_error():
+            check_temperature(temperature)
         if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1] (the KD share of the loss), got {alpha}")
+            raise ConfigError(f"alpha must be in [0, 1] (the KD share of the loss), got {alpha}")
         student_spec, teacher_spec = as_spec(student), as_spec(teacher)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.hparams["student"] = student_spec.to_dict()

@@ -60,9 +60,10 @@ class FrozenBackboneFinetuner(SupervisedModule):
             freeze(self.network.backbone)
 
     def configure_callbacks(self) -> list[Callback]:
+        callbacks = super().configure_callbacks()
         if self.strategy == "freeze_then_unfreeze":
-            return [BackboneUnfreeze(self.unfreeze_at_epoch, self.backbone_lr_factor)]
-        return []
+            callbacks.append(BackboneUnfreeze(self.unfreeze_at_epoch, self.backbone_lr_factor))
+        return callbacks
 
     def train(self, mode: bool = True) -> FrozenBackboneFinetuner:
         super().train(mode)
