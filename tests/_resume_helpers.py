@@ -41,7 +41,9 @@ def make_teacher(path: Path) -> None:
 def build(config: dict) -> tuple[L.LightningModule, DigitsDataModule]:
     teacher = {"name": "small_cnn", "kwargs": {"width": 8}, "weights_path": config["teacher_path"]}
     if config["kind"] == "distiller":
-        module = DistillationModule(student={"name": "small_cnn", "kwargs": {"width": 4}}, teacher=teacher, num_classes=10)
+        module = DistillationModule(
+            student={"name": "small_cnn", "kwargs": {"width": 4}}, teacher=teacher, num_classes=10
+        )
     else:
         backbone = teacher if config["strategy"] != "full" else {"name": "small_cnn", "kwargs": {"width": 4}}
         module = FrozenBackboneFinetuner(backbone, 10, strategy=config["strategy"], unfreeze_at_epoch=1)

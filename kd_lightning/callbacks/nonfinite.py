@@ -43,7 +43,9 @@ class NonFiniteLossGuard(Callback):
             self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
         bad_now = ~torch.isfinite(loss.detach()).all()
         unset = self._first_bad_step < 0
-        self._first_bad_step = torch.where(bad_now & unset, torch.tensor(step, device=loss.device), self._first_bad_step)
+        self._first_bad_step = torch.where(
+            bad_now & unset, torch.tensor(step, device=loss.device), self._first_bad_step
+        )
         every = self.check_every_n_steps or (1 if loss.device.type == "cpu" else 20)
         if (batch_idx + 1) % every == 0 or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self._check(trainer, batch_idx)
@@ -57,7 +59,9 @@ class NonFiniteLossGuard(Callback):
             for name, value in trainer.callback_metrics.items()
             if name.startswith("train/") and isinstance(value, torch.Tensor) and value.numel() == 1
         }
-        bad_terms = [f"{name}={value}" for name, value in sorted(terms.items()) if not torch.isfinite(torch.tensor(value))]
+        bad_terms = [
+            f"{name}={value}" for name, value in sorted(terms.items()) if not torch.isfinite(torch.tensor(value))
+        ]
         raise NonFiniteLossError(
             f"non-finite loss at training step {first_bad} (epoch {trainer.current_epoch}, batch {batch_idx}); "
             f"non-finite terms: {', '.join(bad_terms) or 'loss'}. Lower the learning rate, clip gradients "

@@ -41,7 +41,9 @@ class ExactResume(Callback):
             return
         changes = _diff(checkpoint.get("hyper_parameters", {}), dict(pl_module.hparams), "model.")
         if trainer.datamodule is not None:
-            changes += _diff(checkpoint.get("datamodule_hyper_parameters", {}), dict(trainer.datamodule.hparams), "data.")
+            changes += _diff(
+                checkpoint.get("datamodule_hyper_parameters", {}), dict(trainer.datamodule.hparams), "data."
+            )
         if changes:
             raise ConfigError(
                 "the resume checkpoint was trained with another config: "

@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from kd_lightning.errors import ConfigError, as_config_error
 from kd_lightning.losses import KDLoss, ModelOutputs
 from kd_lightning.losses.kd import check_temperature
+from kd_lightning.models.fingerprint import check_fingerprint, state_dict_sha256
 from kd_lightning.models.spec import ModelSpec, as_spec
 from kd_lightning.modules.base import Batch, SupervisedModule
 from kd_lightning.modules.freezing import freeze
@@ -64,6 +65,7 @@ class DistillationModule(SupervisedModule):
         self.save_teacher = save_teacher
         self.network = student_spec.build(num_classes)
         self.teacher = self._build_teacher(teacher_spec, num_classes)
+        self._teacher_sha256: str | None = None  # computed at the first checkpoint save
         self.loss_terms = nn.ModuleDict({"kd": KDLoss(temperature)})
         self.loss_weights: dict[str, float] = {"ce": 1.0 - alpha, "kd": alpha}
         self.val_teacher_metrics = _teacher_metrics(num_classes, "val/")
@@ -131,13 +133,23 @@ class DistillationModule(SupervisedModule):
         return (p for name, p in self.named_parameters() if p.requires_grad and not name.startswith(TEACHER_PREFIX))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Where the teacher came from and what it was, so evaluation can rebuild and verify it.
+        if self._teacher_sha256 is None:
+            self._teacher_sha256 = state_dict_sha256(self.teacher)
+        checkpoint["teacher"] = {"spec": self.hparams["teacher"], "sha256": self._teacher_sha256}
         if not self.save_teacher:
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
                 del state[key]
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved_teacher = any(k.startswith(TEACHER_PREFIX) for k in checkpoint["state_dict"])
+        if "teacher" in checkpoint and not saved_teacher:
+            check_fingerprint(checkpoint["teacher"], self.teacher)
+
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """Load strictly; a checkpoint saved without its teacher keeps the teacher rebuilt from its spec."""
+        self._teacher_sha256 = None
         if not any(k.startswith(TEACHER_PREFIX) for k in state_dict):
             teacher_state = {TEACHER_PREFIX + k: v for k, v in self.teacher.state_dict().items()}
             state_dict = {**state_dict, **teacher_state}
