@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -46,7 +47,11 @@ def build(config: dict) -> tuple[L.LightningModule, DigitsDataModule]:
         )
     else:
         backbone = teacher if config["strategy"] != "full" else {"name": "small_cnn", "kwargs": {"width": 4}}
-        module = FrozenBackboneFinetuner(backbone, 10, strategy=config["strategy"], unfreeze_at_epoch=1)
+        # A per-epoch StepLR too, so the scheduler's state has to survive the resume.
+        scheduler = partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
+        module = FrozenBackboneFinetuner(
+            backbone, 10, strategy=config["strategy"], unfreeze_at_epoch=1, lr_scheduler=scheduler
+        )
     data = DigitsDataModule(batch_size=64, crop_padding=1, hflip=True, **config.get("data", {}))
     return module, data
 
