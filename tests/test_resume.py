@@ -67,7 +67,9 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
 
 def _fit(tmp_path: Path, ckpt_path: str | None = None, **module_kwargs) -> L.Trainer:
     L.seed_everything(0)
-    module = FrozenBackboneFinetuner({"name": "small_cnn", "kwargs": {"width": 4}}, 10, strategy="full", **module_kwargs)
+    module = FrozenBackboneFinetuner(
+        {"name": "small_cnn", "kwargs": {"width": 4}}, 10, strategy="full", **module_kwargs
+    )
     trainer = L.Trainer(
         max_epochs=1,
         limit_train_batches=2,

@@ -58,7 +58,9 @@ def test_resume_refuses_a_pickled_payload_without_running_it(malicious_checkpoin
     kwargs = {"weights_only": False} if how == "argument" else {}
     if how == "env":
         monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
     use_safe_checkpoint_io(trainer)
     module = FrozenBackboneFinetuner({"name": "small_cnn", "kwargs": {"width": 4}}, 10, strategy="full")
     with pytest.raises(CheckpointError, match="pickled objects|weights_only=True only"):

@@ -72,6 +72,9 @@ def load_weights(model: nn.Module, path: str | Path, strict_head: bool = False) 
     ]
     if skipped_head and strict_head:
         theirs, ours = stripped["head.weight"].shape[0], target["head.weight"].shape[0]
+        if theirs == ours:  # same classes, other feature width: an architecture mismatch, reported below
+            skipped_head = []
+    if skipped_head and strict_head:
         raise CheckpointError(
             f"{path} was trained for {theirs} classes but this model has {ours}: teacher and "
             "student must share one label set (check data.num_classes and the teacher checkpoint)"
