@@ -57,8 +57,14 @@ class SupervisedModule(L.LightningModule):
         self.test_metrics = classification_metrics(num_classes).clone(prefix="test/")
 
     def configure_callbacks(self) -> list[Callback]:
-        """Exact resume (RNG states, config check) and a stop on non-finite losses, in every run."""
-        return [ExactResume(), NonFiniteLossGuard()]
+        """Exact resume (RNG states, config check) and a stop on non-finite losses, in every run.
+
+        One the Trainer already has (e.g. a ``NonFiniteLossGuard`` with its own check interval)
+        is kept: Lightning would otherwise replace it with the module's default.
+        """
+        present = self._trainer.callbacks if self._trainer is not None else []
+        defaults = (ExactResume, NonFiniteLossGuard)
+        return [cls() for cls in defaults if not any(isinstance(cb, cls) for cb in present)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -65,7 +66,13 @@ class DistillationModule(SupervisedModule):
         self.save_teacher = save_teacher
         self.network = student_spec.build(num_classes)
         self.teacher = self._build_teacher(teacher_spec, num_classes)
-        self._teacher_sha256: str | None = None  # computed at the first checkpoint save
+        # Hashed now, before a strategy could shard the teacher; stored in every checkpoint.
+        self._teacher_sha256 = state_dict_sha256(self.teacher)
+        # Under DDP the frozen teacher is neither in the gradient sync (it has no trainable
+        # parameters) nor in the per-step buffer broadcast: every rank builds the same one.
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self, [TEACHER_PREFIX + name for name, _ in self.teacher.state_dict().items()]
+        )
         self.loss_terms = nn.ModuleDict({"kd": KDLoss(temperature)})
         self.loss_weights: dict[str, float] = {"ce": 1.0 - alpha, "kd": alpha}
         self.val_teacher_metrics = _teacher_metrics(num_classes, "val/")
@@ -134,8 +141,6 @@ class DistillationModule(SupervisedModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Where the teacher came from and what it was, so evaluation can rebuild and verify it.
-        if self._teacher_sha256 is None:
-            self._teacher_sha256 = state_dict_sha256(self.teacher)
         checkpoint["teacher"] = {"spec": self.hparams["teacher"], "sha256": self._teacher_sha256}
         if not self.save_teacher:
             state = checkpoint["state_dict"]
@@ -149,11 +154,14 @@ class DistillationModule(SupervisedModule):
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """Load strictly; a checkpoint saved without its teacher keeps the teacher rebuilt from its spec."""
-        self._teacher_sha256 = None
-        if not any(k.startswith(TEACHER_PREFIX) for k in state_dict):
+        has_teacher = any(k.startswith(TEACHER_PREFIX) for k in state_dict)
+        if not has_teacher:
             teacher_state = {TEACHER_PREFIX + k: v for k, v in self.teacher.state_dict().items()}
             state_dict = {**state_dict, **teacher_state}
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if has_teacher:
+            self._teacher_sha256 = state_dict_sha256(self.teacher)
+        return result
 
 
 def _teacher_metrics(num_classes: int, prefix: str) -> MetricCollection:
