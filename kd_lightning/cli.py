@@ -13,6 +13,7 @@ from lightning.pytorch.cli import LightningCLI
 from kd_lightning.checkpointing import SafeCheckpointIO
 from kd_lightning.data import ImageClassificationDataModule
 from kd_lightning.errors import KDLightningError
+from kd_lightning.models.weights import CheckpointError
 from kd_lightning.modules import SupervisedModule
 
 # Set to 1 to see the full traceback of a user error (or pass --traceback).
@@ -24,6 +25,20 @@ class KDLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads --ckpt_path itself (weights_only=True) to take the model's
+        # hyper-parameters from it, before the Trainer does: report a damaged file as such.
+        try:
+            super()._parse_ckpt_path()
+        except KDLightningError:
+            raise
+        except Exception as err:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: {str(err).strip().splitlines()[0]}. The file is truncated, "
+                "corrupt, or holds pickled objects other than tensors and plain values (refused: they could run code)."
+            ) from err
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)

@@ -164,3 +164,13 @@ def test_command_line_exit_status_and_traceback_switch(tmp_path, teacher_file):
     assert "error: alpha must be in [0, 1]" in short.stderr and "Traceback" not in short.stderr
     full = subprocess.run([*command, "--traceback"], capture_output=True, text=True, cwd=REPO)
     assert full.returncode == 1 and "Traceback" in full.stderr and "ConfigError" in full.stderr
+
+
+def test_resume_with_another_data_config(tmp_path, capsys):
+    """LightningCLI takes the model's hyper-parameters from the checkpoint; the data config is checked."""
+    config = _config(tmp_path, _scratch())
+    main(["fit", "--config", str(config), "--trainer.enable_checkpointing", "true"])
+    (ckpt,) = tmp_path.rglob("*.ckpt")
+    args = ["fit", "--config", str(config), "--data.init_args.batch_size", "16", "--ckpt_path", str(ckpt)]
+    line = _user_error(capsys, args)
+    assert "another config: data.batch_size: checkpoint 64, config 16" in line
