@@ -97,6 +97,9 @@ def test_atomic_save_leaves_the_old_checkpoint_when_a_write_fails(tmp_path):
         atomic_torch_save({"big": torch.zeros(100_000), "bad": Unpicklable()}, path)
     assert torch.load(path, weights_only=True)["step"].item() == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_safe_checkpoint_io_round_trip_and_truncated_file(tmp_path):
