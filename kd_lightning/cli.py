@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 import lightning as L
@@ -100,6 +101,8 @@ def find_user_error(err: BaseException) -> KDLightningError | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run a command; a user error prints ``error: ...`` and exits 2 instead of a traceback."""
+    # Frozen teachers and backbones are in eval mode on purpose; Lightning's hint about it is noise.
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
     from_command_line = argv is None
     argv = sys.argv[1:] if from_command_line else list(argv)
     show_traceback = "--traceback" in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")

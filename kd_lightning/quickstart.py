@@ -62,12 +62,18 @@ def _params(module: SupervisedModule) -> int:
     return sum(p.numel() for p in module.network.parameters())
 
 
-def run(output: Path, seeds: tuple[int, ...] = (0, 1, 2), student_epochs: int = STUDENT_EPOCHS) -> dict[str, Any]:
+def run(
+    output: Path,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    student_epochs: int = STUDENT_EPOCHS,
+    teacher_epochs: int = TEACHER_EPOCHS,
+) -> dict[str, Any]:
     """Run the pipeline and write ``output/results.json``; returns the same dictionary."""
     output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    L.seed_everything(seeds[0], verbose=False)  # before construction: the seed fixes the initial weights
     teacher = FrozenBackboneFinetuner(TEACHER, num_classes=10, strategy="full", optimizer=_adam(3e-3))
-    teacher_acc, teacher_ckpt = _fit_and_test(teacher, TEACHER_EPOCHS, output / "teacher", seed=seeds[0])
+    teacher_acc, teacher_ckpt = _fit_and_test(teacher, teacher_epochs, output / "teacher", seed=seeds[0])
     teacher_from_ckpt = ModelSpec(TEACHER.name, weights_path=str(teacher_ckpt), kwargs=TEACHER.kwargs)
 
     scratch, distilled = [], []
@@ -121,10 +127,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="student seeds")
     parser.add_argument("--student-epochs", type=int, default=STUDENT_EPOCHS)
+    parser.add_argument("--teacher-epochs", type=int, default=TEACHER_EPOCHS)
     args = parser.parse_args(argv)
     # Lightning's per-fit banners and hints would bury the one table this command is for.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="lightning")
-    results = run(args.output, tuple(args.seeds), args.student_epochs)
+    results = run(args.output, tuple(args.seeds), args.student_epochs, args.teacher_epochs)
     print_table(results)
     print(f"results written to {args.output / 'results.json'} ({results['wall_time_s']} s)")

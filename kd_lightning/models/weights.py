@@ -67,8 +67,9 @@ def load_weights(model: nn.Module, path: str | Path, strict_head: bool = False) 
     prefix = max(KNOWN_PREFIXES, key=lambda p: _matches(state, target, p))
     stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
+    # A head with another class count is a new label set; one of another width is another architecture.
     skipped_head = [
-        k for k in target if k.startswith("head.") and k in stripped and stripped[k].shape != target[k].shape
+        k for k in target if k.startswith("head.") and k in stripped and stripped[k].shape[:1] != target[k].shape[:1]
     ]
     if skipped_head and strict_head:
         theirs, ours = stripped["head.weight"].shape[0], target["head.weight"].shape[0]
