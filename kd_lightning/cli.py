@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable
 
+import lightning as L
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from kd_lightning.callbacks.confusion import ConfusionMatrixLogger
 from kd_lightning.callbacks.save_config import LoggerSaveConfigCallback
+from kd_lightning.checkpointing import use_safe_checkpoint_io
 from kd_lightning.data import ImageClassificationDataModule
+from kd_lightning.errors import KDLightningError
+from kd_lightning.models.weights import CheckpointError
 from kd_lightning.modules import SupervisedModule
 
 # ``--wandb`` stands for this logger; configs/logger/wandb.yaml is the same as a config fragment.
@@ -21,6 +26,9 @@ WANDB_LOGGER = {
     "class_path": "lightning.pytorch.loggers.WandbLogger",
     "init_args": {"project": "kd-lightning", "log_model": True},
 }
+
+# Set to 1 to see the full traceback of a user error (or pass --traceback).
+TRACEBACK_ENV = "KD_LIGHTNING_TRACEBACK"
 
 
 class KDLightningCLI(LightningCLI):
@@ -33,6 +41,25 @@ class KDLightningCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         trainer = self.config[self.subcommand].trainer if self.subcommand else self.config.trainer
         self.trainer_defaults["callbacks"] = default_callbacks(trainer.enable_progress_bar, trainer.callbacks or [])
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads --ckpt_path itself (weights_only=True) to take the model's
+        # hyper-parameters from it, before the Trainer does: report a damaged file as such.
+        try:
+            super()._parse_ckpt_path()
+        except KDLightningError:
+            raise
+        except Exception as err:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: {str(err).strip().splitlines()[0]}. The file is truncated, "
+                "corrupt, or holds pickled objects other than tensors and plain values (refused: they could run code)."
+            ) from err
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        use_safe_checkpoint_io(trainer)
+        return trainer
 
 
 def default_callbacks(enable_progress_bar: bool | None, configured: list) -> list[Callback]:
@@ -91,14 +118,47 @@ def _export(args: list[str]) -> None:
 COMMANDS: dict[str, Callable[[list[str]], None]] = {"quickstart": _quickstart, "report": _report, "export": _export}
 
 
+def find_user_error(err: BaseException) -> KDLightningError | None:
+    """The :class:`KDLightningError` behind ``err``, if any.
+
+    jsonargparse re-raises errors of class instantiation as its own ``ValueError`` chained to
+    the original, so the chain is searched rather than the outermost type alone.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, KDLightningError):
+            return current
+        stack += [current.__cause__, current.__context__]
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run a command; a user error prints ``error: ...`` and exits 2 instead of a traceback."""
     # Frozen teachers and backbones are in eval mode on purpose; Lightning's hint about it is noise.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in COMMANDS:
-        COMMANDS[argv[0]](argv[1:])
-    else:
-        lightning_main(argv)
+    from_command_line = argv is None
+    argv = sys.argv[1:] if from_command_line else list(argv)
+    show_traceback = "--traceback" in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--traceback"]
+    if from_command_line:
+        sys.argv[1:] = argv  # LightningCLI reads sys.argv itself and warns when also given args
+    try:
+        if argv and argv[0] in COMMANDS:
+            COMMANDS[argv[0]](argv[1:])
+        else:
+            lightning_main(None if from_command_line else argv)
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None or show_traceback:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
+        print(f"(run with --traceback or {TRACEBACK_ENV}=1 for the full traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

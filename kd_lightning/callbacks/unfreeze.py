@@ -30,6 +30,12 @@ class BackboneUnfreeze(BaseFinetuning):
     def freeze_before_training(self, pl_module: L.LightningModule) -> None:
         freeze(pl_module.network.backbone)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed mid-epoch skips ``on_train_epoch_start``, where BaseFinetuning unfreezes:
+        # without this the restored backbone param group would hold frozen parameters.
+        for optimizer in trainer.optimizers:
+            self.finetune_function(pl_module, trainer.current_epoch, optimizer)
+
     def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer) -> None:
         if epoch < self.unfreeze_at_epoch:
             return

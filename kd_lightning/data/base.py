@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from kd_lightning.data.sampler import ResumableRandomSampler
 from kd_lightning.data.tensor_dataset import TensorImageDataset, collate_batch
 from kd_lightning.data.transforms import augment_batch, to_float_images
 
@@ -64,6 +67,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.train_set: TensorImageDataset | None = None
         self.val_set: TensorImageDataset | None = None
         self.test_set: TensorImageDataset | None = None
+        self.train_sampler: ResumableRandomSampler | None = None
+        self._sampler_state: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -96,29 +101,53 @@ class ImageClassificationDataModule(L.LightningDataModule):
             raise ValueError(f"samples_per_class={self.samples_per_class} exceeds the images of classes {short}")
         return torch.cat(chosen)
 
-    def _loader(self, dataset: TensorImageDataset | None, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, dataset: TensorImageDataset | None, batch_size: int, sampler: ResumableRandomSampler | None = None
+    ) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate_batch,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        if self.train_set is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        # Seeded by seed_everything (``torch.initial_seed``), so the config's seed sets the order.
+        self.train_sampler = ResumableRandomSampler(len(self.train_set), seed=torch.initial_seed() % 2**62)
+        if self._sampler_state is not None:
+            self.train_sampler.load_state_dict(self._sampler_state)
+            self._sampler_state = None
+        # Under DDP Lightning wraps this sampler in a DistributedSamplerWrapper and keeps its order.
+        return self._loader(self.train_set, self.batch_size, self.train_sampler)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training sampler stands, so a run resumed mid-epoch sees the same next batches."""
+        if self.train_sampler is None or self.trainer is None:
+            return {}
+        batches_done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if self.trainer.world_size > 1:
+            # Lightning's DistributedSamplerWrapper needs the full permutation to shard it, so
+            # under DDP a run resumes exactly at epoch boundaries only.
+            batches_done = 0
+        return {"train_sampler": self.train_sampler.state_dict(consumed=batches_done * self.batch_size)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._sampler_state = state_dict.get("train_sampler")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.val_set, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.test_set, self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.test_set, self.eval_batch_size)
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int):
         # Batches from a cache (kd_lightning.cache) are already in their final form: pre-computed

@@ -10,6 +10,7 @@ import torchvision
 
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.tensor_dataset import TensorImageDataset
+from kd_lightning.errors import DataError
 
 
 class TorchvisionDataModule(ImageClassificationDataModule):
@@ -38,7 +39,7 @@ class TorchvisionDataModule(ImageClassificationDataModule):
         try:
             dataset = self.dataset_class(self.data_dir, train=split == "train", download=False)
         except RuntimeError as err:
-            raise FileNotFoundError(
+            raise DataError(
                 f"{self.dataset_class.__name__} not found under {Path(self.data_dir).resolve()}: {err} "
                 "Set data.download: true, or point data.data_dir at a folder that holds it."
             ) from err

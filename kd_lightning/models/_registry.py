@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from torch import nn
 
+from kd_lightning.errors import ConfigError
 from kd_lightning.models.classifier import InputConfig
 
 
@@ -74,8 +75,8 @@ def list_backbones() -> list[str]:
     return sorted(_BACKBONES)
 
 
-def unknown_name_error(kind: str, name: str, known: list[str]) -> ValueError:
-    """A ValueError that suggests the closest known names, for typos in configs."""
+def unknown_name_error(kind: str, name: str, known: list[str]) -> ConfigError:
+    """A :class:`ConfigError` (a ``ValueError``) that suggests the closest known names, for typos in configs."""
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return ValueError(f"unknown {kind} {name!r}.{hint}")
+    return ConfigError(f"unknown {kind} {name!r}.{hint}")

@@ -8,12 +8,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kd_lightning.errors import KDLightningError
+
 # Prefixes under which networks are stored: kd_lightning's modules keep the trained network
 # (a finetuned backbone, a distilled student) as ``network.``; others use ``model.``/``module.``.
 KNOWN_PREFIXES = ("", "network.", "model.", "module.", "student.", "teacher.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(KDLightningError, ValueError):
     """A weights file that is missing, unreadable, or does not fit the model."""
 
 
@@ -71,6 +73,9 @@ def load_weights(model: nn.Module, path: str | Path, strict_head: bool = False) 
     ]
     if skipped_head and strict_head:
         theirs, ours = stripped["head.weight"].shape[0], target["head.weight"].shape[0]
+        if theirs == ours:  # same classes, other feature width: an architecture mismatch, reported below
+            skipped_head = []
+    if skipped_head and strict_head:
         raise CheckpointError(
             f"{path} was trained for {theirs} classes but this model has {ours}: teacher and "
             "student must share one label set (check data.num_classes and the teacher checkpoint)"

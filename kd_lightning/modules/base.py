@@ -7,10 +7,14 @@ from collections.abc import Iterable
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MetricCollection
 
+from kd_lightning.callbacks.nonfinite import NonFiniteLossGuard
+from kd_lightning.callbacks.resume import ExactResume
+from kd_lightning.checkpointing import use_safe_checkpoint_io
 from kd_lightning.metrics import classification_metrics
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -51,8 +55,24 @@ class SupervisedModule(L.LightningModule):
         self.channels_last = channels_last
         self.compile_networks = compile
         self.train_metrics = classification_metrics(num_classes, evaluation=False).clone(prefix="train/")
+        # In checkpoints, so an epoch's training accuracy survives a mid-epoch resume.
+        self.train_metrics.persistent(True)
         self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
         self.test_metrics = classification_metrics(num_classes).clone(prefix="test/")
+
+    def setup(self, stage: str) -> None:
+        # Runs before Lightning restores --ckpt_path and before any save, also outside the CLI.
+        use_safe_checkpoint_io(self.trainer)
+
+    def configure_callbacks(self) -> list[Callback]:
+        """Exact resume (RNG states, config check) and a stop on non-finite losses, in every run.
+
+        One the Trainer already has (e.g. a ``NonFiniteLossGuard`` with its own check interval)
+        is kept: Lightning would otherwise replace it with the module's default.
+        """
+        present = self._trainer.callbacks if self._trainer is not None else []
+        defaults = (ExactResume, NonFiniteLossGuard)
+        return [cls() for cls in defaults if not any(isinstance(cb, cls) for cb in present)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)

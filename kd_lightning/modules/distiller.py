@@ -10,14 +10,17 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from kd_lightning.cache.store import CacheStore
 from kd_lightning.cache.teacher_cache import TeacherCacheCallback, TeacherOutputCache
+from kd_lightning.errors import ConfigError, as_config_error
 from kd_lightning.losses import KDLoss, ModelOutputs
 from kd_lightning.losses.kd import check_temperature
 from kd_lightning.metrics import TeacherStudentKL
+from kd_lightning.models.fingerprint import check_fingerprint, state_dict_sha256
 from kd_lightning.models.spec import ModelSpec, as_spec
 from kd_lightning.modules.base import Batch, SupervisedModule
 from kd_lightning.modules.freezing import freeze
@@ -68,9 +71,10 @@ class DistillationModule(SupervisedModule):
         compile: bool = False,
     ) -> None:
         super().__init__(num_classes, optimizer, lr_scheduler, label_smoothing, channels_last, compile)
-        check_temperature(temperature)
+        with as_config_error():
+            check_temperature(temperature)
         if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1] (the KD share of the loss), got {alpha}")
+            raise ConfigError(f"alpha must be in [0, 1] (the KD share of the loss), got {alpha}")
         student_spec, teacher_spec = as_spec(student), as_spec(teacher)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.hparams["student"] = student_spec.to_dict()
@@ -78,6 +82,13 @@ class DistillationModule(SupervisedModule):
         self.save_teacher = save_teacher
         self.network = student_spec.build(num_classes)
         self.teacher = self._build_teacher(teacher_spec, num_classes)
+        # Hashed now, before a strategy could shard the teacher; stored in every checkpoint.
+        self._teacher_sha256 = state_dict_sha256(self.teacher)
+        # Under DDP the frozen teacher is neither in the gradient sync (it has no trainable
+        # parameters) nor in the per-step buffer broadcast: every rank builds the same one.
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self, [TEACHER_PREFIX + name for name, _ in self.teacher.state_dict().items()]
+        )
         self.loss_terms = nn.ModuleDict({"kd": KDLoss(temperature)})
         self.loss_weights: dict[str, float] = {"ce": 1.0 - alpha, "kd": alpha}
         self.val_teacher_metrics = _teacher_metrics(num_classes, "val/")
@@ -109,7 +120,10 @@ class DistillationModule(SupervisedModule):
         return self
 
     def configure_callbacks(self) -> list[Callback]:
-        return [self._cache_callback] if self._cache_callback is not None else []
+        callbacks = super().configure_callbacks()
+        if self._cache_callback is not None:
+            callbacks.append(self._cache_callback)
+        return callbacks
 
     def networks_to_compile(self) -> list[nn.Module]:
         return [self.network, self.teacher]
@@ -163,17 +177,28 @@ class DistillationModule(SupervisedModule):
         return (p for name, p in self.named_parameters() if p.requires_grad and not name.startswith(TEACHER_PREFIX))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Where the teacher came from and what it was, so evaluation can rebuild and verify it.
+        checkpoint["teacher"] = {"spec": self.hparams["teacher"], "sha256": self._teacher_sha256}
         if not self.save_teacher:
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
                 del state[key]
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved_teacher = any(k.startswith(TEACHER_PREFIX) for k in checkpoint["state_dict"])
+        if "teacher" in checkpoint and not saved_teacher:
+            check_fingerprint(checkpoint["teacher"], self.teacher)
+
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """Load strictly; a checkpoint saved without its teacher keeps the teacher rebuilt from its spec."""
-        if not any(k.startswith(TEACHER_PREFIX) for k in state_dict):
+        has_teacher = any(k.startswith(TEACHER_PREFIX) for k in state_dict)
+        if not has_teacher:
             teacher_state = {TEACHER_PREFIX + k: v for k, v in self.teacher.state_dict().items()}
             state_dict = {**state_dict, **teacher_state}
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if has_teacher:
+            self._teacher_sha256 = state_dict_sha256(self.teacher)
+        return result
 
 
 def _teacher_metrics(num_classes: int, prefix: str) -> MetricCollection:

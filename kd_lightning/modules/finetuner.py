@@ -75,11 +75,12 @@ class FrozenBackboneFinetuner(SupervisedModule):
         self.feature_store = CacheStore(storage, cache_dir) if feature_cache else None
 
     def configure_callbacks(self) -> list[Callback]:
+        callbacks = super().configure_callbacks()
         if self.strategy == "freeze_then_unfreeze":
-            return [BackboneUnfreeze(self.unfreeze_at_epoch, self.backbone_lr_factor)]
+            callbacks.append(BackboneUnfreeze(self.unfreeze_at_epoch, self.backbone_lr_factor))
         if self.feature_store is not None:
-            return [FeatureCacheCallback(self.feature_store)]
-        return []
+            callbacks.append(FeatureCacheCallback(self.feature_store))
+        return callbacks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of images, or of cached backbone features (``[B, D]``) through the head alone."""

@@ -1,0 +1,39 @@
+"""User errors: mistakes in a config, a path or a file, reported as one line instead of a traceback.
+
+Every error a user can fix by changing their input derives from :class:`KDLightningError`; the
+``kd-lightning`` command prints those as ``error: ...`` and exits with status 2. Anything else
+is a bug and keeps its traceback. Each class also derives from the built-in type callers
+already catch (``ValueError``, ``FileNotFoundError``), so existing ``except`` clauses still work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class KDLightningError(Exception):
+    """Base of the errors caused by user input; its message names the problem and the fix."""
+
+
+class ConfigError(KDLightningError, ValueError):
+    """A config value out of range, an unknown name, or settings that contradict each other."""
+
+
+class DataError(KDLightningError, FileNotFoundError):
+    """A data set that is missing, empty or unreadable."""
+
+
+class NonFiniteLossError(KDLightningError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@contextmanager
+def as_config_error() -> Iterator[None]:
+    """Re-raise a ``ValueError`` from a validation helper as a :class:`ConfigError` (same message)."""
+    try:
+        yield
+    except KDLightningError:
+        raise
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
