@@ -8,9 +8,7 @@ from torch import nn
 from kd_lightning.models._registry import Backbone, register_backbone
 from kd_lightning.models.classifier import InputConfig
 
-CIFAR_INPUT = InputConfig(
-    mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), in_chans=3, input_size=(32, 32)
-)
+CIFAR_INPUT = InputConfig(mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), in_chans=3, input_size=(32, 32))
 
 
 class BasicBlock(nn.Module):
@@ -61,7 +59,9 @@ class CifarResNet(nn.Module):
 
     @staticmethod
     def _stage(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
-        return nn.Sequential(*[BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(blocks)])
+        return nn.Sequential(
+            *[BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(blocks)]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

@@ -25,9 +25,7 @@ class InputConfig:
     input_size: tuple[int, int] | None = None
 
 
-IMAGENET_INPUT = InputConfig(
-    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), in_chans=3, input_size=(224, 224)
-)
+IMAGENET_INPUT = InputConfig(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), in_chans=3, input_size=(224, 224))
 
 
 class InputAdapter(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from kd_lightning.models import _torchvision, _timm
+from kd_lightning.models import _timm, _torchvision
 from kd_lightning.models._registry import get_backbone_entry, list_backbones, unknown_name_error
 from kd_lightning.models.classifier import Classifier, InputConfig
 from kd_lightning.models.weights import load_weights

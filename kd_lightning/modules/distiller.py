@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from kd_lightning.losses import DistillationLoss, KDLoss, ModelOutputs
+from kd_lightning.losses import KDLoss, ModelOutputs
 from kd_lightning.losses.kd import check_temperature
 from kd_lightning.models.spec import ModelSpec, as_spec
 from kd_lightning.modules.base import Batch, SupervisedModule
@@ -152,4 +152,3 @@ def _teacher_metrics(num_classes: int, prefix: str) -> MetricCollection:
         prefix=prefix,
         compute_groups=False,
     )
-
