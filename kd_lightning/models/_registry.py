@@ -29,6 +29,7 @@ class Backbone(NamedTuple):
 
 
 BackboneBuilder = Callable[..., Backbone]
+DEFAULT_INPUT = InputConfig()
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ _BACKBONES: dict[str, BackboneEntry] = {}
 
 
 def register_backbone(
-    name: str | None = None, *, input_config: InputConfig = InputConfig()
+    name: str | None = None, *, input_config: InputConfig = DEFAULT_INPUT
 ) -> Callable[[BackboneBuilder], BackboneBuilder]:
     """Register a builder ``fn(pretrained=False, in_chans=..., **kwargs) -> Backbone`` by name.
 

@@ -89,13 +89,13 @@ def remap_positional(
         raise CheckpointError(
             f"positional mapping needs as many tensors in the file as in the model: {len(theirs)} vs {len(ours)}"
         )
-    for (their_key, their_value), (our_key, our_value) in zip(theirs, ours):
+    for (their_key, their_value), (our_key, our_value) in zip(theirs, ours, strict=True):
         if their_value.shape != our_value.shape:
             raise CheckpointError(
                 f"positional mapping failed: file {their_key} {tuple(their_value.shape)} lines up with model "
                 f"{our_key} {tuple(our_value.shape)}; the file holds another architecture"
             )
-    mapped = {our_key: value for (our_key, _), (_, value) in zip(ours, theirs)}
+    mapped = {our_key: value for (our_key, _), (_, value) in zip(ours, theirs, strict=True)}
     mapped.update({k: v for k, v in target.items() if k.endswith(skip)})
     return mapped
 
@@ -130,8 +130,9 @@ def load_weights(
     prefix = max(KNOWN_PREFIXES, key=lambda p: _matches(state, target, p))
     stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
+    # A head with another class count is a new label set; one of another width is another architecture.
     skipped_head = [
-        k for k in target if k.startswith("head.") and k in stripped and stripped[k].shape != target[k].shape
+        k for k in target if k.startswith("head.") and k in stripped and stripped[k].shape[:1] != target[k].shape[:1]
     ]
     if skipped_head and strict_head:
         theirs, ours = stripped["head.weight"].shape[0], target["head.weight"].shape[0]

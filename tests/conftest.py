@@ -1,0 +1,62 @@
+"""Shared fixtures: fast trainers and a small trained digits teacher, all offline and seeded."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from kd_lightning.data import DigitsDataModule
+from kd_lightning.models import ModelSpec
+from kd_lightning.modules import FrozenBackboneFinetuner
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+TEACHER_SPEC = ModelSpec("small_cnn", kwargs={"width": 8})
+
+
+def make_trainer(**overrides) -> L.Trainer:
+    """A quiet CPU trainer for tests: no logger, no checkpoints, no progress bar."""
+    options = dict(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+    )
+    options.update(overrides)
+    return L.Trainer(**options)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    L.seed_everything(0, verbose=False)
+
+
+@pytest.fixture
+def digits() -> DigitsDataModule:
+    return DigitsDataModule(batch_size=64)
+
+
+@pytest.fixture(scope="session")
+def digits_teacher_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small CNN trained for two epochs on digits, saved as a plain state dict."""
+    L.seed_everything(0, verbose=False)
+    teacher = FrozenBackboneFinetuner(TEACHER_SPEC, num_classes=10, strategy="full")
+    make_trainer(max_epochs=2).fit(teacher, DigitsDataModule(batch_size=64))
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    torch.save(teacher.network.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def teacher_spec(digits_teacher_weights: Path) -> ModelSpec:
+    return ModelSpec(TEACHER_SPEC.name, weights_path=str(digits_teacher_weights), kwargs=TEACHER_SPEC.kwargs)
