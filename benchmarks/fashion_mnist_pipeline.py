@@ -86,9 +86,15 @@ def cli_run(experiment: str, config: str, overrides: list[str], run_name: str | 
     )
 
 
-def distill(seeds: list[int], skip_teacher: bool = False) -> None:
+def distill(seeds: list[int], skip_teacher: bool = False, temperature: float | None = None) -> None:
     if not skip_teacher:
         record(cli_run("teacher", "teacher", []))
+    if temperature is not None:  # a variant of the distilled run only; the baseline does not change
+        for seed in seeds:
+            overrides = ["--seed_everything", str(seed), "--model.init_args.temperature", str(temperature)]
+            run = cli_run("distill", "distill", overrides, run_name=f"distill_T{temperature}_seed{seed}")
+            record(run | {"seed": seed, "config": f"distill T={temperature}"})
+        return
     for seed in seeds:
         for config in ("student_scratch", "distill"):
             run = cli_run("distill", config, ["--seed_everything", str(seed)], run_name=f"{config}_seed{seed}")
@@ -244,7 +250,8 @@ def distill_table(rows: list[dict]) -> list[str]:
         "| run | seeds | test acc (mean ± std) | params | wall s (mean) | command |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for config in ("teacher", "student_scratch", "distill"):
+    configs = dict.fromkeys(r["config"] for r in rows if r["experiment"] in ("teacher", "distill"))
+    for config in configs:
         runs = [r for r in rows if r["config"] == config and r["experiment"] in ("teacher", "distill")]
         if not runs:
             continue
@@ -252,7 +259,7 @@ def distill_table(rows: list[dict]) -> list[str]:
         spread = f" ± {statistics.stdev(accs):.4f}" if len(accs) > 1 else ""
         seeds = ",".join(str(r.get("seed", 0)) for r in runs)
         wall = statistics.mean(r["wall_s"] for r in runs)
-        command = runs[0]["command"].replace(" --seed_everything 0", "").replace(" --seed_everything 1", "")
+        command = " ".join(runs[0]["command"].replace(f"--seed_everything {runs[0].get('seed', 0)}", "").split())
         suffix = " --seed_everything N" if config != "teacher" else ""
         lines.append(
             f"| {config} | {seeds} | {statistics.mean(accs):.4f}{spread} | {runs[0]['params']:,} | {wall:.0f} "
@@ -269,11 +276,12 @@ def main() -> None:
     parser.add_argument("part", nargs="?", choices=("distill", "transfer"))
     parser.add_argument("--budgets", nargs="+", default=["10", "100"], help="labels per class")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="student seeds (distill)")
+    parser.add_argument("--temperature", type=float, help="run only the distilled student, at this temperature")
     parser.add_argument("--skip-teacher", action="store_true", help="reuse runs/fashion_mnist/teacher/best.ckpt")
     parser.add_argument("--report", action="store_true", help="write RESULTS_fashion_mnist.md from the results")
     args = parser.parse_args()
     if args.part == "distill":
-        distill(args.seeds, args.skip_teacher)
+        distill(args.seeds, args.skip_teacher, args.temperature)
     elif args.part == "transfer":
         transfer(args.budgets)
     if args.report:
