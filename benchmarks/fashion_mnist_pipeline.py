@@ -241,7 +241,10 @@ def report() -> None:
         first = [json.loads(line) for line in ATTEMPT1.read_text().splitlines() if line.strip()]
         lines += ["", "First attempt (T=4, alpha=0.9, 2 epochs; otherwise the same), stopped after these runs:", ""]
         lines += distill_table(first)
-    REPORT.write_text("\n".join(lines) + "\n")
+    # Hand-written findings after the tables survive a rewrite.
+    old = REPORT.read_text() if REPORT.exists() else ""
+    notes = old[old.index("\n## Findings") :] if "\n## Findings" in old else ""
+    REPORT.write_text("\n".join(lines) + "\n" + notes)
     print(REPORT.read_text())
 
 
