@@ -21,7 +21,11 @@ class ConfigError(KDLightningError, ValueError):
 
 
 class DataError(KDLightningError, FileNotFoundError):
-    """A data set that is missing, empty or unreadable."""
+    """A data set or folder that is missing."""
+
+
+class InvalidDataError(KDLightningError, ValueError):
+    """Data that is there but unusable: a corrupt image or file, an empty class, mixed sizes."""
 
 
 class NonFiniteLossError(KDLightningError, FloatingPointError):

@@ -2,6 +2,7 @@
 
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.digits import DigitsDataModule
+from kd_lightning.data.image_folder import Flowers102DataModule, ImageFolderDataModule
 from kd_lightning.data.tensor_dataset import TensorImageDataset
 from kd_lightning.data.torchvision_sets import (
     CIFAR10DataModule,
@@ -16,7 +17,9 @@ __all__ = [
     "CIFAR10DataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",
+    "Flowers102DataModule",
     "ImageClassificationDataModule",
+    "ImageFolderDataModule",
     "MNISTDataModule",
     "TensorImageDataset",
     "TorchvisionDataModule",

@@ -78,20 +78,28 @@ class ImageClassificationDataModule(L.LightningDataModule):
         """Return the ``"train"`` or ``"test"`` split as decoded ``uint8`` tensors."""
         raise NotImplementedError
 
+    def load_val_split(self) -> TensorImageDataset | None:
+        """A separate validation split, for data sets that publish one; ``None`` holds one out of train."""
+        return None
+
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and self.train_set is None:
-            self.train_set, self.val_set = self._split_train_val(self.load_split("train"))
+            separate_val = self.load_val_split()
+            self.train_set, self.val_set = self._split_train_val(self.load_split("train"), separate_val)
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self.load_split("test")
 
-    def _split_train_val(self, full: TensorImageDataset) -> tuple[TensorImageDataset, TensorImageDataset]:
+    def _split_train_val(
+        self, full: TensorImageDataset, separate_val: TensorImageDataset | None = None
+    ) -> tuple[TensorImageDataset, TensorImageDataset]:
         generator = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(len(full), generator=generator)
-        n_val = round(len(full) * self.val_fraction)
+        n_val = 0 if separate_val is not None else round(len(full) * self.val_fraction)
         val_idx, train_idx = order[:n_val], order[n_val:]
         if self.samples_per_class is not None:
             train_idx = self._few_shot(full.labels, train_idx)
-        return full.subset(train_idx.sort().values), full.subset(val_idx.sort().values)
+        val = separate_val if separate_val is not None else full.subset(val_idx.sort().values)
+        return full.subset(train_idx.sort().values), val
 
     def _few_shot(self, labels: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """The first ``samples_per_class`` of each class in the seeded order: class-balanced."""

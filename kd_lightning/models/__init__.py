@@ -1,11 +1,18 @@
 """Backbones: one registry for kd_lightning's own nets, torchvision and timm models."""
 
-from kd_lightning.models import cifar_resnet, small  # noqa: F401  (register the built-in nets)
+from kd_lightning.models import cifar_resnet, efficientnet_lite, small  # noqa: F401  (register the built-in nets)
 from kd_lightning.models._registry import Backbone, list_backbones, register_backbone
 from kd_lightning.models.classifier import IMAGENET_INPUT, Classifier, InputConfig
 from kd_lightning.models.factory import create_model
 from kd_lightning.models.spec import ModelSpec, as_spec
-from kd_lightning.models.weights import CheckpointError, LoadReport, load_weights, read_state_dict
+from kd_lightning.models.weights import (
+    CheckpointError,
+    LoadReport,
+    load_weights,
+    read_state_dict,
+    remap_positional,
+    remap_prefixes,
+)
 
 __all__ = [
     "Backbone",
@@ -20,5 +27,7 @@ __all__ = [
     "list_backbones",
     "load_weights",
     "read_state_dict",
+    "remap_positional",
+    "remap_prefixes",
     "register_backbone",
 ]

@@ -44,14 +44,15 @@ def build(name: str, pretrained: bool | str = False, in_chans: int = 3, **kwargs
     model = torchvision.models.get_model(name, weights=weights, **kwargs)
     head_name, head = _last_linear(model, name)
     model.set_submodule(head_name, nn.Identity())
-    input_config = IMAGENET_INPUT
-    if weights is not None:
-        preset = weights.transforms()
-        size = tuple(getattr(preset, "crop_size", [224, 224]))
-        input_config = InputConfig(
-            mean=tuple(preset.mean), std=tuple(preset.std), in_chans=3, input_size=(size[0], size[-1])
-        )
+    input_config = IMAGENET_INPUT if weights is None else input_config_of(weights)
     return Backbone(model, head.in_features, head=head if weights is not None else None, input_config=input_config)
+
+
+def input_config_of(weights: torchvision.models.WeightsEnum) -> InputConfig:
+    """Mean/std and crop size from the weights' own preprocessing preset (no download needed)."""
+    preset = weights.transforms()
+    size = tuple(getattr(preset, "crop_size", [224, 224]))
+    return InputConfig(mean=tuple(preset.mean), std=tuple(preset.std), in_chans=3, input_size=(size[0], size[-1]))
 
 
 def _last_linear(model: nn.Module, name: str) -> tuple[str, nn.Linear]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_info
+
 from kd_lightning.models.classifier import Classifier
 from kd_lightning.models.factory import create_model
 from kd_lightning.models.weights import load_weights
@@ -19,18 +21,26 @@ class ModelSpec:
         pretrained: ``True``/``"DEFAULT"`` or a named torchvision weights enum value.
         weights_path: a local state dict or Lightning checkpoint (of any kd_lightning module).
         kwargs: extra builder arguments, e.g. ``{width: 16}`` for ``small_cnn``.
+        key_map: rename the keys of ``weights_path`` by prefix, e.g. ``{"encoder.": "backbone."}``.
+        positional: map the tensors of ``weights_path`` onto the model by order (weights exported
+            from another implementation of the same architecture).
     """
 
     name: str
     pretrained: bool | str = False
     weights_path: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    key_map: dict[str, str] | None = None
+    positional: bool = False
 
     def build(self, num_classes: int, strict_head: bool = False) -> Classifier:
         """Build the network; ``strict_head`` refuses weights whose head has another class count."""
         model = create_model(self.name, num_classes, pretrained=self.pretrained, **self.kwargs)
         if self.weights_path is not None:
-            load_weights(model, self.weights_path, strict_head=strict_head)
+            report = load_weights(
+                model, self.weights_path, strict_head=strict_head, key_map=self.key_map, positional=self.positional
+            )
+            rank_zero_info(f"{self.name}: {report}")
         return model
 
     def to_dict(self) -> dict[str, Any]:

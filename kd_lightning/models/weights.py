@@ -27,10 +27,15 @@ class LoadReport:
     prefix: str
     loaded: int
     skipped_head: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         head = f", new head (checkpoint head {self.skipped_head} has another shape)" if self.skipped_head else ""
-        return f"loaded {self.loaded} tensors from {self.path} (prefix {self.prefix!r}){head}"
+        extra = ""
+        if self.unexpected:
+            shown = ", ".join(self.unexpected[:5]) + (" ..." if len(self.unexpected) > 5 else "")
+            extra = f", ignored {len(self.unexpected)} keys the model does not have ({shown})"
+        return f"loaded {self.loaded} tensors from {self.path} (prefix {self.prefix!r}){head}{extra}"
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -55,15 +60,75 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(model: nn.Module, path: str | Path, strict_head: bool = False) -> LoadReport:
+def remap_prefixes(state: dict[str, torch.Tensor], key_map: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Rename keys by prefix: ``{"encoder.": "backbone.", "fc.": "head."}``.
+
+    The longest matching prefix wins; keys that match none keep their name. An empty-string
+    source prefix (``{"": "backbone."}``) prepends to every key, for files saved from a bare trunk.
+    """
+    prefixes = sorted(key_map, key=len, reverse=True)
+    renamed = {}
+    for key, value in state.items():
+        old = next((p for p in prefixes if key.startswith(p)), None)
+        renamed[key if old is None else key_map[old] + key[len(old) :]] = value
+    return renamed
+
+
+def remap_positional(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], skip: tuple[str, ...] = ("num_batches_tracked",)
+) -> dict[str, torch.Tensor]:
+    """Give the file's tensors the target's key names, matched by order.
+
+    For weights exported from another implementation of the same architecture (other names,
+    same layers in the same order). Keys ending in ``skip`` are left out on both sides, since
+    implementations disagree on where they put BatchNorm's counters; the target keeps its own.
+    Every pair must agree in shape, otherwise the architectures differ and a
+    :class:`CheckpointError` names the first mismatch.
+    """
+    theirs = [(k, v) for k, v in state.items() if not k.endswith(skip)]
+    ours = [(k, v) for k, v in target.items() if not k.endswith(skip)]
+    if len(theirs) != len(ours):
+        raise CheckpointError(
+            f"positional mapping needs as many tensors in the file as in the model: {len(theirs)} vs {len(ours)}"
+        )
+    for (their_key, their_value), (our_key, our_value) in zip(theirs, ours, strict=True):
+        if their_value.shape != our_value.shape:
+            raise CheckpointError(
+                f"positional mapping failed: file {their_key} {tuple(their_value.shape)} lines up with model "
+                f"{our_key} {tuple(our_value.shape)}; the file holds another architecture"
+            )
+    mapped = {our_key: value for (our_key, _), (_, value) in zip(ours, theirs, strict=True)}
+    mapped.update({k: v for k, v in target.items() if k.endswith(skip)})
+    return mapped
+
+
+def load_weights(
+    model: nn.Module,
+    path: str | Path,
+    strict_head: bool = False,
+    key_map: dict[str, str] | None = None,
+    positional: bool = False,
+) -> LoadReport:
     """Load ``path`` into ``model``, finding the key prefix the file used.
 
     The head (``head.*``) is skipped when its shape differs (a new label set); every other
     parameter and buffer must match, otherwise the file belongs to another architecture and a
-    :class:`CheckpointError` lists the mismatches.
+    :class:`CheckpointError` lists the mismatches. Keys of the file the model does not have are
+    ignored and listed in the returned :class:`LoadReport`.
+
+    Args:
+        model: the network to load into (usually a :class:`Classifier`).
+        path: a state-dict file or a Lightning checkpoint.
+        strict_head: refuse a head trained for another number of classes.
+        key_map: rename the file's keys by prefix first (see :func:`remap_prefixes`).
+        positional: map the file's tensors onto the model's by order (see :func:`remap_positional`).
     """
     state = read_state_dict(path)
     target = model.state_dict()
+    if key_map:
+        state = remap_prefixes(state, key_map)
+    if positional:
+        state = remap_positional(state, target)
     prefix = max(KNOWN_PREFIXES, key=lambda p: _matches(state, target, p))
     stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
@@ -96,7 +161,8 @@ def load_weights(model: nn.Module, path: str | Path, strict_head: bool = False) 
         )
     loadable = {k: v for k, v in stripped.items() if k in target and k not in skipped_head}
     model.load_state_dict(loadable, strict=False)
-    return LoadReport(str(path), prefix, len(loadable), skipped_head)
+    unexpected = sorted(k for k in state if not (k.startswith(prefix) and k[len(prefix) :] in target))
+    return LoadReport(str(path), prefix, len(loadable), skipped_head, unexpected)
 
 
 def _matches(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], prefix: str) -> int:

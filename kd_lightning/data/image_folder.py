@@ -1,0 +1,163 @@
+"""Folders of image files (any ``root/<class>/<image>`` tree, and Flowers-102), decoded once into memory.
+
+Images are decoded once, resized to the fixed ``image_size`` and kept as ``uint8`` tensors, the
+same representation as every other kd_lightning data set: epochs then cost no decoding, and
+augmentation runs batched on the device. The price is memory (``N × 3 × S × S`` bytes, e.g.
+8,189 Flowers-102 images at 128×128 take 400 MB), logged when the images are loaded; data sets
+that do not fit in memory at the chosen size are not what this module is for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from lightning.pytorch.utilities import rank_zero_info
+from torchvision.io import ImageReadMode, decode_image
+
+from kd_lightning.data.base import ImageClassificationDataModule
+from kd_lightning.data.tensor_dataset import TensorImageDataset
+from kd_lightning.errors import DataError, InvalidDataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def decode_images(paths: Sequence[Path], image_size: int | None) -> torch.Tensor:
+    """Decode image files to one ``uint8`` ``[N, 3, S, S]`` tensor (RGB, resized with antialiasing).
+
+    Raises:
+        ValueError: a file cannot be decoded (named in the message), or the images differ in size
+            and no ``image_size`` was given.
+    """
+    images = []
+    for path in paths:
+        try:
+            image = decode_image(str(path), mode=ImageReadMode.RGB)
+        except Exception as err:  # torchvision raises RuntimeError/ValueError depending on the codec
+            raise InvalidDataError(f"cannot decode image {path}: {err}. Remove or replace the file.") from err
+        if image_size is not None and tuple(image.shape[-2:]) != (image_size, image_size):
+            image = F.interpolate(image[None].float(), size=(image_size, image_size), mode="bilinear", antialias=True)
+            image = image[0].round().clamp(0, 255).to(torch.uint8)
+        images.append(image)
+    sizes = {tuple(image.shape) for image in images}
+    if len(sizes) > 1:
+        raise InvalidDataError(
+            f"images have different sizes {sorted(sizes)[:3]}...; set data.image_size to resize them"
+        )
+    stacked = torch.stack(images) if images else torch.empty(0, 3, image_size or 1, image_size or 1, dtype=torch.uint8)
+    rank_zero_info(f"decoded {len(images)} images to {tuple(stacked.shape)} uint8 ({stacked.numel() / 2**20:.0f} MiB)")
+    return stacked
+
+
+def list_class_folders(root: Path) -> list[str]:
+    """Sorted class sub-folder names of ``root`` (hidden folders ignored)."""
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root.resolve()}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise InvalidDataError(f"{root} needs at least two class sub-folders (root/<class>/<image>), found {classes}")
+    return classes
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+class ImageFolderDataModule(ImageClassificationDataModule):
+    """Any ``train_dir/<class>/<image>`` tree, with optional ``val_dir`` and ``test_dir`` of the same layout.
+
+    Class names are the sub-folder names of ``train_dir``, sorted; the validation and test folders
+    may hold a subset of them. Without ``val_dir``, ``val_fraction`` of the training images is held
+    out; without ``test_dir``, testing uses ``val_dir`` (and is refused when there is neither).
+
+    Args:
+        train_dir: folder of class sub-folders for training (``data_dir`` when omitted).
+        val_dir: optional separate validation folder.
+        test_dir: optional separate test folder.
+        image_size: every image is resized to ``image_size × image_size`` when decoded (needed
+            unless all images already share one size).
+        **kwargs: see :class:`ImageClassificationDataModule`.
+    """
+
+    def __init__(
+        self,
+        train_dir: str | None = None,
+        val_dir: str | None = None,
+        test_dir: str | None = None,
+        image_size: int | None = 64,
+        **kwargs,
+    ) -> None:
+        super().__init__(image_size=image_size, **kwargs)
+        self.train_dir = Path(train_dir or self.data_dir)
+        self.val_dir = Path(val_dir) if val_dir else None
+        self.test_dir = Path(test_dir) if test_dir else None
+        # Read now, not in setup(): the CLI links num_classes into the model when both are built.
+        self.class_names = list_class_folders(self.train_dir)
+
+    def _load_folder(self, root: Path) -> TensorImageDataset:
+        paths, labels = [], []
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if folder.name not in self.class_names:
+                raise InvalidDataError(f"{folder} is a class the training folder {self.train_dir} does not have")
+            images = list_images(folder)
+            if not images:
+                raise InvalidDataError(f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths += images
+            labels += [self.class_names.index(folder.name)] * len(images)
+        return TensorImageDataset(decode_images(paths, self.image_size), torch.tensor(labels))
+
+    def load_split(self, split: str) -> TensorImageDataset:
+        if split == "train":
+            return self._load_folder(self.train_dir)
+        folder = self.test_dir or self.val_dir
+        if folder is None:
+            raise InvalidDataError(
+                "no test images: set data.test_dir (or data.val_dir) to a folder of class sub-folders"
+            )
+        return self._load_folder(folder)
+
+    def load_val_split(self) -> TensorImageDataset | None:
+        return self._load_folder(self.val_dir) if self.val_dir else None
+
+
+class Flowers102DataModule(ImageClassificationDataModule):
+    """Oxford Flowers-102: 102 flower species, official 1,020 train / 1,020 val / 6,149 test split.
+
+    Reads torchvision's layout (``data_dir/flowers-102/{jpg/, imagelabels.mat, setid.mat}``,
+    downloaded with ``download: true``), decodes every image once at ``image_size``.
+
+    Args:
+        download: let torchvision download the data set into ``data_dir`` if it is missing.
+        image_size: decoded size of every image (the originals differ in size).
+        **kwargs: see :class:`ImageClassificationDataModule`.
+    """
+
+    class_names = list(torchvision.datasets.Flowers102.classes)
+
+    def __init__(
+        self, download: bool = False, image_size: int = 64, crop_padding: int = 0, hflip: bool = True, **kwargs
+    ):
+        super().__init__(image_size=image_size, crop_padding=crop_padding, hflip=hflip, **kwargs)
+        self.download = download
+
+    def prepare_data(self) -> None:
+        if self.download:
+            torchvision.datasets.Flowers102(self.data_dir, download=True)
+
+    def _split(self, split: str) -> TensorImageDataset:
+        try:
+            dataset = torchvision.datasets.Flowers102(self.data_dir, split=split, download=False)
+        except RuntimeError as err:
+            raise DataError(
+                f"Flowers-102 not found under {Path(self.data_dir).resolve()}: {err} Set data.download: true."
+            ) from err
+        return TensorImageDataset(decode_images(dataset._image_files, self.image_size), torch.tensor(dataset._labels))
+
+    def load_split(self, split: str) -> TensorImageDataset:
+        return self._split(split)
+
+    def load_val_split(self) -> TensorImageDataset:
+        return self._split("val")
