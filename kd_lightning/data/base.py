@@ -28,6 +28,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         image_size: resize images to ``image_size × image_size`` (explicit, never implied).
         crop_padding: random pad-and-crop augmentation of the training batches (0 = off).
         hflip: random horizontal flips of the training batches.
+        return_indices: training batches are ``(images, labels, indices)``, the indices of the
+            samples in the training set (for losses with a per-sample memory, such as CRD).
     """
 
     class_names: list[str] = []
@@ -44,6 +46,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         image_size: int | None = None,
         crop_padding: int = 0,
         hflip: bool = False,
+        return_indices: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -61,6 +64,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.image_size = image_size
         self.crop_padding = crop_padding
         self.hflip = hflip
+        self.return_indices = return_indices
         self.train_set: TensorImageDataset | None = None
         self.val_set: TensorImageDataset | None = None
         self.test_set: TensorImageDataset | None = None
@@ -76,6 +80,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and self.train_set is None:
             self.train_set, self.val_set = self._split_train_val(self.load_split("train"))
+            self.train_set.return_indices = self.return_indices
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self.load_split("test")
 
@@ -120,9 +125,9 @@ class ImageClassificationDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
 
-    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
-        images, labels = batch
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int):
+        images, *rest = batch
         images = to_float_images(images, self.image_size)
         if self.trainer is not None and self.trainer.training:
             images = augment_batch(images, self.crop_padding, self.hflip)
-        return images, labels
+        return images, *rest
