@@ -146,9 +146,7 @@ class CRDLoss(DistillationLoss):
             raise ValueError(f"sample index {int(indices.max())} is outside CRD's memory of {self.num_samples}")
         ((s_feat, t_feat),) = self.feature_pairs(student, teacher)
         v_s, v_t = self.student_embed(s_feat), self.teacher_embed(t_feat)
-        contrast_idx = torch.randint(
-            self.num_samples, (len(indices), self.num_negatives + 1), device=indices.device
-        )
+        contrast_idx = torch.randint(self.num_samples, (len(indices), self.num_negatives + 1), device=indices.device)
         contrast_idx[:, 0] = indices
         student_contrast = self.student_memory[contrast_idx].detach()
         teacher_contrast = self.teacher_memory[contrast_idx].detach()

@@ -60,7 +60,9 @@ class FitNetLoss(DistillationLoss):
         teacher_layers: teacher layers they must reproduce.
     """
 
-    def __init__(self, student_layers: Sequence[str] = ("layer2",), teacher_layers: Sequence[str] = ("layer2",)) -> None:
+    def __init__(
+        self, student_layers: Sequence[str] = ("layer2",), teacher_layers: Sequence[str] = ("layer2",)
+    ) -> None:
         super().__init__()
         self.set_layers(student_layers, teacher_layers)
         self.regressors = nn.ModuleList()

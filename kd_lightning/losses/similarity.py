@@ -41,7 +41,9 @@ class SimilarityPreservingLoss(DistillationLoss):
         teacher_layers: teacher layers they are matched to.
     """
 
-    def __init__(self, student_layers: Sequence[str] = ("layer3",), teacher_layers: Sequence[str] = ("layer3",)) -> None:
+    def __init__(
+        self, student_layers: Sequence[str] = ("layer3",), teacher_layers: Sequence[str] = ("layer3",)
+    ) -> None:
         super().__init__()
         self.set_layers(student_layers, teacher_layers)
 

@@ -23,7 +23,9 @@ def resolve_module(model: nn.Module, name: str) -> tuple[str, nn.Module] | None:
 
 
 @torch.no_grad()
-def probe_output_shapes(model: nn.Module, sample: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Size]:
+def probe_output_shapes(
+    model: nn.Module, sample: torch.Tensor, names: Sequence[str] | None = None
+) -> dict[str, torch.Size]:
     """Output shape of each named module (all tensor-valued ones when ``names`` is None) for ``sample``.
 
     The model runs in eval mode so the probe does not touch BatchNorm running statistics, and
@@ -31,9 +33,7 @@ def probe_output_shapes(model: nn.Module, sample: torch.Tensor, names: Sequence[
     """
     targets = dict(model.named_modules()) if names is None else {n: resolve_module(model, n)[1] for n in names}
     shapes: dict[str, torch.Size] = {}
-    handles = [
-        module.register_forward_hook(_shape_recorder(shapes, name)) for name, module in targets.items() if name
-    ]
+    handles = [module.register_forward_hook(_shape_recorder(shapes, name)) for name, module in targets.items() if name]
     was_training = model.training
     model.eval()
     try:

@@ -170,7 +170,9 @@ class DistillationModule(SupervisedModule):
         for loss in self.loss_terms.values():
             loss.current_epoch = self.current_epoch
 
-    def training_step(self, batch: Batch | tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: Batch | tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         x, y, *rest = batch
         indices = rest[0] if rest else None
         teacher = self.teacher_outputs(x)
