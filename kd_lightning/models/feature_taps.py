@@ -90,16 +90,9 @@ class FeatureTaps:
         self._recording = False
         self._captured: dict[str, torch.Tensor] = {}
         self._handles: list[RemovableHandle] = [
-            resolve_module(model, name)[1].register_forward_hook(self._recorder(name)) for name in self.layers
+            resolve_module(model, name)[1].register_forward_hook(_Recorder(self, name)) for name in self.layers
         ]
         self.shapes = probe_output_shapes(model, sample, self.layers)
-
-    def _recorder(self, name: str):
-        def hook(module: nn.Module, args, output) -> None:
-            if self._recording:
-                self._captured[name] = output
-
-        return hook
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Run the model; return its output and the recorded features by layer name."""
@@ -116,3 +109,14 @@ class FeatureTaps:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+class _Recorder:
+    """The forward hook of one tapped layer; a class rather than a closure so models stay picklable."""
+
+    def __init__(self, taps: FeatureTaps, name: str) -> None:
+        self.taps, self.name = taps, name
+
+    def __call__(self, module: nn.Module, args, output) -> None:
+        if self.taps._recording:
+            self.taps._captured[self.name] = output
