@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from kd_lightning.data.tensor_dataset import PreparedBatch
+
 
 def rank_shard(n: int, rank: int, world_size: int) -> torch.Tensor:
     """The sample indices rank ``rank`` owns: ``rank::world_size``, padded like ``DistributedSampler``.
@@ -35,9 +37,9 @@ class TensorTupleDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         return tuple(t[index] for t in self.tensors)
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    def __getitems__(self, indices: Sequence[int]) -> PreparedBatch:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return tuple(t[idx] for t in self.tensors)
+        return PreparedBatch(t[idx] for t in self.tensors)
 
 
 def shard_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:

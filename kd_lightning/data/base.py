@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from kd_lightning.data.sampler import ResumableRandomSampler
-from kd_lightning.data.tensor_dataset import TensorImageDataset, collate_batch
+from kd_lightning.data.tensor_dataset import PreparedBatch, TensorImageDataset, collate_batch
 from kd_lightning.data.transforms import augment_batch, to_float_images
 
 
@@ -31,6 +31,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         image_size: resize images to ``image_size × image_size`` (explicit, never implied).
         crop_padding: random pad-and-crop augmentation of the training batches (0 = off).
         hflip: random horizontal flips of the training batches.
+        return_indices: training batches are ``(images, labels, indices)``, the indices of the
+            samples in the training set (for losses with a per-sample memory, such as CRD).
     """
 
     class_names: list[str] = []
@@ -47,6 +49,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         image_size: int | None = None,
         crop_padding: int = 0,
         hflip: bool = False,
+        return_indices: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -64,6 +67,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.image_size = image_size
         self.crop_padding = crop_padding
         self.hflip = hflip
+        self.return_indices = return_indices
         self.train_set: TensorImageDataset | None = None
         self.val_set: TensorImageDataset | None = None
         self.test_set: TensorImageDataset | None = None
@@ -86,6 +90,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate") and self.train_set is None:
             separate_val = self.load_val_split()
             self.train_set, self.val_set = self._split_train_val(self.load_split("train"), separate_val)
+            self.train_set.return_indices = self.return_indices
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self.load_split("test")
 
@@ -159,12 +164,12 @@ class ImageClassificationDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int):
         # Batches from a cache (kd_lightning.cache) are already in their final form: pre-computed
-        # features ([B, D], not images) or (images, labels, sample indices) whose views the
-        # module renders itself, so that a cached teacher output matches the student's view.
-        if len(batch) != 2 or batch[0].dim() != 4:
+        # features, or uint8 images whose views the module renders itself so that a cached teacher
+        # output matches the student's view.
+        if isinstance(batch, PreparedBatch):
             return batch
-        images, labels = batch
+        images, *rest = batch
         images = to_float_images(images, self.image_size)
         if self.trainer is not None and self.trainer.training:
             images = augment_batch(images, self.crop_padding, self.hflip)
-        return images, labels
+        return images, *rest

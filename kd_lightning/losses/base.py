@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -21,10 +22,35 @@ class DistillationLoss(nn.Module):
     The math lives in a pure function next to each subclass so it can be tested on tensors
     alone. Feature losses list the layers they need in ``student_layers``/``teacher_layers``
     and may create trainable adapters in :meth:`build` once the tapped shapes are known.
+
+    Attributes:
+        student_layers: module names tapped on the student (see ``kd_lightning.models.feature_taps``).
+        teacher_layers: module names tapped on the teacher, paired with ``student_layers``.
+        needs_indices: the loss takes the dataset indices of the batch (``indices=`` keyword),
+            e.g. to address a memory bank.
+        current_epoch: 0-based epoch, set by the distiller at each epoch start, for schedules.
     """
 
     student_layers: tuple[str, ...] = ()
     teacher_layers: tuple[str, ...] = ()
+    needs_indices: bool = False
+    current_epoch: int = 0
+
+    def set_layers(self, student_layers: Sequence[str], teacher_layers: Sequence[str]) -> None:
+        """Record the tapped layer pairs; the i-th student layer is matched to the i-th teacher layer."""
+        if len(student_layers) != len(teacher_layers) or not student_layers:
+            raise ValueError(
+                f"{type(self).__name__} pairs student and teacher layers one to one; got student_layers="
+                f"{list(student_layers)} and teacher_layers={list(teacher_layers)}"
+            )
+        self.student_layers, self.teacher_layers = tuple(student_layers), tuple(teacher_layers)
+
+    def feature_pairs(self, student: ModelOutputs, teacher: ModelOutputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The tapped ``(student, teacher)`` feature tensors, in layer order."""
+        return [
+            (student.features[s], teacher.features[t])
+            for s, t in zip(self.student_layers, self.teacher_layers, strict=True)
+        ]
 
     def build(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
         """Create shape-dependent parameters (adapters) from one probed batch; a no-op by default."""

@@ -1,6 +1,12 @@
 """Backbones: one registry for kd_lightning's own nets, torchvision and timm models."""
 
-from kd_lightning.models import cifar_resnet, efficientnet_lite, small  # noqa: F401  (register the built-in nets)
+from kd_lightning.models import (  # noqa: F401  (register the built-in nets)
+    cifar_resnet,
+    cifar_vgg,
+    cifar_wrn,
+    efficientnet_lite,
+    small,
+)
 from kd_lightning.models._registry import Backbone, list_backbones, register_backbone
 from kd_lightning.models.classifier import IMAGENET_INPUT, Classifier, InputConfig
 from kd_lightning.models.factory import create_model

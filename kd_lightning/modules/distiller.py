@@ -17,9 +17,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from kd_lightning.cache.store import CacheStore
 from kd_lightning.cache.teacher_cache import TeacherCacheCallback, TeacherOutputCache
 from kd_lightning.errors import ConfigError, as_config_error
-from kd_lightning.losses import KDLoss, ModelOutputs
+from kd_lightning.losses import DistillationLoss, KDLoss, LossTerm, ModelOutputs, as_term, create_loss
 from kd_lightning.losses.kd import check_temperature
+from kd_lightning.losses.term import CROSS_ENTROPY
 from kd_lightning.metrics import TeacherStudentKL
+from kd_lightning.models.feature_taps import FeatureTaps
 from kd_lightning.models.fingerprint import check_fingerprint, state_dict_sha256
 from kd_lightning.models.spec import ModelSpec, as_spec
 from kd_lightning.modules.base import Batch, SupervisedModule
@@ -29,7 +31,14 @@ TEACHER_PREFIX = "teacher."
 
 
 class DistillationModule(SupervisedModule):
-    """Train ``student`` on ``(1 − α)·CE(student, y) + α·KD(student, teacher)``.
+    """Train ``student`` on a weighted sum of loss terms; Hinton's ``(1 − α)·CE + α·KD`` by default.
+
+    ``losses`` composes any registered distillation losses, e.g. RepDistiller's AT recipe
+    ``[{name: ce, weight: 1.0}, {name: at, weight: 1000}]``; each term is logged as
+    ``train/<label>``. Feature losses name the layers they need; those are tapped with forward
+    hooks (on the teacher under ``no_grad``), their shapes probed once in ``__init__`` with a
+    dummy batch of ``input_shape``, and the losses' adapters built from them, so adapters are
+    ordinary submodules: in the optimizer and in checkpoints like the student.
 
     The teacher is frozen: no gradients, never in the optimizer, in eval mode for the whole run
     (Lightning calls ``.train()`` on the module every epoch; :meth:`train` puts it back), and
@@ -40,8 +49,13 @@ class DistillationModule(SupervisedModule):
         teacher: the trained network to learn from: a registry name with ``pretrained`` weights,
             or ``weights_path`` to a kd_lightning Lightning checkpoint or a state-dict file.
         num_classes: classes of the task; the teacher must have as many.
-        temperature: softening temperature ``T`` of the KD term.
-        alpha: weight of the KD term; the cross-entropy on labels gets ``1 − α``.
+        temperature: softening temperature ``T`` of the KD term (used when ``losses`` is not given).
+        alpha: weight of the KD term; the cross-entropy on labels gets ``1 − α`` (used when
+            ``losses`` is not given).
+        losses: weighted loss terms replacing the α/T default; ``ce`` is the label
+            cross-entropy (weight 0 when not listed).
+        input_shape: ``[C, H, W]`` of one input, for probing tapped feature shapes; defaults
+            to the student's registered input config. Only needed by feature losses.
         save_teacher: also store the teacher's weights in the student's checkpoints.
         teacher_cache: compute the teacher's training outputs once and reuse them every epoch
             (``True``/``"memory"``, or ``"disk"``: memory-mapped files under ``cache_dir``);
@@ -60,6 +74,8 @@ class DistillationModule(SupervisedModule):
         temperature: float = 4.0,
         alpha: float = 0.9,
         save_teacher: bool = False,
+        losses: list[LossTerm] | None = None,
+        input_shape: tuple[int, int, int] | None = None,
         teacher_cache: bool | Literal["memory", "disk"] = False,
         cache_views: int = 1,
         cache_topk: int | None = None,
@@ -79,6 +95,9 @@ class DistillationModule(SupervisedModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.hparams["student"] = student_spec.to_dict()
         self.hparams["teacher"] = teacher_spec.to_dict()
+        terms = None if losses is None else [as_term(term) for term in losses]
+        if terms is not None:
+            self.hparams["losses"] = [term.to_dict() for term in terms]
         self.save_teacher = save_teacher
         self.network = student_spec.build(num_classes)
         self.teacher = self._build_teacher(teacher_spec, num_classes)
@@ -89,8 +108,12 @@ class DistillationModule(SupervisedModule):
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
             self, [TEACHER_PREFIX + name for name, _ in self.teacher.state_dict().items()]
         )
-        self.loss_terms = nn.ModuleDict({"kd": KDLoss(temperature)})
-        self.loss_weights: dict[str, float] = {"ce": 1.0 - alpha, "kd": alpha}
+        if terms is None:
+            self.loss_terms = nn.ModuleDict({"kd": KDLoss(temperature)})
+            self.loss_weights: dict[str, float] = {CROSS_ENTROPY: 1.0 - alpha, "kd": alpha}
+        else:
+            self.loss_terms, self.loss_weights = _build_terms(terms)
+        self.student_taps, self.teacher_taps = self._tap_features(input_shape)
         self.val_teacher_metrics = _teacher_metrics(num_classes, "val/")
         self.test_teacher_metrics = _teacher_metrics(num_classes, "test/")
         self.teacher_cache: TeacherOutputCache | None = None  # set by TeacherCacheCallback during fit
@@ -119,6 +142,31 @@ class DistillationModule(SupervisedModule):
         self.teacher.eval()
         return self
 
+    def _tap_features(self, input_shape: tuple[int, int, int] | None) -> tuple[FeatureTaps | None, FeatureTaps | None]:
+        """Hook the layers the losses need, probe their shapes and build the losses' adapters."""
+        losses: list[DistillationLoss] = list(self.loss_terms.values())
+        student_layers = [name for loss in losses for name in loss.student_layers]
+        teacher_layers = [name for loss in losses for name in loss.teacher_layers]
+        if not student_layers and not teacher_layers:
+            return None, None
+        sample = torch.rand(2, *self._input_shape(input_shape))
+        student_taps = FeatureTaps(self.network, student_layers, sample)
+        teacher_taps = FeatureTaps(self.teacher, teacher_layers, sample)
+        for loss in losses:
+            loss.build(student_taps.shapes, teacher_taps.shapes)
+        return student_taps, teacher_taps
+
+    def _input_shape(self, input_shape: tuple[int, int, int] | None) -> tuple[int, int, int]:
+        if input_shape is not None:
+            return tuple(input_shape)
+        config = self.network.input_config
+        if config.input_size is None:
+            raise ValueError(
+                f"feature losses probe layer shapes with a dummy batch, but student {self.network.name!r} "
+                "declares no input size: set input_shape: [C, H, W] (e.g. [1, 8, 8] for digits)"
+            )
+        return (config.in_chans, *config.input_size)
+
     def configure_callbacks(self) -> list[Callback]:
         callbacks = super().configure_callbacks()
         if self._cache_callback is not None:
@@ -133,28 +181,52 @@ class DistillationModule(SupervisedModule):
         if index is not None and self.teacher_cache is not None:
             return self.teacher_cache.outputs(index, self.current_epoch)
         with torch.no_grad():
-            return ModelOutputs(self.teacher(x))
+            if self.teacher_taps is None:
+                return ModelOutputs(self.teacher(x))
+            return ModelOutputs(*self.teacher_taps(x))
 
     def student_outputs(self, x: torch.Tensor) -> ModelOutputs:
-        return ModelOutputs(self.network(x))
+        if self.student_taps is None:
+            return ModelOutputs(self.network(x))
+        return ModelOutputs(*self.student_taps(x))
 
     def loss_components(
-        self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor
+        self,
+        student: ModelOutputs,
+        teacher: ModelOutputs,
+        targets: torch.Tensor,
+        indices: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Every weighted term by name (``ce`` plus each distillation loss), unweighted."""
-        terms = {"ce": self.cross_entropy(student.logits, targets)}
+        """Every weighted term by label (``ce`` plus each distillation loss), unweighted.
+
+        ``indices`` are the dataset indices of the batch, passed to losses that address a
+        memory by sample (CRD).
+        """
+        terms = {CROSS_ENTROPY: self.cross_entropy(student.logits, targets)}
         for name, loss in self.loss_terms.items():
-            terms[name] = loss(student, teacher, targets)
+            if loss.needs_indices:
+                terms[name] = loss(student, teacher, targets, indices=indices)
+            else:
+                terms[name] = loss(student, teacher, targets)
         return terms
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        x, y, *index = batch  # a third element (sample indices) comes from the teacher cache
-        index = index[0] if index else None
-        if index is not None:
-            x = self.teacher_cache.render(x, index, self.current_epoch)
-        teacher = self.teacher_outputs(x, index)
+    def on_train_epoch_start(self) -> None:
+        for loss in self.loss_terms.values():
+            loss.current_epoch = self.current_epoch
+
+    def training_step(
+        self, batch: Batch | tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        # A third element holds the samples' dataset indices: from the teacher cache's loader
+        # (its batches are raw images whose cached view is rendered here) or for losses with a
+        # per-sample memory (CRD).
+        x, y, *rest = batch
+        indices = rest[0] if rest else None
+        if indices is not None and self.teacher_cache is not None:
+            x = self.teacher_cache.render(x, indices, self.current_epoch)
+        teacher = self.teacher_outputs(x, indices)
         student = self.student_outputs(x)
-        terms = self.loss_components(student, teacher, y)
+        terms = self.loss_components(student, teacher, y, indices)
         loss = sum(self.loss_weights[name] * value for name, value in terms.items())
         self.train_metrics.update(student.logits, y)
         self.log("train/loss", loss, prog_bar=True)
@@ -199,6 +271,24 @@ class DistillationModule(SupervisedModule):
         if has_teacher:
             self._teacher_sha256 = state_dict_sha256(self.teacher)
         return result
+
+
+def _build_terms(terms: list[LossTerm]) -> tuple[nn.ModuleDict, dict[str, float]]:
+    keys = [term.key for term in terms]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        raise ValueError(f"loss terms {duplicates} appear twice: give each a distinct `label`")
+    modules = nn.ModuleDict()
+    for term in terms:
+        if term.name == CROSS_ENTROPY:
+            if term.kwargs or term.key != CROSS_ENTROPY:
+                raise ValueError("the ce term takes no kwargs or label (label_smoothing is a module argument)")
+        elif term.key == CROSS_ENTROPY:
+            raise ValueError(f"label 'ce' is reserved for the cross-entropy term, not {term.name!r}")
+        else:
+            modules[term.key] = create_loss(term.name, **term.kwargs)
+    weights = {CROSS_ENTROPY: 0.0} | {term.key: term.weight for term in terms}
+    return modules, weights
 
 
 def _teacher_metrics(num_classes: int, prefix: str) -> MetricCollection:

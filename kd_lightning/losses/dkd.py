@@ -1,0 +1,103 @@
+"""Decoupled Knowledge Distillation (Zhao et al., CVPR 2022)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kd_lightning.losses._registry import register_loss
+from kd_lightning.losses.base import DistillationLoss, ModelOutputs
+from kd_lightning.losses.kd import check_temperature
+
+# Subtracted from the target logit before the non-target softmax: exp(-1000/T) underflows to 0
+# in float32/64, which removes the target class as in the paper's ``p̂`` (Eq. 2).
+_MASK_OFFSET = 1000.0
+
+
+def dkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+) -> torch.Tensor:
+    """``α·TCKD + β·NCKD`` of Zhao et al. (2022), Eq. (7), each term ``T²``-scaled, batch mean.
+
+    KD splits into a target-class term and a non-target term (their Eq. 5, ``KD = TCKD +
+    (1 − p_t^T)·NCKD``); DKD drops the coupling factor ``1 − p_t^T`` and weights the terms freely:
+
+    - TCKD = ``KL(b^T ‖ b^S)`` on the binary distribution ``b = [p_target, 1 − p_target]``,
+    - NCKD = ``KL(p̂^T ‖ p̂^S)`` on the softmax over the non-target classes only.
+
+    Args:
+        student_logits: ``[B, C]`` student logits.
+        teacher_logits: ``[B, C]`` teacher logits.
+        target: ``[B]`` ground-truth class indices.
+        alpha: weight of TCKD (1.0 in the paper).
+        beta: weight of NCKD (8.0 for most CIFAR-100 pairs in the paper).
+        temperature: softening temperature ``T``.
+    """
+    check_temperature(temperature)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ"
+        )
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    with torch.autocast(device_type=student_logits.device.type, enabled=False):
+        s, t = student_logits.to(dtype) / temperature, teacher_logits.to(dtype) / temperature
+        is_target = F.one_hot(target, s.shape[-1]).bool()
+        tckd = _kl(_binary_log_probs(s, is_target), _binary_log_probs(t, is_target))
+        nckd = _kl(
+            F.log_softmax(s - _MASK_OFFSET * is_target, dim=-1), F.log_softmax(t - _MASK_OFFSET * is_target, dim=-1)
+        )
+    return (alpha * tckd + beta * nckd) * temperature**2
+
+
+def _binary_log_probs(scaled_logits: torch.Tensor, is_target: torch.Tensor) -> torch.Tensor:
+    """``log [p_target, p_rest]`` via logsumexp over each group, stable for large logits."""
+    neg_inf = torch.finfo(scaled_logits.dtype).min
+    target_part = torch.logsumexp(scaled_logits.masked_fill(~is_target, neg_inf), dim=-1)
+    rest_part = torch.logsumexp(scaled_logits.masked_fill(is_target, neg_inf), dim=-1)
+    return torch.stack([target_part, rest_part], dim=-1) - torch.logsumexp(scaled_logits, dim=-1, keepdim=True)
+
+
+def _kl(log_p_student: torch.Tensor, log_p_teacher: torch.Tensor) -> torch.Tensor:
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+
+
+@register_loss("dkd")
+class DKDLoss(DistillationLoss):
+    """Module form of :func:`dkd_loss`, with the paper's linear warm-up of the loss weight.
+
+    Zhao et al. ramp the whole DKD term linearly over the first ``warmup_epochs`` epochs
+    (20 on CIFAR-100), since the large ``β`` otherwise swamps the cross-entropy early on. The
+    distiller sets :attr:`current_epoch` (0-based) at every epoch start; the factor in epoch
+    ``e`` is ``min((e + 1) / warmup_epochs, 1)``.
+
+    Args:
+        alpha, beta, temperature: see :func:`dkd_loss`.
+        warmup_epochs: epochs of linear warm-up (0 = off).
+    """
+
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup_epochs: int = 0) -> None:
+        super().__init__()
+        check_temperature(temperature)
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+        self.alpha, self.beta, self.temperature = alpha, beta, temperature
+        self.warmup_epochs = warmup_epochs
+
+    def warmup_factor(self) -> float:
+        if self.warmup_epochs == 0:
+            return 1.0
+        return min((self.current_epoch + 1) / self.warmup_epochs, 1.0)
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor) -> torch.Tensor:
+        loss = dkd_loss(student.logits, teacher.logits, targets, self.alpha, self.beta, self.temperature)
+        return self.warmup_factor() * loss
+
+    def extra_repr(self) -> str:
+        return (
+            f"alpha={self.alpha}, beta={self.beta}, temperature={self.temperature}, warmup_epochs={self.warmup_epochs}"
+        )

@@ -1,0 +1,78 @@
+"""CRD: the NCE objective against its formula, gradcheck, memory bank and normalisers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kd_lightning.losses import CRDLoss, ModelOutputs, crd_loss, nce_loss
+
+GEN = torch.Generator().manual_seed(0)
+
+
+def test_nce_loss_matches_the_formula() -> None:
+    scores = torch.rand(3, 5, generator=GEN, dtype=torch.float64) + 0.1
+    n, k = 100, 4
+    noise = k / n
+    expected = 0.0
+    for row in scores.tolist():
+        expected -= math.log(row[0] / (row[0] + noise + 1e-7))
+        expected -= sum(math.log(noise / (h + noise + 1e-7)) for h in row[1:])
+    assert nce_loss(scores, n).item() == pytest.approx(expected / 3, rel=1e-12)
+
+
+def _embeddings(*shape: int) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, generator=GEN, dtype=torch.float64), dim=-1)
+
+
+def test_crd_loss_is_symmetric_nce_and_gradchecks() -> None:
+    v_s, v_t = _embeddings(2, 4), _embeddings(2, 4)
+    m_s, m_t = _embeddings(2, 6, 4), _embeddings(2, 6, 4)
+    z = (3.0, 5.0)
+    expected = nce_loss(torch.exp(torch.einsum("bkd,bd->bk", m_t, v_s) / 0.07) / 3.0, 50)
+    expected = expected + nce_loss(torch.exp(torch.einsum("bkd,bd->bk", m_s, v_t) / 0.07) / 5.0, 50)
+    got = crd_loss(v_s, v_t, m_s, m_t, z, 50)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-12)
+    v = v_s.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a: crd_loss(a, v_t, m_s, m_t, z, 50, 0.5), (v,))
+
+
+def _crd(num_samples: int = 20) -> CRDLoss:
+    loss = CRDLoss(num_samples, ["s"], ["t"], feat_dim=8, num_negatives=7)
+    loss.build({"s": torch.Size([2, 6])}, {"t": torch.Size([2, 3, 2, 2])})
+    return loss
+
+
+def test_crd_updates_the_memory_of_the_batch_only_and_fixes_normalisers() -> None:
+    loss = _crd()
+    student = ModelOutputs(torch.zeros(4, 10), {"s": torch.randn(4, 6)})
+    teacher = ModelOutputs(torch.zeros(4, 10), {"t": torch.randn(4, 3, 2, 2)})
+    indices = torch.tensor([0, 5, 6, 19])
+    before = loss.student_memory.clone()
+    value = loss(student, teacher, torch.zeros(4), indices=indices)
+    value.backward()
+    assert torch.isfinite(value) and loss.student_embed.linear.weight.grad is not None
+    v_s = loss.student_embed(student.features["s"]).detach()
+    expected = F.normalize(before[indices] * 0.5 + v_s * 0.5, dim=1)
+    torch.testing.assert_close(loss.student_memory[indices], expected)
+    untouched = torch.ones(20, dtype=torch.bool)
+    untouched[indices] = False
+    torch.testing.assert_close(loss.student_memory[untouched], before[untouched])
+    normalisers = loss.normalisers.clone()
+    assert (normalisers > 0).all()
+    loss(student, teacher, torch.zeros(4), indices=indices)
+    torch.testing.assert_close(loss.normalisers, normalisers)
+    assert {"student_memory", "teacher_memory", "normalisers"} <= set(loss.state_dict())
+
+
+def test_crd_needs_indices_within_the_bank() -> None:
+    loss = _crd()
+    student = ModelOutputs(torch.zeros(2, 10), {"s": torch.randn(2, 6)})
+    teacher = ModelOutputs(torch.zeros(2, 10), {"t": torch.randn(2, 3, 2, 2)})
+    with pytest.raises(ValueError, match="return_indices"):
+        loss(student, teacher, torch.zeros(2))
+    with pytest.raises(ValueError, match="outside"):
+        loss(student, teacher, torch.zeros(2), indices=torch.tensor([0, 20]))
