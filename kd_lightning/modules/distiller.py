@@ -92,12 +92,12 @@ class DistillationModule(SupervisedModule):
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"alpha must be in [0, 1] (the KD share of the loss), got {alpha}")
         student_spec, teacher_spec = as_spec(student), as_spec(teacher)
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.hparams["student"] = student_spec.to_dict()
-        self.hparams["teacher"] = teacher_spec.to_dict()
         terms = None if losses is None else [as_term(term) for term in losses]
-        if terms is not None:
-            self.hparams["losses"] = [term.to_dict() for term in terms]
+        # save_hyperparameters reads these locals: plain dicts keep checkpoints loadable with
+        # weights_only=True and show up as fields, not object reprs, in loggers such as W&B.
+        student, teacher = student_spec.to_dict(), teacher_spec.to_dict()
+        losses = None if terms is None else [term.to_dict() for term in terms]
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.save_teacher = save_teacher
         self.network = student_spec.build(num_classes)
         self.teacher = self._build_teacher(teacher_spec, num_classes)

@@ -61,8 +61,8 @@ class FrozenBackboneFinetuner(SupervisedModule):
         if strategy not in ("linear_probe", "full", "freeze_then_unfreeze"):
             raise ValueError(f"unknown strategy {strategy!r}; use linear_probe, full or freeze_then_unfreeze")
         spec = as_spec(backbone)
+        backbone = spec.to_dict()  # plain types in the hyper-parameters (see DistillationModule)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.hparams["backbone"] = spec.to_dict()
         self.strategy = strategy
         self.unfreeze_at_epoch = unfreeze_at_epoch
         self.backbone_lr_factor = backbone_lr_factor
