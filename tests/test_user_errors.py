@@ -174,3 +174,36 @@ def test_resume_with_another_data_config(tmp_path, capsys):
     args = ["fit", "--config", str(config), "--data.init_args.batch_size", "16", "--ckpt_path", str(ckpt)]
     line = _user_error(capsys, args)
     assert "another config: data.batch_size: checkpoint 64, config 16" in line
+
+
+def test_feature_layer_that_does_not_exist_lists_the_available_ones(tmp_path, capsys, teacher_file):
+    losses = [{"name": "ce"}, {"name": "at", "kwargs": {"student_layers": ["layer9"], "teacher_layers": ["layer9"]}}]
+    model = _distill(_teacher(teacher_file), losses=losses, input_shape=[1, 8, 8])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(_config(tmp_path, model))])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "error: no layer named ['layer9']" in err
+    assert "input_adapter: (1, 8, 8)" in err and "7: (8, 4, 4)" in err, err
+
+
+def _image_folder(root: Path, corrupt: bool = False, empty_class: bool = False) -> Path:
+    from torchvision.io import write_png
+
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        if empty_class and label == "dog":
+            continue
+        for i in range(3):
+            write_png(torch.randint(0, 255, (3, 8, 8), dtype=torch.uint8), str(root / label / f"{i}.png"))
+    if corrupt:
+        (root / "cat" / "broken.png").write_bytes(b"\x89PNG not really")
+    return root
+
+
+@pytest.mark.parametrize(("problem", "expected"), [("corrupt", "broken.png"), ("empty_class", "dog")])
+def test_image_folder_with_a_bad_image_or_an_empty_class(tmp_path, capsys, problem, expected):
+    root = _image_folder(tmp_path / "images", corrupt=problem == "corrupt", empty_class=problem == "empty_class")
+    data = {"class_path": "kd_lightning.data.ImageFolderDataModule", "init_args": {"data_dir": str(root)}}
+    line = _user_error(capsys, ["fit", "--config", str(_config(tmp_path, _scratch(), data))])
+    assert expected in line, line

@@ -108,12 +108,15 @@ class DistillationModule(SupervisedModule):
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
             self, [TEACHER_PREFIX + name for name, _ in self.teacher.state_dict().items()]
         )
-        if terms is None:
-            self.loss_terms = nn.ModuleDict({"kd": KDLoss(temperature)})
-            self.loss_weights: dict[str, float] = {CROSS_ENTROPY: 1.0 - alpha, "kd": alpha}
-        else:
-            self.loss_terms, self.loss_weights = _build_terms(terms)
-        self.student_taps, self.teacher_taps = self._tap_features(input_shape)
+        # Loss hyper-parameters, layer names and feature shapes come from the config: a
+        # ValueError here is the user's to fix, so it becomes a one-line ConfigError.
+        with as_config_error():
+            if terms is None:
+                self.loss_terms = nn.ModuleDict({"kd": KDLoss(temperature)})
+                self.loss_weights: dict[str, float] = {CROSS_ENTROPY: 1.0 - alpha, "kd": alpha}
+            else:
+                self.loss_terms, self.loss_weights = _build_terms(terms)
+            self.student_taps, self.teacher_taps = self._tap_features(input_shape)
         self.val_teacher_metrics = _teacher_metrics(num_classes, "val/")
         self.test_teacher_metrics = _teacher_metrics(num_classes, "test/")
         self.teacher_cache: TeacherOutputCache | None = None  # set by TeacherCacheCallback during fit
