@@ -10,6 +10,14 @@ from pathlib import Path
 
 import yaml
 
+
+class _NoAliases(yaml.SafeDumper):
+    """Write repeated lists out in full: YAML anchors would make the recipes harder to read."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 HERE = Path(__file__).resolve().parent
 TRAIN_SIZE = 45_000  # 50,000 CIFAR-100 training images less the 10% validation split
 
@@ -112,7 +120,8 @@ HEADERS = {
 
 def write(path: Path, header: str, config: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=110))
+    text = yaml.dump(config, Dumper=_NoAliases, sort_keys=False, default_flow_style=None, width=110)
+    path.write_text(header + text)
 
 
 def main() -> None:
