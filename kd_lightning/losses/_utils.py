@@ -8,3 +8,17 @@ import torch
 def full_precision(x: torch.Tensor) -> torch.Tensor:
     """At least float32 (float64 stays float64), so losses are exact under autocast and in gradcheck."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}; Hinton et al. use 1-20, 4 is common")
+
+
+def check_logit_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    """Logit losses compare distributions over one label set: the shapes must agree."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ; teacher and student need the same classes"
+        )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from kd_lightning.losses._registry import register_loss
+from kd_lightning.losses._utils import check_logit_pair, check_temperature
 from kd_lightning.losses.base import DistillationLoss, ModelOutputs
-from kd_lightning.losses.kd import check_temperature
 
 _EPS = 1e-8
 
@@ -42,10 +42,7 @@ def dist_loss(
         temperature: softening temperature ``T``.
     """
     check_temperature(temperature)
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ"
-        )
+    check_logit_pair(student_logits, teacher_logits)
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
         p_s = (student_logits.to(dtype) / temperature).softmax(dim=1)

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from kd_lightning.losses._registry import register_loss
+from kd_lightning.losses._utils import check_logit_pair, check_temperature
 from kd_lightning.losses.base import DistillationLoss, ModelOutputs
-from kd_lightning.losses.kd import check_temperature
 
 # Subtracted from the target logit before the non-target softmax: exp(-1000/T) underflows to 0
 # in float32/64, which removes the target class as in the paper's ``p̂`` (Eq. 2).
@@ -39,10 +39,7 @@ def dkd_loss(
         temperature: softening temperature ``T``.
     """
     check_temperature(temperature)
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ"
-        )
+    check_logit_pair(student_logits, teacher_logits)
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
         s, t = student_logits.to(dtype) / temperature, teacher_logits.to(dtype) / temperature

@@ -6,19 +6,15 @@ import torch
 import torch.nn.functional as F
 
 from kd_lightning.losses._registry import register_loss
+from kd_lightning.losses._utils import check_logit_pair, check_temperature, full_precision
 from kd_lightning.losses.base import DistillationLoss, ModelOutputs
-
-
-def check_temperature(temperature: float) -> None:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}; Hinton et al. use 1-20, 4 is common")
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
     """``T² · KL(softmax(t/T) ‖ softmax(s/T))``, averaged over the batch.
 
     The ``T²`` factor keeps the gradient magnitude of the soft term independent of ``T``
-    (Hinton et al., 2015, §2). The KL is computed in float32 whatever the input dtype, so it
+    (Hinton et al., 2015, §2). The KL is computed in at least float32 whatever the input dtype, so it
     stays accurate under bf16/fp16 autocast.
 
     Args:
@@ -27,14 +23,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
         temperature: softening temperature ``T > 0``.
     """
     check_temperature(temperature)
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} differ; teacher and student need the same classes"
-        )
+    check_logit_pair(student_logits, teacher_logits)
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
-        log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
-        log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+        log_p_student = F.log_softmax(full_precision(student_logits) / temperature, dim=-1)
+        log_p_teacher = F.log_softmax(full_precision(teacher_logits) / temperature, dim=-1)
         kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * temperature**2
 

@@ -18,7 +18,7 @@ from kd_lightning.cache.store import CacheStore
 from kd_lightning.cache.teacher_cache import TeacherCacheCallback, TeacherOutputCache
 from kd_lightning.errors import ConfigError, as_config_error
 from kd_lightning.losses import DistillationLoss, KDLoss, LossTerm, ModelOutputs, as_term, create_loss
-from kd_lightning.losses.kd import check_temperature
+from kd_lightning.losses._utils import check_temperature
 from kd_lightning.losses.term import CROSS_ENTROPY
 from kd_lightning.metrics import TeacherStudentKL
 from kd_lightning.models.feature_taps import FeatureTaps
