@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kd_lightning.models._init import kaiming_init_convs
 from kd_lightning.models._registry import Backbone, register_backbone
 from kd_lightning.models.classifier import InputConfig
 
@@ -53,9 +54,7 @@ class CifarResNet(nn.Module):
         self.layer3 = self._stage(widths[2], widths[3], blocks, 2)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.feature_dim = widths[3]
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        kaiming_init_convs(self)
 
     @staticmethod
     def _stage(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:

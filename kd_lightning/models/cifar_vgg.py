@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kd_lightning.models._init import kaiming_init_convs
 from kd_lightning.models._registry import Backbone, register_backbone
 from kd_lightning.models.cifar_resnet import CIFAR_INPUT
 
@@ -42,10 +43,7 @@ class CifarVGG(nn.Module):
         self.pool = nn.MaxPool2d(2, 2)
         self.head_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.feature_dim = cin
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        kaiming_init_convs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i in range(self.num_blocks):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kd_lightning.models._init import kaiming_init_convs
 from kd_lightning.models._registry import Backbone, register_backbone
 from kd_lightning.models.cifar_resnet import CIFAR_INPUT
 
@@ -51,9 +52,7 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU()
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.feature_dim = widths[3]
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        kaiming_init_convs(self)
 
     @staticmethod
     def _group(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
