@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from conftest import make_trainer
 
 from kd_lightning.data import DigitsDataModule
 from kd_lightning.models import ModelSpec
@@ -13,15 +14,7 @@ from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner, Su
 
 
 def _fit(module: SupervisedModule, path: Path, epochs: int) -> Path:
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-        default_root_dir=path.parent,
-    )
+    trainer = make_trainer(max_epochs=epochs, default_root_dir=path.parent)
     trainer.fit(module, DigitsDataModule(batch_size=64))
     trainer.save_checkpoint(path)
     return path
