@@ -100,7 +100,8 @@ def distill(
         record(cli_run("teacher", "teacher", []))
     if not students:
         return
-    if temperature is not None or alpha is not None:  # a variant of the distilled run only; the baseline does not change
+    # A variant changes the distilled run only; the baseline does not change.
+    if temperature is not None or alpha is not None:
         for seed in seeds:
             overrides = ["--seed_everything", str(seed)]
             name = "distill"
@@ -269,7 +270,8 @@ def report() -> None:
         lines += distill_table(second)
     if ATTEMPT1.exists():
         first = [json.loads(line) for line in ATTEMPT1.read_text().splitlines() if line.strip()]
-        lines += ["", "Earlier attempt 1 (T=4, alpha=0.9, 2 epochs; otherwise as attempt 2), stopped after these runs:", ""]
+        title = "Earlier attempt 1 (T=4, alpha=0.9, 2 epochs; otherwise as attempt 2), stopped after these runs:"
+        lines += ["", title, ""]
         lines += distill_table(first)
     # Hand-written findings after the tables survive a rewrite.
     old = REPORT.read_text() if REPORT.exists() else ""
