@@ -105,7 +105,7 @@ def test_crd_trains_with_sample_indices_from_the_data(teacher_spec) -> None:
 
 
 def test_crd_without_indices_says_how_to_get_them(digits, teacher_spec) -> None:
-    terms = [{"name": "crd", "kwargs": {"num_samples": 2000, "num_negatives": 8}}]
+    terms = [{"name": "crd", "kwargs": {"num_negatives": 8}}]
     module = DistillationModule(STUDENT, teacher_spec, num_classes=10, losses=terms, input_shape=DIGITS_SHAPE)
     with pytest.raises(ValueError, match="return_indices: true"):
         make_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(module, digits)

@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from kd_lightning.data.sampler import ResumableRandomSampler
@@ -26,6 +27,12 @@ class ImageClassificationDataModule(L.LightningDataModule):
         eval_batch_size: batch size for validation/test/predict (defaults to ``batch_size``).
         num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
         val_fraction: share of the training split held out for validation.
+        validate_on_test: train on the whole training split and validate on the test split, the
+            protocol of RepDistiller and mdistiller (CIFAR-100: 50,000 training images). The
+            validation metrics are then test metrics, so the "best" checkpoint is selected on the
+            test set, as the references' best-epoch numbers are: optimistic. The last epoch's
+            accuracy is the honest number. ``val_fraction`` and a published validation split
+            are not used.
         seed: seed of the train/val split and of the few-shot subset.
         samples_per_class: keep only this many training images per class (few-shot regime).
         image_size: resize images to ``image_size × image_size`` (explicit, never implied).
@@ -44,6 +51,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         val_fraction: float = 0.1,
+        validate_on_test: bool = False,
         seed: int = 0,
         samples_per_class: int | None = None,
         image_size: int | None = None,
@@ -62,6 +70,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.val_fraction = val_fraction
+        self.validate_on_test = validate_on_test
         self.seed = seed
         self.samples_per_class = samples_per_class
         self.image_size = image_size
@@ -99,10 +108,14 @@ class ImageClassificationDataModule(L.LightningDataModule):
     ) -> tuple[TensorImageDataset, TensorImageDataset]:
         generator = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(len(full), generator=generator)
-        n_val = 0 if separate_val is not None else round(len(full) * self.val_fraction)
+        held_out = separate_val is not None or self.validate_on_test
+        n_val = 0 if held_out else round(len(full) * self.val_fraction)
         val_idx, train_idx = order[:n_val], order[n_val:]
         if self.samples_per_class is not None:
             train_idx = self._few_shot(full.labels, train_idx)
+        if self.validate_on_test:
+            rank_zero_info(f"validate_on_test: training on all {len(train_idx)} training images, validating on test")
+            return full.subset(train_idx.sort().values), self.load_split("test")
         val = separate_val if separate_val is not None else full.subset(val_idx.sort().values)
         return full.subset(train_idx.sort().values), val
 

@@ -55,5 +55,14 @@ class DistillationLoss(nn.Module):
     def build(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
         """Create shape-dependent parameters (adapters) from one probed batch; a no-op by default."""
 
+    def bind_training_labels(self, labels: torch.Tensor) -> None:
+        """Take what the loss needs from the training set's labels (in dataset-index order) before
+        fitting, e.g. CRD's memory size and class-excluding negatives; a no-op by default."""
+
+    def trains_alone(self, epoch: int) -> bool:
+        """Whether this term is the whole objective at ``epoch`` (a pretraining stage, such as
+        FitNets' hint stage); then no other term is optimised. Never, by default."""
+        return False
+
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -76,60 +77,131 @@ class Embed(nn.Module):
         return F.normalize(self.linear(x.flatten(1)), dim=1)
 
 
+NegativeSampling = Literal["uniform", "other_classes"]
+
+
 @register_loss("crd")
 class CRDLoss(DistillationLoss):
-    """CRD with its momentum memory bank of ``num_samples`` embeddings per network.
+    """CRD with its momentum memory bank of one embedding per training sample and network.
 
-    Each training step contrasts the batch with ``num_negatives`` memory rows drawn uniformly
-    at random (the paper's setting; RepDistiller's default additionally excludes same-class
-    rows), then moves the rows of the batch's samples towards the new embeddings:
-    ``m ← normalise(momentum·m + (1 − momentum)·v)``. The bank is addressed by dataset index,
-    so the training set must give batches ``(x, y, index)`` (``return_indices: true`` on the
-    DataModule). Bank and normalisers are buffers: they are saved with checkpoints so a resumed
-    run continues with the same memory.
+    Each training step contrasts the batch with ``num_negatives`` memory rows, then moves the
+    rows of the batch's samples towards the new embeddings:
+    ``m ← normalise(momentum·m + (1 − momentum)·v)``. The positive is always the sample's own
+    row (RepDistiller's ``mode='exact'``). Negatives are drawn
+
+    - ``uniform``: uniformly from all rows, with replacement (the paper's description and
+      RepDistiller's sampler when no indices are given; a draw may hit the positive's class);
+    - ``other_classes``: uniformly from the rows of *other* classes, without replacement unless
+      ``num_negatives`` exceeds the smallest such pool (RepDistiller's and mdistiller's default
+      CIFAR-100 data loader, ``CIFAR100InstanceSample``; their published numbers use it).
+
+    The bank is addressed by dataset index, so the training set must give batches
+    ``(x, y, index)`` (``return_indices: true`` on the DataModule). Its size follows the
+    training set: the distiller passes the training labels in before fitting
+    (:meth:`bind_training_labels`), which also gives ``other_classes`` its class pools. Bank and
+    normalisers are buffers, saved with checkpoints, so a resumed run continues with the same
+    memory.
 
     Args:
-        num_samples: size of the training set (indices must lie in ``[0, num_samples)``).
+        num_samples: rows of the memory; leave unset to take the training set's size (a given
+            value must equal it). Needed only when the loss is used without a DataModule.
         student_layers: the student layer embedded (``backbone`` = pooled features).
         teacher_layers: the teacher layer embedded.
         feat_dim: embedding width (128).
         num_negatives: ``K`` negatives per sample (16384).
         temperature: ``τ`` (0.07).
         momentum: memory update momentum (0.5).
+        negative_sampling: ``uniform`` or ``other_classes`` (see above).
     """
 
     needs_indices = True
 
     def __init__(
         self,
-        num_samples: int,
+        num_samples: int | None = None,
         student_layers: Sequence[str] = ("backbone",),
         teacher_layers: Sequence[str] = ("backbone",),
         feat_dim: int = 128,
         num_negatives: int = 16384,
         temperature: float = 0.07,
         momentum: float = 0.5,
+        negative_sampling: NegativeSampling = "uniform",
     ) -> None:
         super().__init__()
         if len(student_layers) != 1:
             raise ValueError(f"CRD embeds one layer per network, got student_layers={list(student_layers)}")
-        if num_samples < 2 or num_negatives < 1:
+        if (num_samples is not None and num_samples < 2) or num_negatives < 1:
             raise ValueError(f"need num_samples >= 2 and num_negatives >= 1, got {num_samples}, {num_negatives}")
+        if negative_sampling not in ("uniform", "other_classes"):
+            raise ValueError(f"negative_sampling must be 'uniform' or 'other_classes', got {negative_sampling!r}")
         self.set_layers(student_layers, teacher_layers)
-        self.num_samples, self.feat_dim = num_samples, feat_dim
-        self.num_negatives, self.temperature, self.momentum = num_negatives, temperature, momentum
-        # Uniform in ±1/sqrt(D/3): unit-variance rows, as in the reference initialisation.
-        bound = 1.0 / math.sqrt(feat_dim / 3)
-        self.register_buffer("student_memory", torch.rand(num_samples, feat_dim) * 2 * bound - bound)
-        self.register_buffer("teacher_memory", torch.rand(num_samples, feat_dim) * 2 * bound - bound)
+        self.configured_num_samples = num_samples
+        self.feat_dim, self.num_negatives, self.negative_sampling = feat_dim, num_negatives, negative_sampling
+        self.temperature, self.momentum = temperature, momentum
+        self.register_buffer("student_memory", torch.empty(0, feat_dim))
+        self.register_buffer("teacher_memory", torch.empty(0, feat_dim))
         self.register_buffer("normalisers", torch.full((2,), -1.0))
+        # Labels of the memory rows (for other_classes); derived from the data, not checkpointed.
+        self.register_buffer("memory_labels", torch.empty(0, dtype=torch.long), persistent=False)
+        self.negatives_with_replacement = False
+        if num_samples is not None:
+            self._allocate(num_samples)
         self.student_embed: nn.Module = nn.Identity()
         self.teacher_embed: nn.Module = nn.Identity()
+
+    @property
+    def num_samples(self) -> int:
+        """Rows of the memory bank (0 until it is sized)."""
+        return len(self.student_memory)
+
+    def _allocate(self, num_samples: int) -> None:
+        # Uniform in ±1/sqrt(D/3): unit-variance rows, as in the reference initialisation.
+        bound = 1.0 / math.sqrt(self.feat_dim / 3)
+        device = self.student_memory.device
+        for name in ("student_memory", "teacher_memory"):
+            setattr(self, name, (torch.rand(num_samples, self.feat_dim, device=device) * 2 - 1) * bound)
+
+    def bind_training_labels(self, labels: torch.Tensor) -> None:
+        n = len(labels)
+        if self.configured_num_samples is not None and self.configured_num_samples != n:
+            raise ValueError(
+                f"CRD's num_samples={self.configured_num_samples} but the training set has {n} images: "
+                "leave num_samples unset and the memory takes the training set's size"
+            )
+        if self.num_samples != n:
+            self._allocate(n)
+        self.memory_labels = labels.to(self.student_memory.device, torch.long)
+        if self.negative_sampling == "other_classes":
+            pool = n - int(torch.bincount(self.memory_labels).max())
+            if pool == 0:
+                raise ValueError("CRD's other_classes negatives need a training set with at least two classes")
+            # As the references: without replacement unless K exceeds the pool.
+            self.negatives_with_replacement = self.num_negatives > pool
 
     def build(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
         s_dim = math.prod(student_shapes[self.student_layers[0]][1:])
         t_dim = math.prod(teacher_shapes[self.teacher_layers[0]][1:])
         self.student_embed, self.teacher_embed = Embed(s_dim, self.feat_dim), Embed(t_dim, self.feat_dim)
+
+    def contrast_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """``[B, K+1]`` memory rows per sample: its own row first, then ``K`` negatives."""
+        k = self.num_negatives
+        if self.negative_sampling == "uniform":
+            negatives = torch.randint(self.num_samples, (len(indices), k), device=indices.device)
+        else:
+            if len(self.memory_labels) != self.num_samples:
+                raise ValueError(
+                    "CRD's other_classes negatives need the training labels: train with a DataModule "
+                    "(the distiller passes them in) or call bind_training_labels(labels)"
+                )
+            other_class = self.memory_labels[None, :] != self.memory_labels[indices][:, None]
+            if self.negatives_with_replacement:
+                negatives = torch.multinomial(other_class.float(), k, replacement=True)
+            else:
+                # The k largest of i.i.d. uniform keys: a uniform k-subset; same-class rows never win.
+                keys = torch.rand(other_class.shape, device=indices.device).masked_fill_(~other_class, -1.0)
+                negatives = keys.topk(k, dim=1, sorted=False).indices
+        return torch.cat([indices[:, None], negatives], dim=1)
 
     def forward(
         self,
@@ -142,12 +214,15 @@ class CRDLoss(DistillationLoss):
             raise ValueError(
                 "CRD needs the dataset index of each training sample: set `return_indices: true` on the DataModule"
             )
+        if self.num_samples == 0:
+            raise ValueError(
+                "CRD's memory has no size: train with a DataModule (its training set sizes it) or give num_samples"
+            )
         if int(indices.max()) >= self.num_samples:
             raise ValueError(f"sample index {int(indices.max())} is outside CRD's memory of {self.num_samples}")
         ((s_feat, t_feat),) = self.feature_pairs(student, teacher)
         v_s, v_t = self.student_embed(s_feat), self.teacher_embed(t_feat)
-        contrast_idx = torch.randint(self.num_samples, (len(indices), self.num_negatives + 1), device=indices.device)
-        contrast_idx[:, 0] = indices
+        contrast_idx = self.contrast_indices(indices)
         student_contrast = self.student_memory[contrast_idx].detach()
         teacher_contrast = self.teacher_memory[contrast_idx].detach()
         if self.normalisers[0] < 0:
@@ -171,8 +246,15 @@ class CRDLoss(DistillationLoss):
             rows = memory[indices] * self.momentum + v.to(memory.dtype) * (1 - self.momentum)
             memory[indices] = F.normalize(rows, dim=1)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # A memory sized from the data is rebuilt unsized from the hyper-parameters: take the saved size.
+        saved = state_dict.get(prefix + "student_memory")
+        if saved is not None and self.configured_num_samples is None and len(saved) != self.num_samples:
+            self._allocate(len(saved))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
         return (
             f"num_samples={self.num_samples}, feat_dim={self.feat_dim}, num_negatives={self.num_negatives}, "
-            f"temperature={self.temperature}, momentum={self.momentum}"
+            f"temperature={self.temperature}, momentum={self.momentum}, negative_sampling={self.negative_sampling}"
         )

@@ -9,7 +9,9 @@ from kd_lightning.models._init import kaiming_init_convs
 from kd_lightning.models._registry import Backbone, register_backbone
 from kd_lightning.models.classifier import InputConfig
 
-CIFAR_INPUT = InputConfig(mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), in_chans=3, input_size=(32, 32))
+# CIFAR-100 statistics exactly as RepDistiller (dataset/cifar100.py) and mdistiller
+# (mdistiller/dataset/cifar100.py) normalise with, so the recipes' inputs match theirs to the last digit.
+CIFAR_INPUT = InputConfig(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761), in_chans=3, input_size=(32, 32))
 
 
 class BasicBlock(nn.Module):

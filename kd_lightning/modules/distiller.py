@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from kd_lightning.cache.store import CacheStore
 from kd_lightning.cache.teacher_cache import TeacherCacheCallback, TeacherOutputCache
+from kd_lightning.data import ImageClassificationDataModule
 from kd_lightning.errors import ConfigError, as_config_error
 from kd_lightning.losses import DistillationLoss, KDLoss, LossTerm, ModelOutputs, as_term, create_loss
 from kd_lightning.losses._utils import check_temperature
@@ -213,6 +214,20 @@ class DistillationModule(SupervisedModule):
                 terms[name] = loss(student, teacher, targets)
         return terms
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        # Losses sized by the training set (CRD's memory) learn it here, before any checkpoint restore.
+        datamodule = self.trainer.datamodule
+        if stage == "fit" and isinstance(datamodule, ImageClassificationDataModule) and datamodule.train_set is not None:
+            with as_config_error():
+                for loss in self.loss_terms.values():
+                    loss.bind_training_labels(datamodule.train_set.labels)
+
+    def objective_weights(self, epoch: int) -> dict[str, float]:
+        """The weight of each term at ``epoch``: all of them, or only a term that trains alone then."""
+        alone = {name for name, loss in self.loss_terms.items() if loss.trains_alone(epoch)}
+        return {name: w for name, w in self.loss_weights.items() if not alone or name in alone}
+
     def on_train_epoch_start(self) -> None:
         for loss in self.loss_terms.values():
             loss.current_epoch = self.current_epoch
@@ -230,7 +245,8 @@ class DistillationModule(SupervisedModule):
         teacher = self.teacher_outputs(x, indices)
         student = self.student_outputs(x)
         terms = self.loss_components(student, teacher, y, indices)
-        loss = sum(self.loss_weights[name] * value for name, value in terms.items())
+        weights = self.objective_weights(self.current_epoch)
+        loss = sum(weight * terms[name] for name, weight in weights.items())
         self.train_metrics.update(student.logits, y)
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({f"train/{name}": value for name, value in terms.items()})
