@@ -1,11 +1,13 @@
-"""Write the CIFAR-100 recipes (RepDistiller/mdistiller settings) as LightningCLI YAML files.
+"""Write the CIFAR-100 recipes (RepDistiller/mdistiller protocol) as LightningCLI YAML files.
 
-The YAML files are the product and are committed; this script only keeps the 24 files
-consistent. Run from the repository root: ``python configs/cifar100/generate.py``.
+The YAML files and the recipe table of README.md are the product and are committed; this script
+only keeps the 24 files and the table consistent (a test checks that they are up to date). Run
+from the repository root: ``python configs/cifar100/generate.py``.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -19,7 +21,7 @@ class _NoAliases(yaml.SafeDumper):
 
 
 HERE = Path(__file__).resolve().parent
-TRAIN_SIZE = 45_000  # 50,000 CIFAR-100 training images less the 10% validation split
+METHODS = ("kd", "dkd", "fitnet", "at", "crd")
 
 # (teacher, student, layers tapped by FitNets (hint), layers of AT, DKD's β from the DKD authors' configs)
 PAIRS = [
@@ -29,14 +31,31 @@ PAIRS = [
     ("vgg13", "vgg8", ["block2"], ["block1", "block2", "block3", "block4"], 6.0),
 ]
 
+# Published CIFAR-100 test accuracy (%). Teachers, KD, FitNets, AT and CRD: Tian et al., "Contrastive
+# Representation Distillation", ICLR 2020, Table 1 (same-architecture pairs; the same table is in
+# RepDistiller's README). DKD: Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022, Table 1,
+# as listed in mdistiller's README.
+CRD_TABLE = "CRD paper, Table 1"
+DKD_TABLE = "DKD paper, Table 1"
+TEACHER_TARGETS = {"resnet32x4": 79.42, "wrn_40_2": 75.61, "resnet56": 72.34, "vgg13": 74.64}
+STUDENT_BASELINES = {"resnet8x4": 72.50, "wrn_16_2": 73.26, "resnet20": 69.06, "vgg8": 70.36}
+TARGETS = {
+    "resnet32x4_resnet8x4": {"kd": 73.33, "dkd": 76.32, "fitnet": 73.50, "at": 73.44, "crd": 75.51},
+    "wrn_40_2_wrn_16_2": {"kd": 74.92, "dkd": 76.23, "fitnet": 73.58, "at": 74.08, "crd": 75.48},
+    "resnet56_resnet20": {"kd": 70.66, "dkd": 71.97, "fitnet": 69.21, "at": 70.55, "crd": 71.16},
+    "vgg13_vgg8": {"kd": 72.98, "dkd": 74.68, "fitnet": 71.02, "at": 71.43, "crd": 73.94},
+}
+
 OPTIMIZER = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4}}
 SCHEDULER = {
     "class_path": "torch.optim.lr_scheduler.MultiStepLR",
     "init_args": {"milestones": [150, 180, 210], "gamma": 0.1},
 }
+COMMAND = "python -m kd_lightning.cli fit --config configs/cifar100/{}"
 
 
 def trainer(run_dir: str) -> dict:
+    """One device (the references' single GPU: global batch 64), 240 epochs, last and best checkpoints."""
     checkpoint = {
         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
         "init_args": {
@@ -44,14 +63,23 @@ def trainer(run_dir: str) -> dict:
             "filename": "best",
             "monitor": "val/acc",
             "mode": "max",
+            "save_last": True,
             "enable_version_counter": False,
         },
     }
-    return {"max_epochs": 240, "default_root_dir": run_dir, "callbacks": [checkpoint]}
+    report = {"class_path": "kd_lightning.callbacks.LastAndBestAccuracy", "init_args": {"monitor": "val/acc"}}
+    return {
+        "accelerator": "auto",
+        "devices": 1,
+        "max_epochs": 240,
+        "default_root_dir": run_dir,
+        "callbacks": [checkpoint, report],
+    }
 
 
 def data(return_indices: bool = False) -> dict:
-    args: dict = {"data_dir": "data", "download": True, "batch_size": 64}
+    """All 50,000 training images, validation on the 10,000 test images, batch 64 (the references' protocol)."""
+    args: dict = {"data_dir": "data", "download": True, "batch_size": 64, "validate_on_test": True}
     if return_indices:
         args["return_indices"] = True
     return {"class_path": "kd_lightning.data.CIFAR100DataModule", "init_args": args}
@@ -78,17 +106,19 @@ def method_losses(method: str, hint: list[str], at_layers: list[str], beta: floa
         kwargs = {"alpha": 1.0, "beta": beta, "temperature": 4.0, "warmup_epochs": 20}
         return [ce, {"name": "dkd", "weight": 1.0, "kwargs": kwargs}]
     if method == "fitnet":
-        return [ce, {"name": "fitnet", "weight": 100.0, "kwargs": {"student_layers": hint, "teacher_layers": hint}}]
+        kwargs = {"student_layers": hint, "teacher_layers": hint, "final_relu": True}
+        return [ce, {"name": "fitnet", "weight": 100.0, "kwargs": kwargs}]
     if method == "at":
         kwargs = {"student_layers": at_layers, "teacher_layers": at_layers, "p": 2.0}
         return [ce, {"name": "at", "weight": 1000.0, "kwargs": kwargs}]
     if method == "crd":
+        # No num_samples: the memory takes the training set's size (50,000) when the fit starts.
         kwargs = {
-            "num_samples": TRAIN_SIZE,
             "feat_dim": 128,
             "num_negatives": 16384,
             "temperature": 0.07,
             "momentum": 0.5,
+            "negative_sampling": "other_classes",
         }
         return [ce, {"name": "crd", "weight": 0.8, "kwargs": kwargs}]
     raise ValueError(method)
@@ -100,7 +130,8 @@ def distill_config(teacher: str, student: str, method: str, hint, at_layers, bet
         "class_path": "kd_lightning.modules.DistillationModule",
         "init_args": {
             "student": {"name": student},
-            "teacher": {"name": teacher, "weights_path": f"runs/cifar100/{teacher}/best.ckpt"},
+            # The teacher's last epoch, as both references distil from.
+            "teacher": {"name": teacher, "weights_path": f"runs/cifar100/{teacher}/last.ckpt"},
             "losses": method_losses(method, hint, at_layers, beta),
             "optimizer": OPTIMIZER,
             "lr_scheduler": SCHEDULER,
@@ -112,10 +143,14 @@ def distill_config(teacher: str, student: str, method: str, hint, at_layers, bet
 HEADERS = {
     "kd": "Hinton KD: 0.1 CE + 0.9 KD, T = 4.",
     "dkd": "Decoupled KD: CE + DKD (alpha 1, beta {beta}, T = 4, 20 warm-up epochs).",
-    "fitnet": "FitNets: CE + 100 x hint loss on {hint} (1x1 conv + BN regressor).",
+    "fitnet": "FitNets: CE + 100 x hint loss on {hint} (1x1 conv + BN + ReLU regressor, as RepDistiller's ConvReg).",
     "at": "Attention Transfer: CE + 1000 x AT (p = 2) on {at_layers}.",
-    "crd": "CRD: CE + 0.8 x CRD (128-d embeddings, 16384 negatives, tau 0.07, momentum 0.5).",
+    "crd": "CRD: CE + 0.8 x CRD (128-d embeddings, 16384 negatives from other classes, tau 0.07, momentum 0.5).",
 }
+SCHEDULE = (
+    "240 epochs, SGD lr 0.05 momentum 0.9 wd 5e-4, lr x0.1 at epochs 150/180/210, batch 64 on one device,\n"
+    "# all 50,000 training images, validated on the test split (val/acc is test accuracy)."
+)
 
 
 def write(path: Path, header: str, config: dict) -> None:
@@ -124,24 +159,56 @@ def write(path: Path, header: str, config: dict) -> None:
     path.write_text(header + text)
 
 
-def main() -> None:
-    schedule = "240 epochs, SGD lr 0.05 momentum 0.9 wd 5e-4, lr x0.1 at epochs 150/180/210, batch 64."
+def recipe_rows() -> list[str]:
+    """The README's table: each recipe, the published number it targets and its command."""
+    rows = ["| recipe | target top-1 (%) | source | command |", "| --- | --- | --- | --- |"]
+    for teacher, _, *_ in PAIRS:
+        name = f"teachers/{teacher}.yaml"
+        rows.append(f"| `{name}` | {TEACHER_TARGETS[teacher]:.2f} | {CRD_TABLE} | `{COMMAND.format(name)}` |")
+    for teacher, student, *_ in PAIRS:
+        pair = f"{teacher}_{student}"
+        for method in METHODS:
+            name = f"{pair}/{method}.yaml"
+            source = DKD_TABLE if method == "dkd" else CRD_TABLE
+            rows.append(f"| `{name}` | {TARGETS[pair][method]:.2f} | {source} | `{COMMAND.format(name)}` |")
+    return rows
+
+
+TABLE_START = "<!-- recipe table: written by generate.py -->"
+TABLE_END = "<!-- end of recipe table -->"
+
+
+def readme_with_table(text: str) -> str:
+    table = "\n".join([TABLE_START, *recipe_rows(), TABLE_END])
+    pattern = re.compile(re.escape(TABLE_START) + ".*?" + re.escape(TABLE_END), re.DOTALL)
+    if not pattern.search(text):
+        raise ValueError(f"README.md has no {TABLE_START} ... {TABLE_END} block")
+    return pattern.sub(lambda _: table, text)
+
+
+def main(out: Path = HERE) -> None:
     for teacher, student, hint, at_layers, beta in PAIRS:
         write(
-            HERE / "teachers" / f"{teacher}.yaml",
-            f"# CIFAR-100 teacher {teacher} from scratch; {schedule}\n"
-            f"# Writes runs/cifar100/{teacher}/best.ckpt, which the {teacher}_* distillation recipes read.\n"
-            f"#   python -m kd_lightning.cli fit --config configs/cifar100/teachers/{teacher}.yaml\n",
+            out / "teachers" / f"{teacher}.yaml",
+            f"# CIFAR-100 teacher {teacher} from scratch; {SCHEDULE}\n"
+            f"# Target: {TEACHER_TARGETS[teacher]:.2f} % ({CRD_TABLE}). Writes runs/cifar100/{teacher}/last.ckpt,\n"
+            f"# the last epoch, which the {teacher}_* distillation recipes read.\n"
+            f"#   {COMMAND.format(f'teachers/{teacher}.yaml')}\n",
             teacher_config(teacher),
         )
+        pair = f"{teacher}_{student}"
         for method, text in HEADERS.items():
             line = text.format(beta=beta, hint=hint, at_layers=at_layers)
+            source = DKD_TABLE if method == "dkd" else CRD_TABLE
             write(
-                HERE / f"{teacher}_{student}" / f"{method}.yaml",
-                f"# CIFAR-100 {teacher} -> {student}. {line}\n# {schedule} Train the teacher first.\n"
-                f"#   python -m kd_lightning.cli fit --config configs/cifar100/{teacher}_{student}/{method}.yaml\n",
+                out / pair / f"{method}.yaml",
+                f"# CIFAR-100 {teacher} -> {student}. {line}\n# {SCHEDULE}\n"
+                f"# Target: {TARGETS[pair][method]:.2f} % ({source}). Train the teacher first.\n"
+                f"#   {COMMAND.format(f'{pair}/{method}.yaml')}\n",
                 distill_config(teacher, student, method, hint, at_layers, beta),
             )
+    readme = HERE / "README.md"
+    (out / "README.md").write_text(readme_with_table(readme.read_text()))
 
 
 if __name__ == "__main__":
