@@ -1,64 +1,148 @@
-"""Every CIFAR-100 recipe parses, instantiates and takes one training step on random CIFAR-shaped tensors."""
+"""The 24 CIFAR-100 recipes follow the RepDistiller/mdistiller protocol, read through the CLI parser.
+
+Each recipe is parsed and instantiated by ``kd_lightning.cli`` exactly as ``kd-lightning fit``
+would, and the settings are checked on the objects it builds; each one also takes a training step
+on random CIFAR-shaped tensors.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
 
+from kd_lightning.callbacks import LastAndBestAccuracy
 from kd_lightning.cli import lightning_main
+from kd_lightning.data import CIFAR100DataModule
+from kd_lightning.losses import CRDLoss, FitNetLoss
 from kd_lightning.models import ModelSpec
-from kd_lightning.modules import DistillationModule
+from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "cifar100"
 CONFIGS = sorted(RECIPES.rglob("*.yaml"))
 PAIRS = ("resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2", "resnet56_resnet20", "vgg13_vgg8")
+# RepDistiller's and mdistiller's dataset/cifar100.py normalise with exactly these.
+REFERENCE_MEAN, REFERENCE_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 # The wide nets (7-9M parameters) take several seconds a step on a shared 2-core CPU: their
 # recipes step in the slow run; every method still steps by default on the two smaller pairs.
 HEAVY = ("resnet32x4", "vgg13")
 
 
-def _case(path: Path):
+def _is_heavy(path: Path) -> bool:
     name = str(path.relative_to(RECIPES))
-    marks = [pytest.mark.slow] if any(name.startswith(h) or name == f"teachers/{h}.yaml" for h in HEAVY) else []
-    return pytest.param(path, id=name, marks=marks)
+    return any(name.startswith(h) or name == f"teachers/{h}.yaml" for h in HEAVY)
 
 
 def test_every_pair_has_a_teacher_and_the_five_methods() -> None:
     names = {str(p.relative_to(RECIPES)) for p in CONFIGS}
+    assert len(names) == 24
     for pair in PAIRS:
         assert {f"{pair}/{m}.yaml" for m in ("kd", "dkd", "fitnet", "at", "crd")} <= names
     for teacher in ("resnet32x4", "wrn_40_2", "resnet56", "vgg13"):
         assert f"teachers/{teacher}.yaml" in names
 
 
-def _stand_in_teacher(config: dict) -> None:
-    """A randomly initialised teacher where the recipe expects the trained one (no training in tests)."""
-    teacher = config["model"]["init_args"].get("teacher")
-    if teacher:
-        path = Path(teacher["weights_path"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(ModelSpec(teacher["name"]).build(100).state_dict(), path)
+def test_generated_files_are_up_to_date(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("cifar100_generate", RECIPES / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    generate.main(out=tmp_path)
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert len(written) == 25  # 24 recipes + README.md
+    for relative in written:
+        assert (tmp_path / relative).read_text() == (RECIPES / relative).read_text(), f"rerun generate.py: {relative}"
 
 
-@pytest.mark.parametrize("path", [_case(p) for p in CONFIGS])
-def test_recipe_takes_a_training_step(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="session")
+def stand_in_teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Randomly initialised teachers where the recipes expect trained ones, built once per name."""
+    folder = tmp_path_factory.mktemp("teachers")
+    paths = {}
+    for name in ("resnet32x4", "wrn_40_2", "resnet56", "vgg13"):
+        paths[name] = folder / f"{name}.pt"
+        torch.save(ModelSpec(name).build(100).state_dict(), paths[name])
+    return paths
+
+
+def _instantiate(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, teachers: dict[str, Path]):
     monkeypatch.chdir(tmp_path)
-    config = yaml.safe_load(path.read_text())
-    _stand_in_teacher(config)
-    cli = lightning_main(["--config", str(path)], run=False)
-    model, data = cli.model, cli.datamodule
-    assert cli.trainer.max_epochs == 240 and data.batch_size == 64
+    teacher = yaml.safe_load(path.read_text())["model"]["init_args"].get("teacher")
+    if teacher:
+        weights = Path(teacher["weights_path"])
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        weights.symlink_to(teachers[teacher["name"]])
+    return lightning_main(["--config", str(path)], run=False)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(RECIPES)))
+def test_recipe_follows_the_reference_protocol(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stand_in_teachers: dict[str, Path]
+) -> None:
+    cli = _instantiate(path, tmp_path, monkeypatch, stand_in_teachers)
+    model, data, trainer = cli.model, cli.datamodule, cli.trainer
+    # All 50,000 training images, validation on the test split, batch 64 on one device.
+    assert isinstance(data, CIFAR100DataModule) and data.validate_on_test and data.batch_size == 64
+    assert (data.crop_padding, data.hflip) == (4, True)
+    assert trainer.num_devices == 1 and trainer.max_epochs == 240
+    # The last and the best epoch are both kept and reported.
+    checkpoints = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
+    assert len(checkpoints) == 1 and checkpoints[0].save_last is True and checkpoints[0].monitor == "val/acc"
+    assert [cb.monitor for cb in trainer.callbacks if isinstance(cb, LastAndBestAccuracy)] == ["val/acc"]
+    # The references' schedule and input statistics.
+    optimizer = model.configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert (optimizer.defaults["lr"], optimizer.defaults["momentum"], optimizer.defaults["weight_decay"]) == (
+        0.05,
+        0.9,
+        5e-4,
+    )
+    networks = [model.network] + ([model.teacher] if isinstance(model, DistillationModule) else [])
+    for network in networks:
+        assert network.input_config.mean == REFERENCE_MEAN and network.input_config.std == REFERENCE_STD
+    if not _is_heavy(path):
+        _training_step(model, data)  # the heavy ones step in the slow run
+    if isinstance(model, FrozenBackboneFinetuner):
+        assert checkpoints[0].dirpath.endswith(f"runs/cifar100/{path.stem}")
+        return
+    # Students distil from the teacher's last epoch, the file its teacher recipe writes.
+    teacher = model.hparams["teacher"]
+    assert teacher["weights_path"] == f"runs/cifar100/{teacher['name']}/last.ckpt"
+    for loss in model.loss_terms.values():
+        if isinstance(loss, FitNetLoss):
+            assert loss.final_relu and loss.hint_epochs == 0  # RepDistiller: ConvReg ends in a ReLU, one stage
+            assert all(isinstance(regressor[-1], nn.ReLU) for regressor in loss.regressors)
+        if isinstance(loss, CRDLoss):
+            assert loss.negative_sampling == "other_classes" and loss.num_negatives == 16384
+            assert loss.configured_num_samples is None  # sized by the training set, never typed in
+            assert data.return_indices
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [p for p in CONFIGS if _is_heavy(p)], ids=lambda p: str(p.relative_to(RECIPES)))
+def test_heavy_recipe_takes_a_training_step(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stand_in_teachers: dict[str, Path]
+) -> None:
+    cli = _instantiate(path, tmp_path, monkeypatch, stand_in_teachers)
+    _training_step(cli.model, cli.datamodule)
+
+
+def _training_step(model, data) -> None:
     assert model.num_classes == 100
     model.log = lambda *args, **kwargs: None
     model.log_dict = lambda *args, **kwargs: None
     optimizer = model.configure_optimizers()["optimizer"]
-    assert optimizer.defaults["lr"] == 0.05 and optimizer.defaults["weight_decay"] == 5e-4
     batch = [torch.rand(4, 3, 32, 32), torch.randint(0, 100, (4,))]
     if data.return_indices:
-        batch.append(torch.tensor([0, 1, 2, 44_999]))
+        # What the fit's setup passes in: the labels of the 50,000 training images.
+        labels = torch.arange(50_000) % 100
+        for loss in model.loss_terms.values():
+            loss.bind_training_labels(labels)
+        batch = [batch[0], labels[[0, 1, 2, 49_999]], torch.tensor([0, 1, 2, 49_999])]
     model.train()
     loss = model.training_step(tuple(batch), 0)
     loss.backward()
