@@ -217,11 +217,11 @@ class DistillationModule(SupervisedModule):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         # Losses sized by the training set (CRD's memory) learn it here, before any checkpoint restore.
-        datamodule = self.trainer.datamodule
-        if stage == "fit" and isinstance(datamodule, ImageClassificationDataModule) and datamodule.train_set is not None:
+        data = self.trainer.datamodule
+        if stage == "fit" and isinstance(data, ImageClassificationDataModule) and data.train_set is not None:
             with as_config_error():
                 for loss in self.loss_terms.values():
-                    loss.bind_training_labels(datamodule.train_set.labels)
+                    loss.bind_training_labels(data.train_set.labels)
 
     def objective_weights(self, epoch: int) -> dict[str, float]:
         """The weight of each term at ``epoch``: all of them, or only a term that trains alone then."""
