@@ -1,0 +1,68 @@
+"""``benchmarks/cifar100_short.py``: a recipe on a short schedule, and its --smoke path on the CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from benchmarks import cifar100_short
+from kd_lightning.cli import lightning_main
+from kd_lightning.models import ModelSpec
+
+
+def test_milestones_keep_their_fractions_of_the_schedule() -> None:
+    assert cifar100_short.scaled_milestones([150, 180, 210], 240) == [150, 180, 210]
+    assert cifar100_short.scaled_milestones([150, 180, 210], 24) == [15, 18, 21]
+    assert cifar100_short.scaled_milestones([150, 180, 210], 10) == [6, 8, 9]
+
+
+def test_short_schedule_changes_only_the_schedule_and_the_output_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    recipe = yaml.safe_load(cifar100_short.recipe_path("resnet56_resnet20/kd").read_text())
+    short = cifar100_short.scheduled(recipe, 10, "runs/cifar100_e10", smoke=False)
+    assert short["model"]["init_args"]["teacher"]["weights_path"] == "runs/cifar100_e10/resnet56/last.ckpt"
+    assert short["model"]["init_args"]["losses"] == recipe["model"]["init_args"]["losses"]
+    assert short["data"] == recipe["data"]
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump(short))
+    teacher = Path(short["model"]["init_args"]["teacher"]["weights_path"])
+    teacher.parent.mkdir(parents=True)
+    torch.save(ModelSpec("resnet56").build(100).state_dict(), teacher)  # a stand-in for the short teacher
+    cli = lightning_main(["--config", str(path)], run=False)
+    assert cli.trainer.max_epochs == 10 and cli.trainer.num_devices == 1 and cli.datamodule.validate_on_test
+    scheduler = cli.model.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert sorted(scheduler.milestones.elements()) == [6, 8, 9]
+    assert cli.trainer.default_root_dir.endswith("runs/cifar100_e10/resnet56_resnet20/kd")
+
+
+def test_full_schedule_writes_where_the_recipes_do() -> None:
+    recipe = yaml.safe_load(cifar100_short.recipe_path("wrn_40_2_wrn_16_2/crd").read_text())
+    assert cifar100_short.scheduled(recipe, 240, "runs/cifar100", smoke=False) == recipe
+
+
+def test_an_unknown_recipe_lists_the_known_ones() -> None:
+    with pytest.raises(SystemExit, match="resnet56_resnet20/kd"):
+        cifar100_short.recipe_path("resnet56_resnet20/kdd")
+
+
+@pytest.mark.slow
+def test_smoke_trains_teacher_then_student_and_prints_the_curve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cifar100_short.main(["resnet56_resnet20/crd", "--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "teachers/resnet56: test-split accuracy per epoch" in out
+    assert "resnet56_resnet20/crd: val/acc_last" in out
+    curve = json.loads((tmp_path / "runs/cifar100_e2/resnet56_resnet20/crd/curve.json").read_text())
+    assert sorted(curve["curve"]) == ["0", "1"] and curve["val/acc_last"] == curve["curve"]["1"]
+    assert (tmp_path / "runs/cifar100_e2/resnet56/last.ckpt").is_file()
+    # The student's CRD memory took the (random) training set's size.
+    cli = cifar100_short.run_recipe("resnet56_resnet20/crd", 1, "runs/cifar100_e2", smoke=True)
+    assert cli.model.loss_terms["crd"].num_samples == cifar100_short.RandomCIFAR100.sizes["train"]
