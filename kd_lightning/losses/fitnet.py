@@ -67,7 +67,8 @@ class FitNetLoss(DistillationLoss):
     BatchNorm statistics still follow the batches); from then on the hint term is zero and the
     other terms (the paper's stage 2: KD) train the whole student. The epoch count includes the
     hint stage: a 240-epoch schedule after 30 hint epochs is ``max_epochs: 270`` with milestones
-    shifted by 30.
+    shifted by 30. Under DDP the parameters left out of stage 1 need
+    ``strategy: ddp_find_unused_parameters_true``.
 
     Args:
         student_layers: student layers giving the hints (e.g. ``[layer2]``).
