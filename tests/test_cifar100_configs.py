@@ -19,6 +19,7 @@ from torch import nn
 from kd_lightning.callbacks import LastAndBestAccuracy
 from kd_lightning.cli import lightning_main
 from kd_lightning.data import CIFAR100DataModule
+from kd_lightning.data.batch import Batch
 from kd_lightning.losses import CRDLoss, FitNetLoss
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
@@ -136,15 +137,17 @@ def _training_step(model, data) -> None:
     model.log = lambda *args, **kwargs: None
     model.log_dict = lambda *args, **kwargs: None
     optimizer = model.configure_optimizers()["optimizer"]
-    batch = [torch.rand(4, 3, 32, 32), torch.randint(0, 100, (4,))]
+    images, labels, indices = torch.rand(4, 3, 32, 32), torch.randint(0, 100, (4,)), None
     if data.return_indices:
         # What the fit's setup passes in: the labels of the 50,000 training images.
-        labels = torch.arange(50_000) % 100
+        train_labels = torch.arange(50_000) % 100
         for loss in model.loss_terms.values():
-            loss.bind_training_labels(labels)
-        batch = [batch[0], labels[[0, 1, 2, 49_999]], torch.tensor([0, 1, 2, 49_999])]
+            loss.bind_training_labels(train_labels)
+        indices = torch.tensor([0, 1, 2, 49_999])
+        labels = train_labels[indices]
+    batch = Batch(labels, images=images, indices=indices)
     model.train()
-    loss = model.training_step(tuple(batch), 0)
+    loss = model.training_step(batch, 0)
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss)

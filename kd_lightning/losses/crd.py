@@ -12,7 +12,8 @@ from torch import nn
 
 from kd_lightning.losses._registry import register_loss
 from kd_lightning.losses._utils import full_precision
-from kd_lightning.losses.base import DistillationLoss, ModelOutputs
+from kd_lightning.losses.base import DistillationLoss
+from kd_lightning.outputs import ModelOutputs
 
 _EPS = 1e-7
 
@@ -136,6 +137,8 @@ class CRDLoss(DistillationLoss):
             raise ValueError(f"negative_sampling must be 'uniform' or 'other_classes', got {negative_sampling!r}")
         self.set_layers(student_layers, teacher_layers)
         self.configured_num_samples = num_samples
+        # Class-excluding negatives need every training sample's class: no unlabeled transfer set.
+        self.needs_labels = negative_sampling == "other_classes"
         self.feat_dim, self.num_negatives, self.negative_sampling = feat_dim, num_negatives, negative_sampling
         self.temperature, self.momentum = temperature, momentum
         self.register_buffer("student_memory", torch.empty(0, feat_dim))
