@@ -102,7 +102,7 @@ def test_recipe_follows_the_reference_protocol(
         0.9,
         5e-4,
     )
-    networks = [model.network] + ([model.teacher] if isinstance(model, DistillationModule) else [])
+    networks = [model.network] + ([model.teacher.network] if isinstance(model, DistillationModule) else [])
     for network in networks:
         assert network.input_config.mean == REFERENCE_MEAN and network.input_config.std == REFERENCE_STD
     if not _is_heavy(path):
