@@ -23,7 +23,10 @@ class _NoAliases(yaml.SafeDumper):
 HERE = Path(__file__).resolve().parent
 METHODS = ("kd", "dkd", "fitnet", "at", "crd")
 
-# (teacher, student, layers tapped by FitNets (hint), layers of AT, DKD's β from the DKD authors' configs)
+# (teacher, student, layers tapped by FitNets (hint), layers of AT, DKD's β from the DKD authors' configs).
+# The layers are RepDistiller's feature indices (hint_layer 2; AT on feat[1:-1]) by module name. Stage
+# references (``stage:N``) would not say it more uniformly: RepDistiller counts VGG's block0 as its stem
+# feature, so its feat[2] is stage:1 (layer2) of a ResNet/WRN but stage:2 (block2) of a VGG.
 PAIRS = [
     ("resnet32x4", "resnet8x4", ["layer2"], ["layer1", "layer2", "layer3"], 8.0),
     ("wrn_40_2", "wrn_16_2", ["block2"], ["block1", "block2", "block3"], 6.0),
