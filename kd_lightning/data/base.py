@@ -125,6 +125,10 @@ class ImageClassificationDataModule(L.LightningDataModule):
         else:
             self._sources[split] = source
 
+    def clear_sources(self) -> None:
+        """Serve this DataModule's own images again for every split."""
+        self._sources.clear()
+
     def load_split(self, split: str) -> TensorImageDataset:
         """Return the ``"train"`` or ``"test"`` split as decoded ``uint8`` tensors."""
         raise NotImplementedError

@@ -15,6 +15,7 @@ from torchmetrics import MetricCollection
 from kd_lightning.callbacks.nonfinite import NonFiniteLossGuard
 from kd_lightning.callbacks.resume import ExactResume
 from kd_lightning.checkpointing import use_safe_checkpoint_io
+from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.batch import IGNORE_LABEL, Batch
 from kd_lightning.metrics import classification_metrics
 
@@ -62,6 +63,20 @@ class SupervisedModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # Runs before Lightning restores --ckpt_path and before any save, also outside the CLI.
         use_safe_checkpoint_io(self.trainer)
+        datamodule = self.trainer.datamodule
+        if stage == "fit" and isinstance(datamodule, ImageClassificationDataModule):
+            self.prepare_training_data(datamodule)
+
+    def prepare_training_data(self, datamodule: ImageClassificationDataModule) -> None:
+        """Check the training data against the module and hand the DataModule any batch source (a cache).
+
+        Called once per ``fit``, after the DataModule's ``setup``; the sources are withdrawn at teardown.
+        """
+
+    def teardown(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if stage == "fit" and isinstance(datamodule, ImageClassificationDataModule):
+            datamodule.clear_sources()
 
     def configure_callbacks(self) -> list[Callback]:
         """Exact resume (RNG states, config check) and a stop on non-finite losses, in every run.

@@ -149,12 +149,8 @@ class DistillationModule(SupervisedModule):
             )
         return (config.in_chans, *config.input_size)
 
-    def setup(self, stage: str) -> None:
-        """Check the data against the losses and, for ``fit``, serve the teacher cache through the DataModule."""
-        super().setup(stage)
-        datamodule = self.trainer.datamodule
-        if stage != "fit" or not isinstance(datamodule, ImageClassificationDataModule):
-            return
+    def prepare_training_data(self, datamodule: ImageClassificationDataModule) -> None:
+        """Refuse label-hungry losses on unlabeled data; serve the teacher cache through the DataModule."""
         if datamodule.has_unlabeled:
             needs_labels = [key for key, loss in self.loss_terms.items() if loss.needs_labels]
             if needs_labels:
@@ -171,11 +167,6 @@ class DistillationModule(SupervisedModule):
             source = self.teacher_cache.source(self.trainer, self.teacher, self.num_classes)
             if source is not None:
                 datamodule.use_source("train", source)
-
-    def teardown(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if stage == "fit" and isinstance(datamodule, ImageClassificationDataModule):
-            datamodule.use_source("train", None)
 
     def networks_to_compile(self) -> list[nn.Module]:
         return [self.network, self.teacher.network]

@@ -83,12 +83,8 @@ class FrozenBackboneFinetuner(SupervisedModule):
             callbacks.append(BackboneUnfreeze(self.unfreeze_at_epoch, self.backbone_lr_factor))
         return callbacks
 
-    def setup(self, stage: str) -> None:
-        """Refuse unlabeled data; for ``fit``, serve cached features through the DataModule."""
-        super().setup(stage)
-        datamodule = self.trainer.datamodule
-        if stage != "fit" or not isinstance(datamodule, ImageClassificationDataModule):
-            return
+    def prepare_training_data(self, datamodule: ImageClassificationDataModule) -> None:
+        """Refuse unlabeled data; serve cached features through the DataModule."""
         if datamodule.has_unlabeled:
             raise ConfigError(
                 "FrozenBackboneFinetuner needs a label for every training image, but the DataModule hands out "
@@ -97,12 +93,6 @@ class FrozenBackboneFinetuner(SupervisedModule):
         if self.feature_cache is not None:
             for split, source in self.feature_cache.sources(self.trainer, self.network).items():
                 datamodule.use_source(split, source)
-
-    def teardown(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if stage == "fit" and isinstance(datamodule, ImageClassificationDataModule):
-            datamodule.use_source("train", None)
-            datamodule.use_source("val", None)
 
     def logits(self, batch: Batch) -> torch.Tensor:
         """Logits of the batch's images, or of its cached backbone features through the head alone."""
