@@ -150,7 +150,8 @@ class DistillationModule(SupervisedModule):
         return (config.in_chans, *config.input_size)
 
     def prepare_training_data(self, datamodule: ImageClassificationDataModule) -> None:
-        """Refuse label-hungry losses on unlabeled data; serve the teacher cache through the DataModule."""
+        """Refuse label-hungry losses on unlabeled data, size losses by the training set (CRD), serve the
+        teacher cache through the DataModule."""
         if datamodule.has_unlabeled:
             needs_labels = [key for key, loss in self.loss_terms.items() if loss.needs_labels]
             if needs_labels:
