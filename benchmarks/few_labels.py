@@ -39,6 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._transfer_features import compute_chunks  # noqa: E402
 from kd_lightning.cache.feature_cache import FEATURE_PIPELINE, compute_features  # noqa: E402
 from kd_lightning.cache.keys import cache_key, module_digest, tensor_digest  # noqa: E402
 from kd_lightning.cache.store import CacheStore  # noqa: E402
@@ -60,7 +61,7 @@ MODELS = ("teacher", "scratch", "distilled")
 REPORTED = {"k10": MODELS, "k100": MODELS, "full": ("scratch", "distilled")}
 # With all labels an epoch has 58,800 labelled images instead of 1,000: shorter schedules (cosine over them).
 FULL_SCHEDULES = {
-    "teacher": ("--trainer.max_epochs", "20", "--trainer.check_val_every_n_epoch", "2"),
+    "teacher": ("--trainer.max_epochs", "5", "--trainer.check_val_every_n_epoch", "1"),
     "scratch": (
         "--trainer.max_epochs",
         "10",
@@ -110,6 +111,7 @@ def teacher_checkpoint(regime: str) -> Path:
 
 
 # Tiny settings for --smoke: scikit-learn's digits (no download), small networks, one epoch.
+TRANSFER_FEATURES = Path(".kd_cache/transfer_features")
 SMOKE_OVERRIDES = (
     "--data.class_path",
     "kd_lightning.data.DigitsDataModule",
@@ -182,12 +184,16 @@ def train_and_test(stage: Stage, seed: int, smoke: bool, out: Path) -> dict:
         test_acc = probe_accuracy(network, data, cli.model.feature_store)
     else:
         test_acc = accuracy(network, data.test_set.images, data.test_set.labels, data.image_size)
+    if checkpoint.best_model_score is not None:
+        val_acc = float(checkpoint.best_model_score)
+    else:  # trained without validation (distillation: it would run the teacher): the last epoch is the result
+        val_acc = accuracy(network, data.val_set.images, data.val_set.labels, data.image_size)
     return dict(
         regime=stage.regime,
         model=stage.model,
         seed=seed,
         test_acc=test_acc,
-        val_acc=round(float(checkpoint.best_model_score), 4),
+        val_acc=round(val_acc, 4),
         best_epoch=int(torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["epoch"]),
         labelled=10 * REGIMES[stage.regime] if REGIMES[stage.regime] else len(data.train_set),
         params=count_parameters(network),
@@ -240,6 +246,15 @@ def probe_accuracy(network: torch.nn.Module, data, store: CacheStore) -> float:
     if not torch.allclose(network.head(features[:16]), direct, atol=1e-4, rtol=1e-4):
         raise RuntimeError(f"cached test features {key} do not reproduce the network's logits")
     return (network.head(features).argmax(1) == labels).float().mean().item()
+
+
+def transfer_features(smoke: bool, worker: int = 0, workers: int = 1) -> Path:
+    """The frozen teacher backbone's features of every training image (the transfer set), in chunks."""
+    stage = stages("full")[0]
+    cli = lightning_main(cli_args(stage, 0, smoke) + ["--trainer.logger", "false"], run=False)
+    data = cli.datamodule
+    data.setup("fit")
+    return compute_chunks(cli.model.network, data.train_set.images, data.image_size, TRANSFER_FEATURES, worker, workers)
 
 
 def measure_latency(rows: list[dict], smoke: bool, repeats: int = 5) -> dict[str, float]:
@@ -435,11 +450,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", action="store_true", help="only rebuild few_labels.json, the plot and RESULTS.md")
     parser.add_argument("--smoke", action="store_true", help="tiny data and networks, one epoch: checks the pipeline")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
+    parser.add_argument(
+        "--transfer-features", action="store_true", help="compute the teacher backbone's transfer-set features only"
+    )
+    parser.add_argument("--worker", type=int, default=0, help="with --transfer-features: this worker's index")
+    parser.add_argument("--workers", type=int, default=1, help="with --transfer-features: number of workers")
     args = parser.parse_args(argv)
     # One thread: on this shared CPU two threads per process were several times slower than one.
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
     runs_file = args.out / "few_labels_runs.jsonl"
+    if args.transfer_features:
+        transfer_features(args.smoke, args.worker, args.workers)
+        return
     if not args.report:
         done = {(r["regime"], r["model"], r["seed"]) for r in load_rows(runs_file)}
         for regime in args.regimes:
