@@ -38,8 +38,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-from benchmarks._transfer_features import compute_chunks  # noqa: E402
 from kd_lightning.cache.feature_cache import FEATURE_PIPELINE, compute_features  # noqa: E402
 from kd_lightning.cache.keys import cache_key, module_digest, tensor_digest  # noqa: E402
 from kd_lightning.cache.store import CacheStore  # noqa: E402
@@ -111,7 +109,6 @@ def teacher_checkpoint(regime: str) -> Path:
 
 
 # Tiny settings for --smoke: scikit-learn's digits (no download), small networks, one epoch.
-TRANSFER_FEATURES = Path(".kd_cache/transfer_features")
 SMOKE_OVERRIDES = (
     "--data.class_path",
     "kd_lightning.data.DigitsDataModule",
@@ -127,16 +124,20 @@ SMOKE_OVERRIDES = (
 SMOKE_TEACHER = ("--model.init_args.backbone", '{"name": "small_cnn", "pretrained": false, "kwargs": {"width": 8}}')
 
 
-def smoke_overrides(stage: Stage) -> tuple[str, ...]:
+def smoke_overrides(stage: Stage, out: Path) -> tuple[str, ...]:
     extra = SMOKE_OVERRIDES
     if stage.model == "teacher":
         extra += SMOKE_TEACHER + ("--data.init_args.image_size", "16")
+    if stage.model == "distilled":
+        teacher = {"name": "small_cnn", "kwargs": {"width": 8}, "input_size": 16}
+        teacher["weights_path"] = str(out / "runs" / stage.regime / "teacher_seed0" / "best.ckpt")
+        extra += ("--model.init_args.teacher", json.dumps(teacher))
     return extra
 
 
-def cli_args(stage: Stage, seed: int, smoke: bool) -> list[str]:
+def cli_args(stage: Stage, seed: int, smoke: bool, out: Path) -> list[str]:
     args = ["--config", str(CONFIGS / stage.config), *stage.overrides, "--seed_everything", str(seed)]
-    return args + list(smoke_overrides(stage)) if smoke else args
+    return args + list(smoke_overrides(stage, out)) if smoke else args
 
 
 def command_of(stage: Stage) -> str:
@@ -156,7 +157,7 @@ def train_and_test(stage: Stage, seed: int, smoke: bool, out: Path) -> dict:
         if smoke
         else run_dir(stage.regime, stage.model, seed)
     )
-    args = cli_args(stage, seed, smoke) + [
+    args = cli_args(stage, seed, smoke, out) + [
         "--trainer.default_root_dir",
         str(directory),
         "--trainer.callbacks.init_args.dirpath",
@@ -164,12 +165,6 @@ def train_and_test(stage: Stage, seed: int, smoke: bool, out: Path) -> dict:
         "--trainer.enable_progress_bar",
         "false",
     ]
-    if smoke and stage.model == "distilled":
-        args = _replace(
-            args,
-            "--model.init_args.teacher.weights_path",
-            str(out / "runs" / stage.regime / "teacher_seed0" / "best.ckpt"),
-        )
     start = time.time()
     cli = lightning_main(args, run=False)
     cli.trainer.fit(cli.model, cli.datamodule)
@@ -203,11 +198,6 @@ def train_and_test(stage: Stage, seed: int, smoke: bool, out: Path) -> dict:
         test_s=round(time.time() - start - fit_s, 1),
         command=command_of(stage),
     )
-
-
-def _replace(args: list[str], flag: str, value: str) -> list[str]:
-    i = args.index(flag)
-    return [*args[: i + 1], value, *args[i + 2 :]]
 
 
 @torch.no_grad()
@@ -248,16 +238,7 @@ def probe_accuracy(network: torch.nn.Module, data, store: CacheStore) -> float:
     return (network.head(features).argmax(1) == labels).float().mean().item()
 
 
-def transfer_features(smoke: bool, worker: int = 0, workers: int = 1) -> Path:
-    """The frozen teacher backbone's features of every training image (the transfer set), in chunks."""
-    stage = stages("full")[0]
-    cli = lightning_main(cli_args(stage, 0, smoke) + ["--trainer.logger", "false"], run=False)
-    data = cli.datamodule
-    data.setup("fit")
-    return compute_chunks(cli.model.network, data.train_set.images, data.image_size, TRANSFER_FEATURES, worker, workers)
-
-
-def measure_latency(rows: list[dict], smoke: bool, repeats: int = 5) -> dict[str, float]:
+def measure_latency(rows: list[dict], smoke: bool, out: Path, repeats: int = 5) -> dict[str, float]:
     """Batch-1 CPU latency (ms) of each distinct network of ``rows``, measured alternately and side by side.
 
     Networks are rebuilt from their configs (latency does not depend on the weights); each round times
@@ -269,7 +250,7 @@ def measure_latency(rows: list[dict], smoke: bool, repeats: int = 5) -> dict[str
         key = f"{row['regime']}/{row['model']}"
         if key not in networks:
             stage = next(s for s in stages(row["regime"]) if s.model == row["model"])
-            cli = lightning_main(cli_args(stage, 0, smoke) + ["--trainer.logger", "false"], run=False)
+            cli = lightning_main(cli_args(stage, 0, smoke, out) + ["--trainer.logger", "false"], run=False)
             side = row["input_size"]
             networks[key] = (cli.model.network.eval(), torch.rand(1, 1, side, side))
     times: dict[str, list[float]] = {key: [] for key in networks}
@@ -450,19 +431,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", action="store_true", help="only rebuild few_labels.json, the plot and RESULTS.md")
     parser.add_argument("--smoke", action="store_true", help="tiny data and networks, one epoch: checks the pipeline")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
-    parser.add_argument(
-        "--transfer-features", action="store_true", help="compute the teacher backbone's transfer-set features only"
-    )
-    parser.add_argument("--worker", type=int, default=0, help="with --transfer-features: this worker's index")
-    parser.add_argument("--workers", type=int, default=1, help="with --transfer-features: number of workers")
     args = parser.parse_args(argv)
     # One thread: on this shared CPU two threads per process were several times slower than one.
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
     runs_file = args.out / "few_labels_runs.jsonl"
-    if args.transfer_features:
-        transfer_features(args.smoke, args.worker, args.workers)
-        return
     if not args.report:
         done = {(r["regime"], r["model"], r["seed"]) for r in load_rows(runs_file)}
         for regime in args.regimes:
@@ -478,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.latency:
             append_row(
                 args.out / "few_labels_latency.jsonl",
-                {"latency_b1_ms": measure_latency(load_rows(runs_file), args.smoke)},
+                {"latency_b1_ms": measure_latency(load_rows(runs_file), args.smoke, args.out)},
             )
     summary = rebuild(args.out, args.smoke)
     print(json.dumps(summary, indent=2))
