@@ -44,7 +44,8 @@ def test_summary_has_the_issue_schema_with_seeds_aligned() -> None:
         assert {"test_acc", "params", "latency_b1_ms", "command"} <= set(entry)
     assert scratch["seeds"] == teacher["seeds"] == [0, 1]
     assert scratch["test_acc"] == [0.60, 0.70] and teacher["latency_b1_ms"] == 20.0
-    assert few_labels.paired(summary, "k100", "teacher", "scratch") == [(0, pytest.approx(0.30)), (1, pytest.approx(0.10))]
+    differences = few_labels.paired(summary, "k100", "teacher", "scratch")
+    assert differences == [(0, pytest.approx(0.30)), (1, pytest.approx(0.10))]
 
 
 def test_results_section_is_replaced_in_place(tmp_path: Path) -> None:
