@@ -2,8 +2,8 @@
 
 For each label budget (``k10``, ``k100`` labels per class, and ``full``) and each seed the driver trains
 the configs of ``configs/fashion_mnist/few_labels/`` exactly as ``python -m kd_lightning.cli fit --config ...``
-would (same parser, the overrides shown in each result's command), then measures the best checkpoint
-(chosen on the DataModule's validation split) on all 10,000 Fashion-MNIST test images:
+would (same parser, the overrides shown in each result's command), then measures the checkpoint (the best on
+the DataModule's validation split; the last epoch for distillation) on all 10,000 Fashion-MNIST test images:
 
 - ``teacher``: ImageNet EfficientNet-Lite0, frozen, with a linear head trained on its cached 112-px features of
   the ``k`` labelled images per class (test accuracy from cached test features, checked against the network);
@@ -43,6 +43,7 @@ from kd_lightning.cache.keys import cache_key, module_digest, tensor_digest  # n
 from kd_lightning.cache.store import CacheStore  # noqa: E402
 from kd_lightning.cli import lightning_main  # noqa: E402
 from kd_lightning.data.transforms import to_float_images  # noqa: E402
+from kd_lightning.modules import FrozenBackboneFinetuner  # noqa: E402
 from kd_lightning.report.measure import count_parameters, cpu_latency_ms, state_dict_bytes  # noqa: E402
 
 CONFIGS = ROOT / "configs" / "fashion_mnist" / "few_labels"
@@ -68,7 +69,15 @@ FULL_SCHEDULES = {
         "--model.init_args.lr_scheduler.init_args.T_max",
         "10",
     ),
-    "distilled": (),
+    # Without a label budget there is no unlabeled rest; the same epochs as the scratch student.
+    "distilled": (
+        "--data.init_args.unlabeled",
+        "null",
+        "--trainer.max_epochs",
+        "10",
+        "--model.init_args.lr_scheduler.init_args.T_max",
+        "10",
+    ),
 }
 
 
@@ -130,9 +139,13 @@ def smoke_overrides(stage: Stage, out: Path) -> tuple[str, ...]:
         extra += SMOKE_TEACHER + ("--data.init_args.image_size", "16")
     if stage.model == "distilled":
         teacher = {"name": "small_cnn", "kwargs": {"width": 8}, "input_size": 16}
-        teacher["weights_path"] = str(out / "runs" / stage.regime / "teacher_seed0" / "best.ckpt")
+        teacher["weights_path"] = str(smoke_teacher(stage, out))
         extra += ("--model.init_args.teacher", json.dumps(teacher))
     return extra
+
+
+def smoke_teacher(stage: Stage, out: Path) -> Path:
+    return out / "runs" / stage.regime / "teacher_seed0" / "best.ckpt"
 
 
 def cli_args(stage: Stage, seed: int, smoke: bool, out: Path) -> list[str]:
@@ -151,7 +164,7 @@ def command_of(stage: Stage) -> str:
 
 
 def train_and_test(stage: Stage, seed: int, smoke: bool, out: Path) -> dict:
-    """Fit one seed of ``stage``, reload its best (validation) checkpoint and test it."""
+    """Fit one seed of ``stage``, reload its checkpoint (best on validation; the last for ``distilled``), test it."""
     directory = (
         (out / "runs" / stage.regime / f"{stage.model}_seed{seed}")
         if smoke
@@ -165,18 +178,22 @@ def train_and_test(stage: Stage, seed: int, smoke: bool, out: Path) -> dict:
         "--trainer.enable_progress_bar",
         "false",
     ]
+    if stage.model == "distilled":
+        teacher = smoke_teacher(stage, out) if smoke else teacher_checkpoint(stage.regime)
+        if not teacher.exists():
+            raise FileNotFoundError(f"{stage.name} needs its teacher {teacher}: run --models teacher first")
     start = time.time()
     cli = lightning_main(args, run=False)
     cli.trainer.fit(cli.model, cli.datamodule)
     fit_s = time.time() - start
     checkpoint = cli.trainer.checkpoint_callback
-    state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-    cli.model.load_state_dict(state)
+    saved = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+    cli.model.load_state_dict(saved["state_dict"])
     network = cli.model.network.eval()
     data = cli.datamodule
     data.setup("test")
-    if getattr(cli.model, "feature_store", None) is not None:
-        test_acc = probe_accuracy(network, data, cli.model.feature_store)
+    if isinstance(cli.model, FrozenBackboneFinetuner) and cli.model.feature_cache is not None:
+        test_acc = probe_accuracy(network, data, cli.model.feature_cache.store)
     else:
         test_acc = accuracy(network, data.test_set.images, data.test_set.labels, data.image_size)
     if checkpoint.best_model_score is not None:
@@ -189,7 +206,7 @@ def train_and_test(stage: Stage, seed: int, smoke: bool, out: Path) -> dict:
         seed=seed,
         test_acc=test_acc,
         val_acc=round(val_acc, 4),
-        best_epoch=int(torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["epoch"]),
+        best_epoch=int(saved["epoch"]),
         labelled=10 * REGIMES[stage.regime] if REGIMES[stage.regime] else len(data.train_set),
         params=count_parameters(network),
         size_bytes=state_dict_bytes(network),
