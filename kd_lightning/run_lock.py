@@ -2,7 +2,8 @@
 
 Two runs writing ``best.ckpt`` into one folder silently replace each other's checkpoints (every
 config's ``ModelCheckpoint`` writes a fixed file name). A run therefore takes each folder it
-writes checkpoints to by creating ``.kd_lightning.lock`` there (``O_EXCL``: one creator wins), and
+writes checkpoints to by creating ``.<folder>.kd_lightning.lock`` next to it (``O_EXCL``: one creator
+wins; outside the folder, which Lightning expects to hold checkpoints only), and
 refuses to start while the lock names a live process. A lock left by a killed run names a dead
 pid and is taken over. A lock written on another host cannot be checked from here and counts as
 live: the message says which file to delete once that run is known to be gone.
@@ -22,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from kd_lightning.checkpointing import remove_temp_files
 from kd_lightning.errors import RunFolderBusyError
 
-LOCK_NAME = ".kd_lightning.lock"
+LOCK_SUFFIX = ".kd_lightning.lock"
 
 
 class RunFolderLock:
@@ -62,9 +63,9 @@ class RunFolderLock:
 
 
 def acquire(folder: Path) -> Path:
-    """Create ``folder/.kd_lightning.lock`` holding this process's pid; return its path."""
+    """Create the lock file of ``folder`` holding this process's pid; return its path."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
+    path = lock_path(folder)
     for _ in range(2):  # the second try follows the removal of a stale lock
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -85,6 +86,12 @@ def acquire(folder: Path) -> Path:
             f.write(f"{pid} {host}\n")
         return path
     raise RunFolderBusyError(f"{folder}: another run took the lock {path} at the same moment; try again")
+
+
+def lock_path(folder: Path) -> Path:
+    """``parent/.<name>.kd_lightning.lock`` for ``parent/<name>``."""
+    folder = folder.resolve()
+    return folder.parent / f".{folder.name}{LOCK_SUFFIX}"
 
 
 def read_owner(path: Path) -> tuple[int, str] | None:
