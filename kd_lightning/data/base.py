@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from kd_lightning.data.sampler import ResumableRandomSampler
 from kd_lightning.data.tensor_dataset import PreparedBatch, TensorImageDataset, collate_batch
 from kd_lightning.data.transforms import augment_batch, to_float_images
+from kd_lightning.errors import ConfigError
 
 
 class ImageClassificationDataModule(L.LightningDataModule):
@@ -52,10 +53,15 @@ class ImageClassificationDataModule(L.LightningDataModule):
         return_indices: bool = False,
     ) -> None:
         super().__init__()
+        # Checked where the values enter: a bad one would otherwise surface deep inside PyTorch.
+        at_least = {"batch_size": (batch_size, 1), "num_workers": (num_workers, 0), "crop_padding": (crop_padding, 0)}
+        at_least |= {"eval_batch_size": (eval_batch_size, 1), "samples_per_class": (samples_per_class, 1)}
+        at_least |= {"image_size": (image_size, 1)}
+        for name, (value, low) in at_least.items():
+            if value is not None and value < low:
+                raise ConfigError(f"data.{name} must be >= {low}, got {value}")
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if samples_per_class is not None and samples_per_class < 1:
-            raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}")
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.batch_size = batch_size

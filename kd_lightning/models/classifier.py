@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kd_lightning.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class InputConfig:
@@ -49,7 +51,7 @@ class InputAdapter(nn.Module):
             return x  # non-image input (e.g. pre-computed features) passes through untouched
         if x.shape[1] != self.in_chans:
             if x.shape[1] != 1:
-                raise ValueError(
+                raise ConfigError(
                     f"input has {x.shape[1]} channels but the backbone expects {self.in_chans}; "
                     "only 1-channel (grayscale) input is expanded automatically"
                 )
