@@ -45,6 +45,8 @@ COMMANDS: dict[str, str] = {
     "export": "kd_lightning.export:export",
 }
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
 # ``--wandb`` stands for this logger; configs/logger/wandb.yaml is the same as a config fragment.
 WANDB_FLAG = "--wandb"
 WANDB_LOGGER = {
@@ -157,6 +159,13 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> KDLightni
         seed_everything_default=0,
         save_config_callback=LoggerSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
+        # A rejected argument raises instead of printing the whole usage: main() prints one line.
+        parser_kwargs={
+            "exit_on_error": False,
+            "description": "Lightning's commands below, and the task commands "
+            + ", ".join(COMMANDS)
+            + " (kd-lightning COMMAND --help).",
+        },
         args=space_separated_lists(args, {IMPORTS_FLAG}),
         run=run,
     )
@@ -189,12 +198,15 @@ def main(argv: list[str] | None = None) -> None:
     show_traceback = "--traceback" in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--traceback"]
     try:
+        if argv and not argv[0].startswith("-") and argv[0] not in (*LIGHTNING_COMMANDS, *COMMANDS):
+            known = ", ".join((*LIGHTNING_COMMANDS, *COMMANDS))
+            raise ConfigError(f"unknown command {argv[0]!r}: choose from {known}")
         if argv and argv[0] in COMMANDS:
             import_user_modules(requested_imports(argv))
             run_typed_command(argv[0], COMMANDS[argv[0]], strip_option(argv[1:], IMPORTS_FLAG))
         else:
             lightning_main(argv)
-    except ArgumentError as err:  # a typed command's argument that its parser rejected
+    except ArgumentError as err:  # an argument a command's parser rejected
         _exit_with_error(ConfigError(" ".join(str(err).split())), err, show_traceback)
     except Exception as err:
         user_error = find_user_error(err)
