@@ -73,7 +73,7 @@ def _config(tmp_path: Path, imports: list[str] | None) -> Path:
             "class_path": "kd_lightning.modules.DistillationModule",
             "init_args": {
                 "student": student,
-                "teacher": {"name": "small_cnn", "kwargs": {"width": 4}},
+                "teacher": teacher,
                 "losses": losses,
             },
         },
