@@ -11,6 +11,7 @@ import copy
 import gzip
 import io
 import pickle
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from _bad_input_helpers import (
 from PIL import Image
 
 from kd_lightning.cli import main
+from kd_lightning.errors import KDLightningError
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
@@ -156,6 +158,18 @@ def _cifar(earlier: Earlier, name: str, content: object) -> dict:
     if not folder.exists():
         cifar_folder(folder, {"data_batch_1": content})
     return {"class_path": "kd_lightning.data.CIFAR10DataModule", "init_args": {"data_dir": str(folder)}}
+
+
+def _distill(earlier: Earlier, *args: str) -> list[str]:
+    return ["fit", "--config", str(earlier.distill_config()), *args]
+
+
+def _five_class_teacher(earlier: Earlier) -> Path:
+    from kd_lightning.models import create_model
+
+    path = earlier.files / "teacher5.pt"
+    torch.save(create_model("small_cnn", 5, width=4).state_dict(), path)
+    return path
 
 
 def _truncated_idx_gz() -> bytes:
@@ -324,6 +338,41 @@ CASES: list[tuple[str, Callable[[Earlier], list[str]], str]] = [
         "data_batch_1",
     ),
     ("cifar_foreign_batch", lambda e: e.fit_with_data("cifar_list", _cifar(e, "cifar_list", [1, 2, 3])), "not a CIFAR"),
+    (
+        "unknown_loss",
+        lambda e: _distill(e, "--model.init_args.losses", "[{name: kdd}]"),
+        "unknown distillation loss 'kdd'",
+    ),
+    ("alpha_out_of_range", lambda e: _distill(e, "--model.init_args.alpha", "1.5"), "alpha must be in [0, 1]"),
+    ("temperature_0", lambda e: _distill(e, "--model.init_args.temperature", "0"), "temperature must be > 0"),
+    (
+        "teacher_weights_missing",
+        lambda e: _distill(e, "--model.init_args.teacher.weights_path", str(e.files / "gone.pt")),
+        "weights file not found",
+    ),
+    (
+        "teacher_of_another_class_count",
+        lambda e: _distill(e, "--model.init_args.teacher.weights_path", str(_five_class_teacher(e))),
+        "was trained for 5 classes but this model has 10",
+    ),
+    (
+        "teacher_of_another_architecture",
+        lambda e: _distill(e, "--model.init_args.teacher.kwargs", "{width: 8}"),
+        "(0 missing, 21 with another shape)",
+    ),
+    (
+        "data_set_not_there",
+        lambda e: e.fit_with_data("no_mnist", {**_mnist(e, "m"), "init_args": {"data_dir": str(e.files / "none")}}),
+        "MNIST not found under",
+    ),
+    (
+        "rgb_data_for_a_grayscale_model",
+        lambda e: e.fit_with_data("rgb_fit", _rgb_ten_classes(e)),
+        "input has 3 channels but the backbone expects 1",
+    ),
+    ("unknown_option", lambda e: _fit(e, "--trainer.speed", "2"), "unrecognized arguments: --trainer.speed"),
+    ("wrong_type", lambda e: _fit(e, "--trainer.max_epochs", "many"), 'Parser key "trainer.max_epochs"'),
+    ("unknown_command", lambda e: ["fitt", "--config", str(e.config)], "unknown command 'fitt'"),
     # --- report / export: arguments, files, and checkpoints that do not fit the data ---
     ("report_unknown_data", lambda e: _report(e, "--data", "imagenet"), "unknown data set 'imagenet'"),
     ("report_wrong_names_count", lambda e: _report(e, "--names", "a", "b", "c"), "--names gives 3 names for 2 models"),
@@ -391,7 +440,11 @@ def _rgb_ten_classes(earlier: Earlier) -> dict:
 def test_the_battery_covers_every_entry_point(earlier: Earlier, monkeypatch) -> None:
     monkeypatch.chdir(earlier.root)
     assert len(CASES) >= 40
-    assert {argv(earlier)[0] for _, argv, _ in CASES} == {"fit", "test", "report", "export", "quickstart"}
+    assert {argv(earlier)[0] for _, argv, _ in CASES} >= {"fit", "test", "report", "export", "quickstart"}
+
+
+# Every error line the battery printed, for the README check at the end.
+PRINTED: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(("argv", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -401,11 +454,13 @@ def test_bad_input(earlier: Earlier, capsys, monkeypatch, argv, expected) -> Non
     args = argv(earlier)
     capsys.readouterr()
     line = user_error_line(capsys, args)
+    PRINTED[" ".join(args)] = line
     assert expected in line, line
     assert snapshot(earlier.run) == before, "an output of the earlier run was modified"
     assert not any(earlier.files.glob("*_ran")), "a payload ran"
 
 
+@pytest.mark.slow  # each starts a Python that imports torch and Lightning
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -428,3 +483,52 @@ def test_bad_input_in_a_real_process(earlier: Earlier, args, expected) -> None:
     assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
     assert "not recommended to provide both args and command line arguments" not in result.stderr
     assert snapshot(earlier.run) == before
+
+
+def _readme_patterns() -> list[str]:
+    """The backticked messages of the first column of the README's error table."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("| the `error:` line contains |") :].split("\n\n")[0]
+    rows = [line for line in table.splitlines()[2:] if line.startswith("| `")]
+    return [pattern for row in rows for pattern in re.findall(r"`([^`]+)`", row.split(" | ")[0])]
+
+
+def _messages_outside_the_battery(tmp_path: Path) -> list[str]:
+    """Errors the battery does not reach through the CLI, raised by the code that prints them."""
+    from types import SimpleNamespace
+
+    from kd_lightning.callbacks.nonfinite import NonFiniteLossGuard
+    from kd_lightning.checkpointing import check_finite_metrics
+    from kd_lightning.models import create_model
+    from kd_lightning.models.fingerprint import check_fingerprint
+    from kd_lightning.run_lock import RunFolderLock, lock_path
+
+    raisers = [lambda: check_fingerprint({"sha256": "0" * 64, "spec": {}}, create_model("small_cnn", 10, width=4))]
+    raisers.append(lambda: check_finite_metrics({"test/loss": float("nan")}, "test"))
+    (tmp_path / "busy").mkdir()
+    lock_path(tmp_path / "busy").write_text("1 another-host\n")
+    raisers.append(lambda: RunFolderLock([tmp_path / "busy"]).__enter__())
+    guard = NonFiniteLossGuard()
+    guard._first_bad_step = torch.tensor(3)
+    trainer = SimpleNamespace(callback_metrics={"train/kd": torch.tensor(float("nan"))}, current_epoch=0)
+    raisers.append(lambda: guard._check(trainer, 3))
+    store_path = tmp_path / "entry.pt"
+    store_path.write_bytes(b"")
+    raisers.append(lambda: __import__("kd_lightning.cache.store", fromlist=["read_entry"]).read_entry(store_path))
+    messages = []
+    for raiser in raisers:
+        with pytest.raises(KDLightningError) as info:
+            raiser()
+        messages.append(f"error: {info.value}")
+    return messages
+
+
+def test_the_readme_error_table_matches_what_the_program_prints(tmp_path) -> None:
+    if len(PRINTED) < len(CASES):
+        pytest.skip("needs the whole battery of this module to have run first")
+    printed = [*PRINTED.values(), *_messages_outside_the_battery(tmp_path)]
+    patterns = _readme_patterns()
+    assert len(patterns) >= 30
+    for pattern in patterns:
+        regex = ".+?".join(re.escape(part) for part in re.split(r"<[^>]+>", pattern))
+        assert any(re.search(regex, line) for line in printed), f"README row {pattern!r} matches no printed error"

@@ -124,6 +124,7 @@ def test_temp_files_of_a_killed_save_are_removed(tmp_path):
     assert remove_temp_files(tmp_path / "missing") == []
 
 
+@pytest.mark.slow  # starts a Python that imports torch and Lightning
 def test_a_killed_save_leaves_no_litter_after_the_next_start(tmp_path):
     """SIGKILL a process in the middle of atomic_torch_save; the next run's start cleans up."""
     script = (
