@@ -243,6 +243,19 @@ CASES: list[tuple[str, Callable[[Earlier], list[str]], str]] = [
         "non-finite weights",
     ),
     (
+        "validate_nan_weights",
+        lambda e: ["validate", "--config", str(e.config), "--ckpt_path", str(_damaged(e, "nan_v.ckpt", "nan"))],
+        "non-finite weights",
+    ),
+    (
+        "predict_other_model_setting",
+        lambda e: (
+            ["predict", "--config", str(e.config), "--model.init_args.strategy", "linear_probe"]
+            + ["--ckpt_path", str(e.best)]
+        ),
+        "model.strategy: checkpoint 'full', config 'linear_probe'",
+    ),
+    (
         "resume_other_model_setting",
         lambda e: _fit(e, "--model.init_args.label_smoothing", "0.1", "--ckpt_path", str(e.best)),
         "model.label_smoothing: checkpoint 0.0, config 0.1",
@@ -440,7 +453,8 @@ def _rgb_ten_classes(earlier: Earlier) -> dict:
 def test_the_battery_covers_every_entry_point(earlier: Earlier, monkeypatch) -> None:
     monkeypatch.chdir(earlier.root)
     assert len(CASES) >= 40
-    assert {argv(earlier)[0] for _, argv, _ in CASES} >= {"fit", "test", "report", "export", "quickstart"}
+    commands = {"fit", "validate", "test", "predict", "report", "export", "quickstart"}
+    assert {argv(earlier)[0] for _, argv, _ in CASES} >= commands
 
 
 # Every error line the battery printed, for the README check at the end.
