@@ -165,3 +165,21 @@ def test_an_empty_or_foreign_cache_file_is_refused(tmp_path, content):
     store.path("k").write_bytes(content)
     with pytest.raises(InvalidDataError, match="delete it to rebuild"):
         store.get("k")
+
+
+def test_a_malicious_teacher_cache_file_ends_the_run_unrun(trained, tmp_path, capsys):
+    """Through the CLI: a cached teacher entry replaced by a crafted file stops the next run, running nothing."""
+    teacher = {"name": "small_cnn", "kwargs": {"width": 4}, "weights_path": str(trained / "run" / "best.ckpt")}
+    init_args = {"student": {"name": "small_cnn", "kwargs": {"width": 2}}, "teacher": teacher}
+    init_args |= {"teacher_cache": "disk", "cache_dir": str(tmp_path / "cache")}
+    model = {"class_path": "kd_lightning.modules.DistillationModule", "init_args": init_args}
+    config = yaml.safe_load(_config(tmp_path).read_text()) | {"model": model}
+    path = tmp_path / "distill.yaml"
+    path.write_text(yaml.safe_dump(config))
+    main(["fit", "--config", str(path)])
+    (entry,) = (tmp_path / "cache").glob("*.pt")
+    marker = tmp_path / "payload_ran"
+    malicious_torch_file(entry, marker, torch.load(entry, weights_only=True))
+    line = user_error_line(capsys, ["fit", "--config", str(path)])
+    assert f"cannot read cache file {entry}" in line and "refused unread" in line
+    assert not marker.exists()
