@@ -17,6 +17,7 @@ from pathlib import Path
 
 import lightning as L
 from jsonargparse import Namespace
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
@@ -118,6 +119,7 @@ class KDLightningCLI(LightningCLI):
         if ckpt_path is not None:
             ckpt_path = resolve_ckpt_keyword(self.trainer, subcommand, ckpt_path)
             config["ckpt_path"] = ckpt_path
+        if ckpt_path is not None and _is_local_file_protocol(ckpt_path):  # remote ones: ExactResume, on load
             check_checkpoint_config(
                 read_checkpoint(ckpt_path), self.model, self.datamodule, ckpt_path, subcommand, CHECKPOINT_CONFIG_FLAG
             )

@@ -39,6 +39,7 @@ class ExactResume(Callback):
     def __init__(self) -> None:
         self._rng_to_restore: dict[str, Any] | None = None
         self._input_shape: list[int] | None = None
+        self._hook: torch.utils.hooks.RemovableHandle | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": collect_rng_states()}
@@ -50,11 +51,28 @@ class ExactResume(Callback):
         if trainer.state.fn == "fit":
             check_checkpoint_config(checkpoint, pl_module, trainer.datamodule, trainer.ckpt_path, "fit")
 
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self._input_shape is None:
-            self._input_shape = image_shape(batch)
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # What the trained network itself receives (after resizing, or rendered from a cache),
+        # recorded from its first call; a run on pre-computed features records nothing.
+        network = getattr(pl_module, "network", None)
+        if isinstance(network, torch.nn.Module) and self._input_shape is None:
+            self._hook = network.register_forward_pre_hook(self._record_input_shape)
+
+    def _record_input_shape(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
+            self._input_shape = [int(v) for v in args[0].shape[1:]]
+            self._remove_hook()
+
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._remove_hook()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._remove_hook()
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self._input_shape is not None:
@@ -66,17 +84,6 @@ class ExactResume(Callback):
         if self._rng_to_restore is not None:
             set_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
-
-
-def image_shape(batch: Any) -> list[int] | None:
-    """``[C, H, W]`` of the images in a training batch (a tensor, the first item of a tuple, or an
-    ``images`` field), or ``None`` when it carries no 4-D images (e.g. pre-computed features)."""
-    images = getattr(batch, "images", None)
-    if images is None:
-        images = batch[0] if isinstance(batch, list | tuple) and batch else batch
-    if isinstance(images, torch.Tensor) and images.dim() == 4:
-        return [int(v) for v in images.shape[1:]]
-    return None
 
 
 def collect_rng_states() -> dict[str, Any]:
