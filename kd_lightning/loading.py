@@ -50,7 +50,8 @@ def load_trained(checkpoint: str | Path) -> TrainedNetwork:
     path = Path(checkpoint)
     ckpt = read_checkpoint(path)
     hparams = ckpt.get("hyper_parameters")
-    key = next((k for k in SPEC_KEYS if isinstance(hparams, dict) and k in hparams), None)
+    hparams = hparams if isinstance(hparams, dict) else {}
+    key = next((k for k in SPEC_KEYS if k in hparams), None)
     if key is None or "num_classes" not in hparams:
         raise CheckpointError(
             f"{path} is not a kd_lightning Lightning checkpoint (no 'student' or 'backbone' hyper-parameter)"

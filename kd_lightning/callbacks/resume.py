@@ -115,7 +115,7 @@ def _as_tuples(value: Any) -> Any:
     return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
 
 
-def check_checkpoint_class(checkpoint: dict[str, Any], class_path: str, path: str | Path) -> None:
+def check_checkpoint_class(checkpoint: dict[str, Any], class_path: str, path: str | Path | None) -> None:
     """Refuse a checkpoint saved by the CLI from another module class than ``class_path``.
 
     Classes are compared by name, never imported: a checkpoint is data, and importing the module
