@@ -8,6 +8,7 @@ already catch (``ValueError``, ``FileNotFoundError``), so existing ``except`` cl
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -39,6 +40,13 @@ class NonFiniteLossError(NonFiniteError):
 
 class RunFolderBusyError(KDLightningError, RuntimeError):
     """Another live run is writing into the output folder this run would write into."""
+
+
+def unknown_name_error(kind: str, name: str, known: list[str]) -> ConfigError:
+    """A :class:`ConfigError` that suggests the closest known names, for typos in configs."""
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown {kind} {name!r}.{hint}")
 
 
 @contextmanager

@@ -83,7 +83,8 @@ def check_fits_data(trained: TrainedNetwork, datamodule: ImageClassificationData
     """Refuse data the network was not trained for: another class count, channel count or image size.
 
     A network with global pooling runs on any image size and a grayscale batch is silently
-    expanded to three channels, so a mismatch would give numbers, just meaningless ones.
+    expanded to three channels, so a mismatch would give numbers, just meaningless ones. (The
+    size may differ for a network that resizes its input to its own input size.)
 
     Raises:
         ConfigError: naming the checkpoint, the data and both values.
@@ -96,8 +97,10 @@ def check_fits_data(trained: TrainedNetwork, datamodule: ImageClassificationData
             "give --data the data set the checkpoint was trained on"
         )
     shape = tuple(images.shape[1:])
+    # A network that resizes its input itself (a per-model input size) takes any image size.
+    resizes = getattr(getattr(network, "input_adapter", None), "resize_to", None) is not None
     if trained.input_shape is not None:
-        if shape != trained.input_shape:
+        if shape[0] != trained.input_shape[0] or (not resizes and shape != trained.input_shape):
             raise ConfigError(
                 f"{path} was trained on {_shape(trained.input_shape)} images but {data_name} gives {_shape(shape)}: "
                 "give --data the data config the checkpoint was trained with (channels, image_size)"
@@ -162,4 +165,4 @@ def evaluation_batches(datamodule: ImageClassificationDataModule) -> list[tuple[
     batches = [datamodule.on_after_batch_transfer(batch, 0) for batch in datamodule.test_dataloader()]
     if not batches:
         raise DataError(f"{type(datamodule).__name__} has no test images")
-    return [(images, labels) for images, labels, *_ in batches]
+    return [(batch.inputs, batch.labels) for batch in batches]

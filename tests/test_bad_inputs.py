@@ -210,6 +210,11 @@ CASES: list[tuple[str, Callable[[Earlier], list[str]], str]] = [
     ("image_size_0", lambda e: _fit(e, "--data.init_args.image_size", "0"), "data.image_size must be >= 1, got 0"),
     ("image_size_negative", lambda e: _fit(e, "--data.init_args.image_size", "-1"), "data.image_size must be >= 1"),
     ("samples_per_class_0", lambda e: _fit(e, "--data.init_args.samples_per_class", "0"), "data.samples_per_class"),
+    (
+        "samples_per_class_impossible",
+        lambda e: _fit(e, "--data.init_args.samples_per_class", "1000"),
+        "data.samples_per_class=1000 exceeds the images of classes",
+    ),
     ("val_fraction_1", lambda e: _fit(e, "--data.init_args.val_fraction", "1.0"), "data.val_fraction must be in"),
     ("crop_padding_negative", lambda e: _fit(e, "--data.init_args.crop_padding", "-2"), "data.crop_padding"),
     # --- names in the config ---
