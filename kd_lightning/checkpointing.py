@@ -5,13 +5,18 @@ file in the *system* temp folder, then ``shutil.move`` puts them in place. When 
 on another file system (a ``/tmp`` tmpfs, a container volume) the move is a copy, and a job
 killed during the copy leaves a truncated ``last.ckpt`` behind; nothing is fsynced either.
 Its loader also defaults to ``weights_only=False`` for ``--ckpt_path``, which unpickles
-arbitrary objects. :class:`SafeCheckpointIO` fixes both for local paths.
+arbitrary objects. :class:`SafeCheckpointIO` fixes both for local paths, refuses checkpoints
+whose weights are not finite (flipped bits that still unpickle), and removes the temp files a
+killed save left behind.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +24,14 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 
+from kd_lightning.errors import ConfigError, NonFiniteError
 from kd_lightning.models.weights import CheckpointError
+
+# ``atomic_torch_save``'s temp files: ``.<name>.<random>.tmp`` next to the target.
+TEMP_SUFFIX = ".tmp"
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -47,16 +58,111 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 "kd_lightning loads checkpoints with weights_only=True only; a checkpoint that needs "
                 "weights_only=False holds pickled objects that could run code"
             )
-        if _is_local_file_protocol(path) and not Path(path).is_file():
-            raise CheckpointError(f"checkpoint not found: {path} (check --ckpt_path; 'last' needs save_last=True)")
+        if _is_local_file_protocol(path):
+            return read_checkpoint(path, map_location)
         try:
-            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+            checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=True)
         except Exception as err:  # truncated, corrupt or unsafe: torch raises several types
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointError(
-                f"cannot read checkpoint {path}: {first_line}. The file is truncated, corrupt, or holds "
-                "pickled objects other than tensors and plain values (refused: they could run code)."
-            ) from err
+            raise _unreadable(path, err) from err
+        check_finite_state(checkpoint, path)
+        return checkpoint
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """A local Lightning checkpoint, read without running code (``weights_only=True``) and checked.
+
+    Raises:
+        CheckpointError: the file is missing, empty, truncated, corrupt, holds pickled objects
+            other than tensors and plain values, or is not a checkpoint dictionary.
+        NonFiniteError: a weight of its ``state_dict`` is NaN or infinite.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} (check --ckpt_path, relative to {Path.cwd()})")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated, corrupt or unsafe: torch raises several types
+        raise _unreadable(path, err) from err
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict); was it saved by a Trainer?")
+    check_finite_state(checkpoint, path)
+    return checkpoint
+
+
+def _unreadable(path: str | Path, err: Exception) -> CheckpointError:
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return CheckpointError(
+        f"cannot read checkpoint {path}: {first_line}. The file is truncated, corrupt, or holds "
+        "pickled objects other than tensors and plain values (refused: they could run code)."
+    )
+
+
+def check_finite_state(checkpoint: Mapping[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint whose floating-point weights hold NaN or infinity.
+
+    A file with flipped bits can still unpickle; evaluated, it gives ``nan`` metrics that look like
+    a result. A run that diverged is stopped before it saves (``NonFiniteLossGuard``), so a
+    non-finite weight means a damaged file.
+    """
+    state = checkpoint.get("state_dict", {})
+    bad = [
+        name
+        for name, value in state.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()
+    ]
+    if bad:
+        shown = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
+        raise NonFiniteError(
+            f"checkpoint {path} holds non-finite weights in {len(bad)} tensors ({shown}): the file is damaged; "
+            "use another checkpoint"
+        )
+
+
+def check_finite_metrics(metrics: Mapping[str, Any], stage: str) -> None:
+    """Refuse an evaluation whose logged metrics are NaN or infinite instead of reporting them."""
+    bad = {
+        name: float(value)
+        for name, value in metrics.items()
+        if (isinstance(value, float) or (isinstance(value, torch.Tensor) and value.numel() == 1))
+        and not math.isfinite(float(value))
+    }
+    if bad:
+        shown = ", ".join(f"{name}={value}" for name, value in sorted(bad.items()))
+        raise NonFiniteError(
+            f"{stage} produced non-finite metrics ({shown}): the weights or the data hold NaN/inf values"
+        )
+
+
+def resolve_ckpt_keyword(trainer: L.Trainer, subcommand: str, ckpt_path: str) -> str:
+    """The file ``--ckpt_path last``/``best`` stands for, found the way the Trainer would find it.
+
+    Lightning starts afresh when ``last`` finds nothing (so it can be set before the first run);
+    on the command line that would silently train from scratch and overwrite ``best.ckpt``.
+
+    Raises:
+        ConfigError: no such checkpoint exists.
+    """
+    if ckpt_path not in ("last", "best"):
+        return ckpt_path
+    connector = trainer._checkpoint_connector
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the "no last checkpoint" warning becomes the error below
+        try:
+            resolved = connector._parse_ckpt_path(
+                TrainerFn(subcommand), ckpt_path, model_provided=True, model_connected=False
+            )
+        except ValueError as err:
+            raise ConfigError(f"--ckpt_path {ckpt_path}: {err}") from err
+    if not resolved:
+        callbacks = trainer.checkpoint_callbacks
+        folders = sorted({str(getattr(cb, "dirpath", None) or trainer.default_root_dir) for cb in callbacks})
+        raise ConfigError(
+            f"--ckpt_path {ckpt_path}: no {ckpt_path} checkpoint in {folders or [trainer.default_root_dir]}. "
+            "Keep one with ModelCheckpoint(save_last: true), give a checkpoint file, or start without --ckpt_path."
+        )
+    return str(resolved)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -67,7 +173,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_temp_files(path.parent, path.name)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -78,6 +185,23 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def remove_temp_files(folder: str | Path, name: str = "*") -> list[Path]:
+    """Delete the temp files a killed :func:`atomic_torch_save` of ``folder/name`` left behind.
+
+    Called before every save of ``name`` (one process writes a given file: a run's output folder
+    is locked, see :mod:`kd_lightning.run_lock`), and for every name when a run takes the folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = [p for p in folder.glob(f".{name}.*{TEMP_SUFFIX}") if p.is_file()]
+    for leftover in removed:
+        leftover.unlink(missing_ok=True)
+    if removed:
+        rank_zero_info(f"removed {len(removed)} temp files of an interrupted checkpoint save in {folder}")
+    return removed
 
 
 def _umask() -> int:

@@ -1,4 +1,9 @@
-"""The ``kd-lightning`` command: LightningCLI's fit/validate/test/predict plus a few task commands."""
+"""The ``kd-lightning`` command: LightningCLI's fit/validate/test/predict plus typed task commands.
+
+Every command shares one error path: a :class:`~kd_lightning.errors.KDLightningError` (or a
+rejected argument) prints one ``error: ...`` line and exits with status 2; ``--traceback`` or
+``KD_LIGHTNING_TRACEBACK=1`` shows the full traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,42 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from argparse import ArgumentError
+from contextlib import nullcontext
+from pathlib import Path
 
 import lightning as L
+from jsonargparse import Namespace
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from kd_lightning.callbacks.confusion import ConfusionMatrixLogger
+from kd_lightning.callbacks.resume import check_checkpoint_class, check_checkpoint_config
 from kd_lightning.callbacks.save_config import LoggerSaveConfigCallback
-from kd_lightning.checkpointing import use_safe_checkpoint_io
+from kd_lightning.checkpointing import (
+    check_finite_metrics,
+    read_checkpoint,
+    resolve_ckpt_keyword,
+    use_safe_checkpoint_io,
+)
+from kd_lightning.commands import run_typed_command, space_separated_lists, strip_option
 from kd_lightning.data import ImageClassificationDataModule
-from kd_lightning.errors import KDLightningError
-from kd_lightning.models.weights import CheckpointError
+from kd_lightning.errors import ConfigError, KDLightningError
 from kd_lightning.modules import SupervisedModule
+from kd_lightning.run_lock import RunFolderLock, checkpoint_folders
+from kd_lightning.user_imports import IMPORTS_FLAG, import_user_modules, requested_imports
+
+# Commands beyond Lightning's own: name -> "module:function". Each is a typed function whose
+# signature and docstring jsonargparse turns into the command's parser (litgpt's pattern);
+# registering a command is one line here. Modules are imported only when their command runs.
+COMMANDS: dict[str, str] = {
+    "quickstart": "kd_lightning.quickstart:quickstart",
+    "report": "kd_lightning.report.build:report",
+    "export": "kd_lightning.export:export",
+}
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 # ``--wandb`` stands for this logger; configs/logger/wandb.yaml is the same as a config fragment.
 WANDB_FLAG = "--wandb"
@@ -29,37 +57,77 @@ WANDB_LOGGER = {
 
 # Set to 1 to see the full traceback of a user error (or pass --traceback).
 TRACEBACK_ENV = "KD_LIGHTNING_TRACEBACK"
+CHECKPOINT_CONFIG_FLAG = "use_checkpoint_config"
 
 
 class KDLightningCLI(LightningCLI):
     """LightningCLI with the data set's class count linked into the model, a rich progress bar and
-    the confusion-matrix callback on by default."""
+    the confusion-matrix callback on by default, and ``--ckpt_path`` checked against the config."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.add_argument(
+            IMPORTS_FLAG,
+            type=list[str],
+            default=[],
+            help="Python modules (dotted names, or .py files) imported before the config is read, so "
+            "that their @register_loss / @register_backbone decorators run and their classes can be "
+            "named in class_path. Also a top-level config key.",
+        )
+        parser.add_argument(
+            f"--{CHECKPOINT_CONFIG_FLAG}",
+            type=bool,
+            default=False,
+            help="Take the model settings from --ckpt_path instead of refusing a config that differs from them.",
+        )
+
+    def parse_arguments(self, parser, args) -> None:
+        # main() always passes the arguments explicitly (sys.argv's included), so LightningCLI's
+        # warning about ``args`` next to a non-empty sys.argv would fire on every command-line run.
+        self.config = parser.parse_object(args) if isinstance(args, dict | Namespace) else parser.parse_args(args)
 
     def before_instantiate_classes(self) -> None:
         trainer = self.config[self.subcommand].trainer if self.subcommand else self.config.trainer
         self.trainer_defaults["callbacks"] = default_callbacks(trainer.enable_progress_bar, trainer.callbacks or [])
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads --ckpt_path itself (weights_only=True) to take the model's
-        # hyper-parameters from it, before the Trainer does: report a damaged file as such.
-        try:
-            super()._parse_ckpt_path()
-        except KDLightningError:
-            raise
-        except Exception as err:
-            path = self.config[self.config.subcommand].get("ckpt_path")
-            raise CheckpointError(
-                f"cannot read checkpoint {path}: {str(err).strip().splitlines()[0]}. The file is truncated, "
-                "corrupt, or holds pickled objects other than tensors and plain values (refused: they could run code)."
-            ) from err
+        # LightningCLI replaces the model config by the checkpoint's hyper-parameters here, so an
+        # override next to --ckpt_path would be dropped without a word. Only on explicit request;
+        # otherwise the two are compared once the module is built (_run_subcommand).
+        subcommand = self.config.get("subcommand")
+        if not subcommand or not self.config[subcommand].get(CHECKPOINT_CONFIG_FLAG):
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if ckpt_path is None or not Path(ckpt_path).is_file():
+            raise ConfigError(
+                f"--{CHECKPOINT_CONFIG_FLAG} needs --ckpt_path to name a checkpoint file, got {ckpt_path!r}"
+            )
+        checkpoint = read_checkpoint(ckpt_path)
+        check_checkpoint_class(checkpoint, self.config[subcommand].model.class_path, ckpt_path)
+        super()._parse_ckpt_path()
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         use_safe_checkpoint_io(trainer)
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Check the checkpoint before anything is written, lock the fit's output folders, and
+        refuse non-finite evaluation metrics."""
+        config = self.config_init[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is not None:
+            ckpt_path = resolve_ckpt_keyword(self.trainer, subcommand, ckpt_path)
+            config["ckpt_path"] = ckpt_path
+        if ckpt_path is not None and _is_local_file_protocol(ckpt_path):  # remote ones: ExactResume, on load
+            check_checkpoint_config(
+                read_checkpoint(ckpt_path), self.model, self.datamodule, ckpt_path, subcommand, CHECKPOINT_CONFIG_FLAG
+            )
+        lock = RunFolderLock(checkpoint_folders(self.trainer)) if subcommand == "fit" else nullcontext()
+        with lock:
+            super()._run_subcommand(subcommand)
+        if subcommand in ("validate", "test"):
+            check_finite_metrics(self.trainer.callback_metrics, subcommand)
 
 
 def default_callbacks(enable_progress_bar: bool | None, configured: list) -> list[Callback]:
@@ -80,9 +148,11 @@ def expand_wandb_flag(args: list[str]) -> list[str]:
 
 
 def lightning_main(args: list[str] | None = None, run: bool = True) -> KDLightningCLI:
-    """``kd-lightning {fit,validate,test,predict} --config FILE [--wandb]``: any kd_lightning module and
-    data set; ``--wandb`` logs to Weights & Biases (``WANDB_MODE=offline`` works without an account)."""
-    args = expand_wandb_flag(sys.argv[1:] if args is None else args)
+    """``kd-lightning {fit,validate,test,predict} --config FILE [--wandb] [--imports MODULE ...]``: any
+    kd_lightning module and data set; ``--wandb`` logs to Weights & Biases (``WANDB_MODE=offline``
+    works without an account); ``--imports`` loads the user's own losses and backbones first."""
+    args = expand_wandb_flag(sys.argv[1:] if args is None else list(args))
+    import_user_modules(requested_imports(args))
     return KDLightningCLI(
         SupervisedModule,
         ImageClassificationDataModule,
@@ -91,31 +161,16 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> KDLightni
         seed_everything_default=0,
         save_config_callback=LoggerSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
-        args=args,
+        # A rejected argument raises instead of printing the whole usage: main() prints one line.
+        parser_kwargs={
+            "exit_on_error": False,
+            "description": "Lightning's commands below, and the task commands "
+            + ", ".join(COMMANDS)
+            + " (kd-lightning COMMAND --help).",
+        },
+        args=space_separated_lists(args, {IMPORTS_FLAG}),
         run=run,
     )
-
-
-def _quickstart(args: list[str]) -> None:
-    from kd_lightning.quickstart import main
-
-    main(args)
-
-
-def _report(args: list[str]) -> None:
-    from kd_lightning.report import main
-
-    main(args)
-
-
-def _export(args: list[str]) -> None:
-    from kd_lightning.export import main
-
-    main(args)
-
-
-# Commands beyond Lightning's own, each a function of the remaining arguments.
-COMMANDS: dict[str, Callable[[list[str]], None]] = {"quickstart": _quickstart, "report": _report, "export": _export}
 
 
 def find_user_error(err: BaseException) -> KDLightningError | None:
@@ -141,24 +196,33 @@ def main(argv: list[str] | None = None) -> None:
     """Run a command; a user error prints ``error: ...`` and exits 2 instead of a traceback."""
     # Frozen teachers and backbones are in eval mode on purpose; Lightning's hint about it is noise.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
-    from_command_line = argv is None
-    argv = sys.argv[1:] if from_command_line else list(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     show_traceback = "--traceback" in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--traceback"]
-    if from_command_line:
-        sys.argv[1:] = argv  # LightningCLI reads sys.argv itself and warns when also given args
     try:
+        if argv and not argv[0].startswith("-") and argv[0] not in (*LIGHTNING_COMMANDS, *COMMANDS):
+            known = ", ".join((*LIGHTNING_COMMANDS, *COMMANDS))
+            raise ConfigError(f"unknown command {argv[0]!r}: choose from {known}")
         if argv and argv[0] in COMMANDS:
-            COMMANDS[argv[0]](argv[1:])
+            import_user_modules(requested_imports(argv))
+            run_typed_command(argv[0], COMMANDS[argv[0]], strip_option(argv[1:], IMPORTS_FLAG))
         else:
-            lightning_main(None if from_command_line else argv)
+            lightning_main(argv)
+    except ArgumentError as err:  # an argument a command's parser rejected
+        _exit_with_error(ConfigError(" ".join(str(err).split())), err, show_traceback)
     except Exception as err:
         user_error = find_user_error(err)
-        if user_error is None or show_traceback:
+        if user_error is None:
             raise
-        print(f"error: {user_error}", file=sys.stderr)
-        print(f"(run with --traceback or {TRACEBACK_ENV}=1 for the full traceback)", file=sys.stderr)
-        raise SystemExit(2) from None
+        _exit_with_error(user_error, err, show_traceback)
+
+
+def _exit_with_error(user_error: BaseException, raised: BaseException, show_traceback: bool) -> None:
+    if show_traceback:
+        raise raised
+    print(f"error: {user_error}", file=sys.stderr)
+    print(f"(run with --traceback or {TRACEBACK_ENV}=1 for the full traceback)", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -26,11 +26,20 @@ class DataError(KDLightningError, FileNotFoundError):
 
 
 class InvalidDataError(KDLightningError, ValueError):
-    """Data that is there but unusable: a corrupt image or file, an empty class, mixed sizes."""
+    """Data that is there but unusable: a corrupt, empty, truncated or foreign file, an empty class,
+    mixed sizes, or a data file that would run code when read (refused unread)."""
 
 
-class NonFiniteLossError(KDLightningError, FloatingPointError):
+class NonFiniteError(KDLightningError, FloatingPointError):
+    """NaN or infinite values where there must be none: weights in a checkpoint, evaluation metrics."""
+
+
+class NonFiniteLossError(NonFiniteError):
     """The training loss became NaN or infinite."""
+
+
+class RunFolderBusyError(KDLightningError, RuntimeError):
+    """Another live run is writing into the output folder this run would write into."""
 
 
 def unknown_name_error(kind: str, name: str, known: list[str]) -> ConfigError:

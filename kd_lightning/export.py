@@ -6,21 +6,23 @@ adapters or training-only heads, so the file takes plain ``[0, 1]`` images and r
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 
-from kd_lightning.loading import evaluation_batches, load_datamodule, load_network
+from kd_lightning.errors import ConfigError
+from kd_lightning.loading import check_fits_data, evaluation_batches, load_datamodule, load_trained
 
-FORMATS = ("onnx", "torchscript")
+Format = Literal["onnx", "torchscript"]
+FORMATS: tuple[Format, ...] = ("onnx", "torchscript")
 # Float32 kernels differ between runtimes by accumulated rounding, typically ~1e-6 on logits.
 DEFAULT_ATOL = 1e-4
 
@@ -90,7 +92,7 @@ def export_network(
     """
     unknown = set(formats) - set(EXPORTERS)
     if unknown:
-        raise ValueError(f"unknown export formats {sorted(unknown)}; choose from {list(EXPORTERS)}")
+        raise ConfigError(f"unknown export formats {sorted(unknown)}; choose from {list(EXPORTERS)}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     network = network.eval().cpu()
@@ -105,33 +107,51 @@ def export_network(
             progress.update(task, description=f"exporting {fmt}")
             path = output_dir / f"{name}{suffix}"
             with torch.no_grad():
-                runner = exporter(network, batch[:1], path)
+                # Two samples, not one: torch.export specialises a size-1 dimension to a constant.
+                runner = exporter(network, batch[:2], path)
                 diff = (runner(batch).float() - reference).abs().max().item()
             results.append(ExportResult(fmt, str(path), diff, atol))
             progress.advance(task)
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="kd-lightning export", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path, help="a kd_lightning Lightning checkpoint (student or finetuned)")
-    parser.add_argument("--data", default="digits", help="config file with a data: section, or a data set name")
-    parser.add_argument("--output", type=Path, default=Path("runs/export"), help="folder for the exported files")
-    parser.add_argument("--name", default=None, help="file name stem (default: the checkpoint's)")
-    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
-    parser.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="largest accepted |exported - PyTorch|")
-    args = parser.parse_args(argv)
+def export(
+    checkpoint: Path,
+    *,
+    data: str = "digits",
+    output: Path = Path("runs/export"),
+    name: str | None = None,
+    formats: tuple[Format, ...] = FORMATS,
+    atol: float = DEFAULT_ATOL,
+) -> list[ExportResult]:
+    """Export the trained network alone to ONNX and TorchScript, each checked against PyTorch on a real batch.
+
+    The files take the images the network was trained on (channels and size checked against the
+    checkpoint), with a free batch size. Exits with status 1 when a file's outputs differ from
+    PyTorch's by more than ``atol``.
+
+    Args:
+        checkpoint: a kd_lightning Lightning checkpoint (student or finetuned).
+        data: config file with a data: section, or a data set name (digits, mnist, fashionmnist, cifar10, cifar100).
+        output: folder for the exported files.
+        name: file name stem (default: the checkpoint's).
+        formats: formats to write.
+        atol: largest accepted |exported - PyTorch| on the check batch.
+    """
+    if not formats:
+        raise ConfigError("--formats needs at least one of " + ", ".join(FORMATS))
     console = Console(soft_wrap=True)
-    network = load_network(args.checkpoint)
-    images, _ = evaluation_batches(load_datamodule(args.data))[0]
-    results = export_network(
-        network, images, args.output, args.name or args.checkpoint.stem, tuple(args.formats), args.atol
-    )
+    trained = load_trained(checkpoint)
+    datamodule = load_datamodule(data)
+    images, _ = evaluation_batches(datamodule)[0]
+    check_fits_data(trained, datamodule, images)
+    results = export_network(trained.network, images, output, name or checkpoint.stem, tuple(formats), atol)
     for result in results:
         status = "[green]ok[/green]" if result.ok else "[red]FAILED[/red]"
         console.print(
             f"{result.format:12s} {result.path}  max |diff| = {result.max_abs_diff:.3g} "
-            f"(batch of {len(images)}, atol {result.atol:g}) {status}"
+            f"(batch of {len(images)}, input {tuple(images.shape[1:])}, atol {result.atol:g}) {status}"
         )
     if not all(r.ok for r in results):
         sys.exit(1)
+    return results

@@ -7,7 +7,6 @@ run of a tiny network on 1,797 images differs by about a point from seed to seed
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -22,8 +21,10 @@ from rich.console import Console
 from rich.table import Table
 
 from kd_lightning.data import DigitsDataModule
+from kd_lightning.errors import ConfigError
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner, SupervisedModule
+from kd_lightning.run_lock import RunFolderLock
 
 TEACHER = ModelSpec("small_cnn", kwargs={"width": 32})
 STUDENT = ModelSpec("small_cnn", kwargs={"width": 4})
@@ -120,18 +121,31 @@ def print_table(results: dict[str, Any], console: Console | None = None) -> None
     (console or Console()).print(table)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="kd-lightning quickstart", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--output", type=Path, default=Path("runs/quickstart"), help="folder for checkpoints and results.json"
-    )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="student seeds")
-    parser.add_argument("--student-epochs", type=int, default=STUDENT_EPOCHS)
-    parser.add_argument("--teacher-epochs", type=int, default=TEACHER_EPOCHS)
-    args = parser.parse_args(argv)
+def quickstart(
+    *,
+    output: Path = Path("runs/quickstart"),
+    seeds: tuple[int, ...] = (0, 1, 2),
+    student_epochs: int = STUDENT_EPOCHS,
+    teacher_epochs: int = TEACHER_EPOCHS,
+) -> dict[str, Any]:
+    """Train a digits teacher, then a ~55x smaller student with and without distillation (about a minute).
+
+    Args:
+        output: folder for the checkpoints and results.json.
+        seeds: seeds of the students (each trained with and without the teacher).
+        student_epochs: training epochs of each student.
+        teacher_epochs: training epochs of the teacher.
+    """
+    if not seeds:
+        raise ConfigError("--seeds needs at least one seed")
+    for name, epochs in (("student_epochs", student_epochs), ("teacher_epochs", teacher_epochs)):
+        if epochs < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {epochs}")
     # Lightning's per-fit banners and hints would bury the one table this command is for.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="lightning")
-    results = run(args.output, tuple(args.seeds), args.student_epochs, args.teacher_epochs)
+    with RunFolderLock([output]):
+        results = run(output, tuple(seeds), student_epochs, teacher_epochs)
     print_table(results)
-    print(f"results written to {args.output / 'results.json'} ({results['wall_time_s']} s)")
+    print(f"results written to {output / 'results.json'} ({results['wall_time_s']} s)")
+    return results

@@ -32,7 +32,7 @@ def test_teacher_then_distill_then_test_through_the_cli(tmp_path: Path, monkeypa
 
 
 def test_quickstart_writes_results_json(tmp_path: Path) -> None:
-    main(["quickstart", "--output", str(tmp_path), "--seeds", "0", "--student-epochs", "1", "--teacher-epochs", "1"])
+    main(["quickstart", "--output", str(tmp_path), "--seeds", "0", "--student_epochs", "1", "--teacher_epochs", "1"])
     results = json.loads((tmp_path / "results.json").read_text())
     for name in ("teacher", "student_scratch", "student_distilled"):
         assert 0.0 <= results[name]["test_acc"] <= 1.0

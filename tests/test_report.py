@@ -19,7 +19,7 @@ def test_report_cli_writes_markdown_plots_and_json(checkpoints, tmp_path, capsys
     out = tmp_path / "report"
     main(
         ["report", "--teacher", str(teacher), "--students", str(student), str(student)]
-        + ["--data", "digits", "--output", str(out), "--latency-repeats", "3", "--threads", "1"]
+        + ["--data", "digits", "--output", str(out), "--latency_repeats", "3", "--threads", "1"]
     )
     assert "report written to" in capsys.readouterr().out
     payload = json.loads((out / "report.json").read_text())

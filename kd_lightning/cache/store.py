@@ -7,7 +7,32 @@ from typing import Literal
 
 import torch
 
+from kd_lightning.errors import InvalidDataError
+
 Storage = Literal["memory", "disk"]
+
+
+def read_entry(path: Path) -> dict[str, torch.Tensor]:
+    """One disk entry, memory-mapped and read without running code (``weights_only=True``).
+
+    Raises:
+        InvalidDataError: the file is empty, truncated, not a cache entry, or holds pickled
+            objects other than tensors (refused unrun). It is never rebuilt silently: a damaged
+            entry may mean a damaged disk, and one crafted to run code should be looked at.
+    """
+    try:
+        entry = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated, foreign and unsafe files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InvalidDataError(
+            f"cannot read cache file {path}: {first}. The file is empty, truncated, not a kd_lightning cache "
+            "entry, or holds pickled objects that could run code (refused unread); delete it to rebuild the cache."
+        ) from err
+    if not isinstance(entry, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in entry.items()
+    ):
+        raise InvalidDataError(f"{path} is not a kd_lightning cache entry (a dict of tensors); delete it to rebuild")
+    return entry
 
 
 class CacheStore:
@@ -46,7 +71,7 @@ class CacheStore:
         path = self.path(key)
         if not path.exists():
             return None
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        return read_entry(path)
 
     def put(self, key: str, entry: dict[str, torch.Tensor], slot: str = "default") -> dict[str, torch.Tensor]:
         """Store ``entry`` and return what later ``get`` calls will see (memory-mapped on disk)."""

@@ -1,8 +1,10 @@
-"""What Lightning does not restore on resume: the random number generators, and a config check."""
+"""What Lightning does not restore on resume: the random number generators; and the check that a
+checkpoint was saved with the config it is resumed or evaluated with."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -11,6 +13,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from kd_lightning.errors import ConfigError
+
+# Where checkpoints record the ``(C, H, W)`` of the training images as the network saw them, so that
+# report and export can check the data they are given against it.
+INPUT_SHAPE_KEY = "kd_lightning_input_shape"
+
+# Settings that change how fast a run goes, not what it computes: free to differ from a checkpoint's.
+SPEED_ONLY = frozenset({"compile", "channels_last", "num_workers"})
 
 
 class ExactResume(Callback):
@@ -23,12 +32,14 @@ class ExactResume(Callback):
     restored by the DataModule's sampler (:class:`~kd_lightning.data.sampler.ResumableRandomSampler`).
 
     Resuming a fit from a checkpoint whose module or data hyper-parameters differ from the
-    current config is refused with the differences, since the run would silently change
-    mid-way (a changed ``max_epochs`` or trainer setting is allowed).
+    current config is refused with the differences (:func:`check_checkpoint_config`), since the
+    run would silently change mid-way (a changed ``max_epochs`` or trainer setting is allowed).
     """
 
     def __init__(self) -> None:
         self._rng_to_restore: dict[str, Any] | None = None
+        self._input_shape: list[int] | None = None
+        self._hook: torch.utils.hooks.RemovableHandle | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": collect_rng_states()}
@@ -37,19 +48,35 @@ class ExactResume(Callback):
         self._rng_to_restore = state_dict.get("rng")
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if trainer.state.fn != "fit":
-            return
-        changes = _diff(checkpoint.get("hyper_parameters", {}), dict(pl_module.hparams), "model.")
-        if trainer.datamodule is not None:
-            changes += _diff(
-                checkpoint.get("datamodule_hyper_parameters", {}), dict(trainer.datamodule.hparams), "data."
-            )
-        if changes:
-            raise ConfigError(
-                "the resume checkpoint was trained with another config: "
-                + "; ".join(changes[:8])
-                + ". Resume with the config it was saved with, or start a new run without --ckpt_path."
-            )
+        if trainer.state.fn == "fit":
+            check_checkpoint_config(checkpoint, pl_module, trainer.datamodule, trainer.ckpt_path, "fit")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # What the trained network itself receives (after resizing, or rendered from a cache),
+        # recorded from its first call; a run on pre-computed features records nothing.
+        network = getattr(pl_module, "network", None)
+        if isinstance(network, torch.nn.Module) and self._input_shape is None:
+            self._hook = network.register_forward_pre_hook(self._record_input_shape)
+
+    def _record_input_shape(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
+            self._input_shape = [int(v) for v in args[0].shape[1:]]
+            self._remove_hook()
+
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._remove_hook()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._remove_hook()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._input_shape is not None:
+            checkpoint[INPUT_SHAPE_KEY] = self._input_shape
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The last moment before the first resumed batch: nothing after it draws random numbers
@@ -88,9 +115,57 @@ def _as_tuples(value: Any) -> Any:
     return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
 
 
+def check_checkpoint_class(checkpoint: dict[str, Any], class_path: str, path: str | Path | None) -> None:
+    """Refuse a checkpoint saved by the CLI from another module class than ``class_path``.
+
+    Classes are compared by name, never imported: a checkpoint is data, and importing the module
+    it names would run that module's code. (``kd_lightning.modules.X`` and
+    ``kd_lightning.modules.distiller.X`` name one class.)
+    """
+    saved = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    if isinstance(saved, str) and saved.rsplit(".", 1)[-1] != class_path.rsplit(".", 1)[-1]:
+        raise ConfigError(
+            f"--ckpt_path {path} is a checkpoint of {saved}, but the config builds {class_path}: give the config "
+            "the checkpoint was trained with (e.g. a teacher's checkpoint needs the teacher's config)"
+        )
+
+
+def check_checkpoint_config(
+    checkpoint: dict[str, Any],
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule | None,
+    path: str | Path | None,
+    stage: str,
+    adopt_flag: str | None = None,
+) -> None:
+    """Refuse a checkpoint whose settings differ from the config's, listing each difference.
+
+    Lightning would otherwise silently take the model settings from one and the weights from the
+    other (or train a teacher checkpoint into a distillation folder). Model settings must match
+    for every stage; data settings too when resuming a fit, since the run would change mid-way
+    (evaluating on other data is what ``test`` is for). Speed-only switches may differ.
+
+    Raises:
+        ConfigError: another module class, or the list of differing settings with both values.
+    """
+    module_class = f"{type(module).__module__}.{type(module).__qualname__}"
+    check_checkpoint_class(checkpoint, module_class, path)
+    changes = _diff(checkpoint.get("hyper_parameters", {}), dict(module.hparams), "model.")
+    if stage == "fit" and datamodule is not None:
+        changes += _diff(checkpoint.get("datamodule_hyper_parameters", {}), dict(datamodule.hparams), "data.")
+    if changes:
+        fix = "use the config it was saved with"
+        if adopt_flag:
+            fix += f", or add --{adopt_flag} true to take the checkpoint's model settings"
+        raise ConfigError(
+            f"--ckpt_path {path} was saved with another config: " + "; ".join(changes) + f". To {stage} it, {fix}."
+        )
+
+
 def _diff(saved: dict[str, Any], current: dict[str, Any], prefix: str) -> list[str]:
-    """``key: checkpoint X, config Y`` for every differing hyper-parameter (private ``_`` keys aside)."""
-    keys = sorted(k for k in saved.keys() | current.keys() if not str(k).startswith("_"))
+    """``key: checkpoint X, config Y`` for every differing hyper-parameter (private ``_`` keys and
+    speed-only switches aside)."""
+    keys = sorted(k for k in saved.keys() | current.keys() if not str(k).startswith("_") and k not in SPEED_ONLY)
     missing = object()
     return [
         f"{prefix}{k}: checkpoint {saved.get(k, '<unset>')!r}, config {current.get(k, '<unset>')!r}"

@@ -14,6 +14,7 @@ from kd_lightning.data.sampler import ResumableRandomSampler, ResumableShardSamp
 from kd_lightning.data.sources import BatchSource
 from kd_lightning.data.tensor_dataset import TensorImageDataset, collate_batch
 from kd_lightning.data.transforms import augment_batch, to_float_images
+from kd_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +75,19 @@ class ImageClassificationDataModule(L.LightningDataModule):
         return_indices: bool = False,
     ) -> None:
         super().__init__()
+        # Checked where the values enter: a bad one would otherwise surface deep inside PyTorch.
+        at_least = {"batch_size": (batch_size, 1), "num_workers": (num_workers, 0), "crop_padding": (crop_padding, 0)}
+        at_least |= {"eval_batch_size": (eval_batch_size, 1), "samples_per_class": (samples_per_class, 1)}
+        at_least |= {"image_size": (image_size, 1)}
+        for name, (value, low) in at_least.items():
+            if value is not None and value < low:
+                raise ConfigError(f"data.{name} must be >= {low}, got {value}")
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if samples_per_class is not None and samples_per_class < 1:
-            raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}")
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         if unlabeled not in (None, "rest"):
-            raise ValueError(f"unlabeled must be null or 'rest', got {unlabeled!r}")
+            raise ConfigError(f"data.unlabeled must be null or 'rest', got {unlabeled!r}")
         if unlabeled is not None and samples_per_class is None:
-            raise ValueError("unlabeled: rest needs samples_per_class (the labeled images per class)")
+            raise ConfigError("data.unlabeled: rest needs data.samples_per_class (the labeled images per class)")
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.batch_size = batch_size
@@ -177,7 +183,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         chosen = [candidates[labels[candidates] == c][: self.samples_per_class] for c in range(self.num_classes)]
         short = [self.class_names[c] for c, idx in enumerate(chosen) if len(idx) < self.samples_per_class]
         if short:
-            raise ValueError(f"samples_per_class={self.samples_per_class} exceeds the images of classes {short}")
+            raise ConfigError(f"data.samples_per_class={self.samples_per_class} exceeds the images of classes {short}")
         return torch.cat(chosen)
 
     def _loader(self, dataset: Dataset | None, batch_size: int, sampler: Any = None) -> DataLoader:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +19,21 @@ def read_idx(path: str | Path) -> torch.Tensor:
     """Read one IDX file (``.gz`` or uncompressed) into a tensor of its stored shape.
 
     Raises:
-        ValueError: the file is not an IDX file or its size disagrees with its header.
+        InvalidDataError: the file is empty, a damaged ``.gz``, not an IDX file, or its size
+            disagrees with its header.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise InvalidDataError(f"cannot read {path}: {err} (a damaged or truncated download?)") from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
-        raise InvalidDataError(f"{path} is not an IDX file (bad magic number)")
+        raise InvalidDataError(f"{path} is not an IDX file (empty, or a bad magic number)")
     ndim = data[3]
+    if ndim == 0 or len(data) < 4 + 4 * ndim:
+        raise InvalidDataError(f"{path} is not an IDX file (its header is cut short)")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_TYPES[data[2]])
     offset = 4 + 4 * ndim

@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
 from lightning.pytorch.utilities import rank_zero_info
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image, ImageOps
 
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.tensor_dataset import TensorImageDataset
@@ -29,15 +30,12 @@ def decode_images(paths: Sequence[Path], image_size: int | None) -> torch.Tensor
     """Decode image files to one ``uint8`` ``[N, 3, S, S]`` tensor (RGB, resized with antialiasing).
 
     Raises:
-        ValueError: a file cannot be decoded (named in the message), or the images differ in size
-            and no ``image_size`` was given.
+        InvalidDataError: a file cannot be decoded or converted (named in the message), or the
+            images differ in size and no ``image_size`` was given.
     """
     images = []
     for path in paths:
-        try:
-            image = decode_image(str(path), mode=ImageReadMode.RGB)
-        except Exception as err:  # torchvision raises RuntimeError/ValueError depending on the codec
-            raise InvalidDataError(f"cannot decode image {path}: {err}. Remove or replace the file.") from err
+        image = read_rgb(path)
         if image_size is not None and tuple(image.shape[-2:]) != (image_size, image_size):
             image = F.interpolate(image[None].float(), size=(image_size, image_size), mode="bilinear", antialias=True)
             image = image[0].round().clamp(0, 255).to(torch.uint8)
@@ -50,6 +48,56 @@ def decode_images(paths: Sequence[Path], image_size: int | None) -> torch.Tensor
     stacked = torch.stack(images) if images else torch.empty(0, 3, image_size or 1, image_size or 1, dtype=torch.uint8)
     rank_zero_info(f"decoded {len(images)} images to {tuple(stacked.shape)} uint8 ({stacked.numel() / 2**20:.0f} MiB)")
     return stacked
+
+
+def read_rgb(path: Path) -> torch.Tensor:
+    """One image file as ``uint8`` RGB ``[3, H, W]``, whatever mode PIL opens it in.
+
+    Conversions: EXIF orientation applied; 16-bit grayscale scaled to 8 bits (not clipped);
+    palette, 1-bit, grayscale, CMYK and YCbCr converted to RGB; transparency (RGBA, LA, PA, a
+    palette's transparent colour) composited over white, the background such images are drawn on.
+    Refused, with the file named: animated images (which frame?), floating-point and 32-bit
+    integer images (no defined 0-255 range), and anything PIL cannot decode.
+    """
+    try:
+        with Image.open(path) as opened:
+            frames = getattr(opened, "n_frames", 1)
+            if frames > 1:
+                raise InvalidDataError(
+                    f"{path} is an animated image with {frames} frames; save the frame to train on as a still image"
+                )
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+            return _to_rgb_tensor(image, path)
+    except InvalidDataError:
+        raise
+    except Exception as err:  # PIL raises several types for truncated, foreign and unsupported files
+        raise InvalidDataError(f"cannot decode image {path}: {err}. Remove or replace the file.") from err
+
+
+def _to_rgb_tensor(image: Image.Image, path: Path) -> torch.Tensor:
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N") or (mode == "I" and image.format == "PNG"):
+        # 16-bit samples (a PNG's 16-bit grayscale opens as "I" in older Pillow versions).
+        array = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
+        gray = torch.from_numpy(np.round(array).clip(0, 255).astype(np.uint8))
+        return gray.expand(3, *gray.shape).contiguous()
+    if mode in ("I", "F"):
+        raise InvalidDataError(
+            f"{path} is a {'32-bit integer' if mode == 'I' else 'floating-point'} image (PIL mode {mode}) with no "
+            "defined 0-255 range; save it as an 8- or 16-bit image"
+        )
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    elif mode == "PA":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "RGBa", "La"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    if image.mode not in ("RGB", "RGBA", "L", "1", "P", "CMYK", "YCbCr"):
+        raise InvalidDataError(f"{path} has the PIL mode {image.mode}, which kd_lightning does not convert to RGB")
+    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
 
 
 def list_class_folders(root: Path) -> list[str]:

@@ -1,20 +1,26 @@
-"""Small torchvision data sets (MNIST, Fashion-MNIST, CIFAR) held in memory as decoded tensors."""
+"""Small torchvision data sets (MNIST, Fashion-MNIST, CIFAR) held in memory as decoded tensors.
+
+CIFAR is published as Python pickles. ``pickle.load`` runs whatever a file names, so a crafted
+batch file would run code; the files are read with :class:`CifarUnpickler`, which admits only
+what the format holds (plain containers, strings, numbers and NumPy arrays) and refuses the rest.
+"""
 
 from __future__ import annotations
 
 import pickle
+import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torchvision
 from lightning.pytorch.utilities import rank_zero_info
-from torchvision.datasets.utils import extract_archive
 
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.idx import find_idx, read_idx
 from kd_lightning.data.tensor_dataset import TensorImageDataset
-from kd_lightning.errors import DataError
+from kd_lightning.errors import DataError, InvalidDataError
 
 
 class TorchvisionDataModule(ImageClassificationDataModule):
@@ -89,7 +95,17 @@ class MNISTDataModule(TorchvisionDataModule):
             )
         images_path, labels_path = found
         rank_zero_info(f"{self.dataset_class.__name__} {split}: reading {images_path} and {labels_path}")
-        return TensorImageDataset(read_idx(images_path).unsqueeze(1), read_idx(labels_path).long())
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        if images.dim() != 3 or images.dtype != torch.uint8:
+            shape = tuple(images.shape)
+            raise InvalidDataError(f"{images_path} holds {images.dtype} of shape {shape}, not uint8 images")
+        if labels.shape != images.shape[:1]:
+            raise InvalidDataError(
+                f"{labels_path} holds {tuple(labels.shape)} labels for the {len(images)} images of {images_path}"
+            )
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(self.class_names):
+            raise InvalidDataError(f"{labels_path} holds labels outside 0..{len(self.class_names) - 1}")
+        return TensorImageDataset(images.unsqueeze(1), labels.long())
 
 
 class FashionMNISTDataModule(MNISTDataModule):
@@ -130,16 +146,15 @@ class CIFAR10DataModule(TorchvisionDataModule):
         if not folder.is_dir():
             if not archive.is_file():
                 raise self.not_found(f"neither {folder.name}/ nor {archive.name}")
-            rank_zero_info(f"extracting {archive} into {archive.parent}")
-            extract_archive(str(archive), str(archive.parent))
+            extract_cifar_archive(archive)
         names = self.dataset_class.train_list if split == "train" else self.dataset_class.test_list
         images, labels = [], []
         for name, _ in names:
-            batch = _unpickle(folder / name)
-            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(batch["labels"] if "labels" in batch else batch["fine_labels"])
+            batch_images, batch_labels = read_cifar_batch(folder / name, len(self.class_names))
+            images.append(batch_images)
+            labels.append(batch_labels)
         self._read_class_names(folder)
-        return TensorImageDataset(torch.from_numpy(np.concatenate(images)), torch.tensor(labels))
+        return TensorImageDataset(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
 
     def _read_class_names(self, folder: Path) -> None:
         """CIFAR-10's names are fixed above; subclasses read them from the meta file."""
@@ -157,14 +172,87 @@ class CIFAR100DataModule(CIFAR10DataModule):
     def _read_class_names(self, folder: Path) -> None:
         meta = folder / self.dataset_class.meta["filename"]
         if meta.is_file():
-            names = _unpickle(meta)[self.dataset_class.meta["key"]]
-            if len(names) == len(self.class_names):
-                self.class_names = list(names)
+            names = _unpickle(meta).get(self.dataset_class.meta["key"])
+            if isinstance(names, list) and len(names) == len(self.class_names):
+                self.class_names = [str(n) for n in names]
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR file holds: dicts, lists, strings, bytes, numbers, NumPy arrays.
+
+    Every other global a pickle names (a function to call, a class to build) is refused, so a
+    crafted file cannot run code. NumPy arrays are rebuilt by ``_reconstruct``/``_frombuffer``
+    (per pickle protocol) and ``ndarray``/``dtype``; protocol-2 pickles of bytes use ``_codecs.encode``.
+    """
+
+    ALLOWED = frozenset(
+        {
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.numeric", "_frombuffer"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which is not part of the CIFAR format")
+        return super().find_class(module, name)
 
 
 def _unpickle(path: Path) -> dict:
-    """Read one CIFAR pickle file (the format the data set is published in)."""
+    """Read one CIFAR pickle file (the format the data set is published in), running no code.
+
+    Raises:
+        DataError: the file is missing.
+        InvalidDataError: the file is empty, truncated, not a CIFAR pickle, or names anything
+            beyond the format (refused unrun).
+    """
     if not path.is_file():
         raise DataError(f"CIFAR file missing: {path}; the extracted folder is incomplete")
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            content = CifarUnpickler(f, encoding="latin1").load()
+    except Exception as err:  # pickle raises several types for truncated, foreign and refused files
+        detail = str(err).strip() or type(err).__name__
+        raise InvalidDataError(
+            f"cannot read CIFAR file {path}: {detail}. The file is empty, truncated, not a CIFAR pickle, "
+            "or crafted to run code (refused unread); extract the original archive again."
+        ) from err
+    if not isinstance(content, dict):
+        raise InvalidDataError(f"{path} is not a CIFAR file: it holds a {type(content).__name__}, not a dict")
+    return content
+
+
+def extract_cifar_archive(archive: Path) -> None:
+    """Extract a CIFAR ``.tar.gz`` next to itself with tarfile's ``data`` filter: members that would
+    land outside the folder (``../``, absolute paths, links out) or be devices are refused."""
+    rank_zero_info(f"extracting {archive} into {archive.parent}")
+    if not hasattr(tarfile, "data_filter"):  # Python < 3.10.12 / 3.11.4
+        raise InvalidDataError(
+            f"cannot extract {archive} safely on this Python (no tarfile data filter): unpack it by hand"
+        )
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            tar.extractall(archive.parent, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise InvalidDataError(f"cannot extract {archive}: {err}. Download the archive again.") from err
+
+
+def read_cifar_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint8 [N, 3, 32, 32] images, int64 [N] labels)`` of one CIFAR batch file, checked."""
+    batch = _unpickle(path)
+    data = batch.get("data")
+    labels = batch.get("labels", batch.get("fine_labels"))
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        shape = getattr(data, "shape", None)
+        raise InvalidDataError(f"{path} is not a CIFAR batch: 'data' must be a uint8 [N, 3072] array, got {shape}")
+    labels = np.asarray(labels if isinstance(labels, list | np.ndarray) else [], dtype=np.int64)
+    if labels.shape != (len(data),) or (len(labels) and not 0 <= labels.min() <= labels.max() < num_classes):
+        raise InvalidDataError(
+            f"{path} is not a CIFAR batch of {num_classes} classes: its labels do not match its {len(data)} images"
+        )
+    return data.reshape(-1, 3, 32, 32), labels

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kd_lightning.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class InputConfig:
@@ -58,7 +60,7 @@ class InputAdapter(nn.Module):
             x = F.interpolate(x, size=self.resize_to, mode="bilinear", antialias=True, align_corners=False)
         if x.shape[1] != self.in_chans:
             if x.shape[1] != 1:
-                raise ValueError(
+                raise ConfigError(
                     f"input has {x.shape[1]} channels but the backbone expects {self.in_chans}; "
                     "only 1-channel (grayscale) input is expanded automatically"
                 )

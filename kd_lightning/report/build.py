@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,7 +12,8 @@ from rich.console import Console
 from rich.progress import Progress
 
 from kd_lightning.data import ImageClassificationDataModule
-from kd_lightning.loading import evaluation_batches, load_datamodule, load_network
+from kd_lightning.errors import ConfigError, NonFiniteError
+from kd_lightning.loading import check_fits_data, evaluation_batches, load_datamodule, load_trained
 from kd_lightning.report import measure
 from kd_lightning.report.plots import accuracy_latency_figure, bar_figure
 
@@ -60,24 +60,38 @@ def build_report(
         latency_repeats: timed forward passes per batch size (the median is reported).
     """
     output = Path(output)
-    (output / "weights").mkdir(parents=True, exist_ok=True)
     checkpoints = [Path(teacher), *map(Path, students)]
+    if not students:
+        raise ConfigError("--students needs at least one student checkpoint")
     names = names or _default_names(checkpoints)
     if len(names) != len(checkpoints):
-        raise ValueError(f"{len(names)} names for {len(checkpoints)} models (teacher first)")
+        raise ConfigError(
+            f"--names gives {len(names)} names for {len(checkpoints)} models (the teacher first, then each student)"
+        )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--names must differ from each other (they name the weight files), got {names}")
+    if latency_repeats < 1:
+        raise ConfigError(f"--latency_repeats must be >= 1, got {latency_repeats}")
     datamodule = data if isinstance(data, ImageClassificationDataModule) else load_datamodule(data)
     batches = evaluation_batches(datamodule)
     targets = torch.cat([y for _, y in batches])
     example = batches[0][0][:1]
+    # Every checkpoint is read and checked against the data before the first file is written.
+    trained = [load_trained(path) for path in checkpoints]
+    for model in trained:
+        check_fits_data(model, datamodule, batches[0][0])
+    (output / "weights").mkdir(parents=True, exist_ok=True)
 
     reports: list[ModelReport] = []
     teacher_logits = None
     with Progress(transient=True) as progress:
         task = progress.add_task("measuring", total=len(checkpoints))
-        for index, (name, path) in enumerate(zip(names, checkpoints, strict=True)):
+        for index, (name, path, model) in enumerate(zip(names, checkpoints, trained, strict=True)):
             progress.update(task, description=f"measuring {name}")
-            network = load_network(path)
+            network = model.network
             logits = measure.predict_logits(network, batches)
+            if not torch.isfinite(logits).all():
+                raise NonFiniteError(f"{path} gives non-finite outputs on the test images: the weights are damaged")
             if index == 0:
                 teacher_logits = logits
             scores = measure.quality(logits, targets, None if index == 0 else teacher_logits)
@@ -177,26 +191,40 @@ def _markdown(reports: list[ModelReport], num_test: int, threads: int) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="kd-lightning report", description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", type=Path, required=True, help="the teacher's checkpoint")
-    parser.add_argument("--students", type=Path, nargs="+", required=True, help="student checkpoints")
-    parser.add_argument("--data", default="digits", help="config file with a data: section, or a data set name")
-    parser.add_argument("--output", type=Path, default=Path("runs/report"), help="folder for the report")
-    parser.add_argument("--names", nargs="+", default=None, help="display names, teacher first")
-    parser.add_argument("--latency-repeats", type=int, default=20, help="timed passes per batch size")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the latency runs (default: torch's)")
-    args = parser.parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads or threads)
+def report(
+    *,
+    teacher: Path,
+    students: list[Path],
+    data: str = "digits",
+    output: Path = Path("runs/report"),
+    names: list[str] | None = None,
+    latency_repeats: int = 20,
+    threads: int | None = None,
+) -> list[ModelReport]:
+    """Compare a teacher and its students on one test set: report.md, report.json and plots.
+
+    Args:
+        teacher: the teacher's checkpoint.
+        students: student checkpoints (distilled, or trained from scratch for comparison).
+        data: config file with a data: section, or a data set name (digits, mnist, fashionmnist, cifar10, cifar100).
+        output: folder for the report.
+        names: display names, teacher first (default: from the checkpoint paths).
+        latency_repeats: timed forward passes per batch size (the median is reported).
+        threads: CPU threads for the latency runs (default: torch's).
+    """
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
     try:
-        reports = build_report(args.teacher, args.students, args.data, args.output, args.names, args.latency_repeats)
+        reports = build_report(teacher, list(students), data, output, names, latency_repeats)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous)
     console = Console(soft_wrap=True)
     for r in reports:
         console.print(
             f"{r.name:>16s}  acc {r.test_acc:.4f}  params {r.params:>9,}  "
             f"latency b=1 {r.latency_ms['batch_1']:.3f} ms  b=64 {r.latency_ms['batch_64']:.3f} ms"
         )
-    console.print(f"report written to {args.output / 'report.md'}")
+    console.print(f"report written to {Path(output) / 'report.md'}")
+    return reports
