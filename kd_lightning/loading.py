@@ -33,7 +33,7 @@ def load_network(checkpoint: str | Path) -> Classifier:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     key = next((k for k in SPEC_KEYS if isinstance(hparams, dict) and k in hparams), None)
-    if key is None:
+    if key is None or not isinstance(hparams, dict):
         raise CheckpointError(
             f"{path} is not a kd_lightning Lightning checkpoint (no 'student' or 'backbone' hyper-parameter)"
         )

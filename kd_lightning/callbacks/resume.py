@@ -61,7 +61,10 @@ class ExactResume(Callback):
 
 def collect_rng_states() -> dict[str, Any]:
     """Python, NumPy, torch CPU and CUDA generator states, as tensors and plain values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    if isinstance(state, dict):  # NumPy's global generator is a Mersenne Twister: its legacy state is a tuple
+        raise TypeError("NumPy's global generator is not a Mersenne Twister")
+    kind, keys, pos, has_gauss, cached = state
     states: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos},

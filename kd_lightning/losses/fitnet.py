@@ -77,4 +77,4 @@ class FitNetLoss(DistillationLoss):
         if len(self.regressors) != len(self.student_layers):
             raise RuntimeError("FitNetLoss.build() was not called: its regressors need the probed feature shapes")
         pairs = self.feature_pairs(student, teacher)
-        return sum(hint_loss(reg(s), t) for reg, (s, t) in zip(self.regressors, pairs, strict=True))
+        return torch.stack([hint_loss(reg(s), t) for reg, (s, t) in zip(self.regressors, pairs, strict=True)]).sum()

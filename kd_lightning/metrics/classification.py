@@ -22,7 +22,9 @@ def classification_metrics(num_classes: int, evaluation: bool = True) -> MetricC
             targets is a host-device sync in every step.
     """
     checks = evaluation
-    metrics: dict[str, Metric] = {"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=checks)}
+    metrics: dict[str, Metric | MetricCollection] = {
+        "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=checks)
+    }
     if num_classes >= TOP5_MIN_CLASSES:
         metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro", validate_args=checks)
     if evaluation:

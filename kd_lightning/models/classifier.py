@@ -36,6 +36,9 @@ class InputAdapter(nn.Module):
     [0, 1] images.
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, config: InputConfig) -> None:
         super().__init__()
         self.in_chans = config.in_chans
