@@ -103,9 +103,15 @@ def execute(script: Path, timeout: int = 1200) -> nbformat.NotebookNode:
     notebook = jupytext.read(script)
     # Digests taken before the run: an edit made while it runs then shows as a stale notebook.
     package = source_digests([str(path.relative_to(ROOT)) for path in (ROOT / "kd_lightning").rglob("*.py")])
+    for index, cell in enumerate(notebook.cells):
+        cell.id = f"cell-{index}"  # stable ids and no timings: a refresh changes only what ran differently
     notebook.cells.append(nbformat.v4.new_code_cell(PROBE))
     client = NotebookClient(
-        notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+        notebook,
+        timeout=timeout,
+        kernel_name="python3",
+        record_timing=False,
+        resources={"metadata": {"path": str(ROOT)}},
     )
     env = {
         **os.environ,
