@@ -40,10 +40,9 @@ class ExactResume(Callback):
         if trainer.state.fn != "fit":
             return
         changes = _diff(checkpoint.get("hyper_parameters", {}), dict(pl_module.hparams), "model.")
-        if trainer.datamodule is not None:
-            changes += _diff(
-                checkpoint.get("datamodule_hyper_parameters", {}), dict(trainer.datamodule.hparams), "data."
-            )
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # Lightning sets it at run time, undeclared
+        if datamodule is not None:
+            changes += _diff(checkpoint.get("datamodule_hyper_parameters", {}), dict(datamodule.hparams), "data.")
         if changes:
             raise ConfigError(
                 "the resume checkpoint was trained with another config: "
