@@ -8,7 +8,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from kd_lightning.models.classifier import Classifier
-from kd_lightning.modules.freezing import freeze
+from kd_lightning.models.freezing import freeze
 
 
 class BackboneUnfreeze(BaseFinetuning):
