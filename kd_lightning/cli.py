@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     # Frozen teachers and backbones are in eval mode on purpose; Lightning's hint about it is noise.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
     from_command_line = argv is None
-    argv = sys.argv[1:] if from_command_line else list(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     show_traceback = "--traceback" in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--traceback"]
     if from_command_line:

@@ -17,6 +17,7 @@ from kd_lightning.callbacks.resume import ExactResume
 from kd_lightning.checkpointing import use_safe_checkpoint_io
 from kd_lightning.data.batch import IGNORE_LABEL, Batch
 from kd_lightning.metrics import classification_metrics
+from kd_lightning.models.classifier import Classifier
 
 
 class SupervisedModule(L.LightningModule):
@@ -33,7 +34,7 @@ class SupervisedModule(L.LightningModule):
             keys are unchanged); pays a one-off compilation at the first step.
     """
 
-    network: nn.Module
+    network: Classifier
 
     def __init__(
         self,
@@ -69,7 +70,7 @@ class SupervisedModule(L.LightningModule):
         One the Trainer already has (e.g. a ``NonFiniteLossGuard`` with its own check interval)
         is kept: Lightning would otherwise replace it with the module's default.
         """
-        present = self._trainer.callbacks if self._trainer is not None else []
+        present = self._trainer.callbacks if self._trainer is not None else []  # type: ignore[attr-defined]  # set by Lightning at run time
         defaults = (ExactResume, NonFiniteLossGuard)
         return [cls() for cls in defaults if not any(isinstance(cb, cls) for cb in present)]
 

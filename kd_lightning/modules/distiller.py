@@ -99,8 +99,8 @@ class DistillationModule(SupervisedModule):
         terms = None if losses is None else [as_term(term) for term in losses]
         # save_hyperparameters reads these locals: plain dicts keep checkpoints loadable with
         # weights_only=True and show up as fields, not object reprs, in loggers such as W&B.
-        student, teacher = student_spec.to_dict(), teacher_spec.to_dict()
-        losses = None if terms is None else [term.to_dict() for term in terms]
+        student, teacher = student_spec.to_dict(), teacher_spec.to_dict()  # type: ignore[assignment]
+        losses = None if terms is None else [term.to_dict() for term in terms]  # type: ignore[misc]
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.save_teacher = save_teacher
         self.network = student_spec.build(num_classes)
@@ -126,7 +126,7 @@ class DistillationModule(SupervisedModule):
 
     def _tap_features(self, input_shape: tuple[int, int, int] | None) -> FeatureTaps | None:
         """Hook the layers the losses need, probe their shapes and build the losses' adapters."""
-        losses: list[DistillationLoss] = list(self.loss_terms.values())
+        losses: list[DistillationLoss] = list(self.loss_terms.values())  # type: ignore[arg-type]  # a ModuleDict of them
         student_layers = [name for loss in losses for name in loss.student_layers]
         teacher_layers = [name for loss in losses for name in loss.teacher_layers]
         if not student_layers and not teacher_layers:
@@ -140,7 +140,8 @@ class DistillationModule(SupervisedModule):
 
     def _input_shape(self, input_shape: tuple[int, int, int] | None) -> tuple[int, int, int]:
         if input_shape is not None:
-            return tuple(input_shape)
+            channels, height, width = input_shape  # a list when it comes from YAML
+            return channels, height, width
         config = self.network.input_config
         if config.input_size is None:
             raise ValueError(
@@ -152,7 +153,7 @@ class DistillationModule(SupervisedModule):
     def setup(self, stage: str) -> None:
         """Check the data against the losses and, for ``fit``, serve the teacher cache through the DataModule."""
         super().setup(stage)
-        datamodule = self.trainer.datamodule
+        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at run time
         if stage != "fit" or not isinstance(datamodule, ImageClassificationDataModule):
             return
         if datamodule.has_unlabeled:
@@ -168,7 +169,7 @@ class DistillationModule(SupervisedModule):
                 datamodule.use_source("train", source)
 
     def teardown(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        datamodule = self.trainer.datamodule if self._trainer is not None else None  # type: ignore[attr-defined]  # set by Lightning at run time
         if stage == "fit" and isinstance(datamodule, ImageClassificationDataModule):
             datamodule.use_source("train", None)
 
@@ -210,7 +211,7 @@ class DistillationModule(SupervisedModule):
         teacher = batch.teacher if batch.teacher is not None else self.teacher(x)
         student = self.student_outputs(x)
         terms = self.loss_components(student, teacher, batch.labels, self.current_epoch, batch.indices)
-        loss = sum(self.loss_weights[name] * value for name, value in terms.items())
+        loss = torch.stack([self.loss_weights[name] * value for name, value in terms.items()]).sum()
         self.train_metrics.update(student.logits, batch.labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         self.log_dict({f"train/{name}": value for name, value in terms.items()}, batch_size=len(batch))
