@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from _extras import require_extra
 
 from kd_lightning.cli import lightning_main
 from kd_lightning.models import ModelSpec
@@ -46,6 +47,8 @@ def test_configs_exist() -> None:
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_config_parses_and_instantiates(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    if "efficientnet_lite0" in path.read_text():
+        require_extra("efficientnet-lite0")
     config = yaml.safe_load(path.read_text())
     args = ["--config", str(path)]
     if "model" not in config:

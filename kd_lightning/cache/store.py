@@ -82,4 +82,4 @@ class CacheStore:
         tmp = self.path(key).with_suffix(".tmp")
         torch.save({name: t.contiguous() for name, t in entry.items()}, tmp)
         tmp.replace(self.path(key))  # atomic: a crashed write never leaves a truncated entry
-        return self.get(key)
+        return torch.load(self.path(key), map_location="cpu", mmap=True, weights_only=True)

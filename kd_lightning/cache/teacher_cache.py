@@ -85,7 +85,11 @@ class ViewTable:
         generator = torch.Generator().manual_seed(seed)
         dy = torch.randint(0, 2 * padding + 1, (num_views, n), generator=generator)
         dx = torch.randint(0, 2 * padding + 1, (num_views, n), generator=generator)
-        flip = torch.rand(num_views, n, generator=generator) < 0.5 if hflip else torch.zeros(num_views, n, dtype=bool)
+        flip = (
+            torch.rand(num_views, n, generator=generator) < 0.5
+            if hflip
+            else torch.zeros(num_views, n, dtype=torch.bool)
+        )
         return cls(padding, dy, dx, flip, hflip)
 
     @property
@@ -130,9 +134,11 @@ class TeacherOutputCache:
         view = self.view_of_epoch(epoch)
         if self.logits is not None:
             logits = self.logits[view, index]
-        else:
+        elif self.topk_values is not None and self.topk_indices is not None and self.topk_fill is not None:
             values, indices, fill = (t[view, index] for t in (self.topk_values, self.topk_indices, self.topk_fill))
             logits = topk_expand(values, indices, fill, self.num_classes)
+        else:
+            raise RuntimeError("the teacher cache holds neither logits nor top-k outputs")
         return ModelOutputs(logits, {name: t[view, index] for name, t in self.features.items()})
 
     def to_entry(self) -> dict[str, torch.Tensor]:
@@ -172,9 +178,11 @@ def build_teacher_cache(
         context: the trainer's precision context factory, so stored outputs equal what an
             uncached step computes under the same precision.
     """
-    logits, features = [], {}
+    logits: list[torch.Tensor] = []
+    features: dict[str, list[torch.Tensor]] = {}
     for view in range(views.num_views):
-        view_logits, view_features = [], {}
+        view_logits: list[torch.Tensor] = []
+        view_features: dict[str, list[torch.Tensor]] = {}
         for start in range(0, len(images), batch_size):
             index = torch.arange(start, min(start + batch_size, len(images)))
             x = views.to(device).render(images[index].to(device), index.to(device), view, image_size)
@@ -187,8 +195,8 @@ def build_teacher_cache(
         for name, chunks in view_features.items():
             features.setdefault(name, []).append(torch.cat(chunks))
     stacked = torch.stack(logits)
-    features = {name: torch.stack(per_view) for name, per_view in features.items()}
-    cache = TeacherOutputCache(views, image_size, num_classes, features=features)
+    stacked_features = {name: torch.stack(per_view) for name, per_view in features.items()}
+    cache = TeacherOutputCache(views, image_size, num_classes, features=stacked_features)
     if topk is None:
         cache.logits = stacked
     else:
@@ -223,6 +231,8 @@ class TeacherCacheSource(BatchSource):
 
     def finish(self, batch: Batch, epoch: int) -> Batch:
         position = batch.indices
+        if position is None:  # __getitems__ always sets them
+            raise RuntimeError("a teacher-cache batch arrived without its sample indices")
         images = self.cache.render(batch.inputs, position, epoch)
         return Batch(
             batch.labels, images=images, indices=self.shard[position], teacher=self.cache.outputs(position, epoch)
@@ -265,7 +275,7 @@ class TeacherCache:
         Args:
             teacher: the frozen teacher; ``teacher(x)`` returns its :class:`ModelOutputs`.
         """
-        datamodule = trainer.datamodule
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at run time
         if not isinstance(datamodule, ImageClassificationDataModule) or datamodule.train_set is None:
             log.warning("teacher cache not used: it needs a kd_lightning ImageClassificationDataModule")
             return None

@@ -90,10 +90,12 @@ class ConfusionMatrixLogger(Callback):
                 y_true=targets.tolist(), preds=preds.tolist(), class_names=names, title=f"{stage} confusion matrix"
             )
             for logger in wandb_loggers:
-                logger.log_metrics(
-                    {f"{stage}/confusion_matrix": plot, f"{stage}/per_class": wandb.Table(columns=columns, data=rows)},
-                    step=trainer.global_step,
-                )
+                # log_metrics is typed for numbers but hands any W&B object (chart, table) to wandb.log.
+                media: dict[str, Any] = {
+                    f"{stage}/confusion_matrix": plot,
+                    f"{stage}/per_class": wandb.Table(columns=[*columns], data=rows),
+                }
+                logger.log_metrics(media, step=trainer.global_step)
             return
         from kd_lightning.report.plots import confusion_matrix_figure
 
@@ -137,5 +139,6 @@ def _accuracy(preds: torch.Tensor, label: int) -> float:
 
 
 def _class_names(trainer: L.Trainer, num_classes: int) -> list[str]:
-    names = list(getattr(trainer.datamodule, "class_names", None) or []) if trainer.datamodule else []
+    datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at run time
+    names = list(getattr(datamodule, "class_names", None) or []) if datamodule else []
     return names if len(names) == num_classes else [str(c) for c in range(num_classes)]

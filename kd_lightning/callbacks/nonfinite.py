@@ -51,6 +51,8 @@ class NonFiniteLossGuard(Callback):
             self._check(trainer, batch_idx)
 
     def _check(self, trainer: L.Trainer, batch_idx: int) -> None:
+        if self._first_bad_step is None:  # no training step has run yet
+            return
         first_bad = int(self._first_bad_step.item())  # the one host sync per check
         if first_bad < 0:
             return

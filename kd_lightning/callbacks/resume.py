@@ -49,7 +49,8 @@ class ExactResume(Callback):
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if trainer.state.fn == "fit":
-            check_checkpoint_config(checkpoint, pl_module, trainer.datamodule, trainer.ckpt_path, "fit")
+            datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at run time
+            check_checkpoint_config(checkpoint, pl_module, datamodule, trainer.ckpt_path, "fit")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # What the trained network itself receives (after resizing, or rendered from a cache),
@@ -88,7 +89,10 @@ class ExactResume(Callback):
 
 def collect_rng_states() -> dict[str, Any]:
     """Python, NumPy, torch CPU and CUDA generator states, as tensors and plain values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    if isinstance(state, dict):  # NumPy's global generator is a Mersenne Twister: its legacy state is a tuple
+        raise TypeError("NumPy's global generator is not a Mersenne Twister")
+    kind, keys, pos, has_gauss, cached = state
     states: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos},

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import lightning as L
 from lightning.pytorch.callbacks import BaseFinetuning
+from torch import nn
 from torch.optim import Optimizer
 
+from kd_lightning.models.classifier import Classifier
 from kd_lightning.models.freezing import freeze
 
 
@@ -28,7 +30,7 @@ class BackboneUnfreeze(BaseFinetuning):
         self.backbone_lr_factor = backbone_lr_factor
 
     def freeze_before_training(self, pl_module: L.LightningModule) -> None:
-        freeze(pl_module.network.backbone)
+        freeze(_backbone(pl_module))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A run resumed mid-epoch skips ``on_train_epoch_start``, where BaseFinetuning unfreezes:
@@ -39,7 +41,7 @@ class BackboneUnfreeze(BaseFinetuning):
     def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer) -> None:
         if epoch < self.unfreeze_at_epoch:
             return
-        backbone = pl_module.network.backbone
+        backbone = _backbone(pl_module)
         if all(p.requires_grad for p in backbone.parameters()):
             return
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -50,3 +52,11 @@ class BackboneUnfreeze(BaseFinetuning):
             head_lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
             self.unfreeze_and_add_param_group(backbone, optimizer, lr=head_lr * self.backbone_lr_factor)
         pl_module.train(pl_module.training)  # BatchNorm layers now train too
+
+
+def _backbone(pl_module: L.LightningModule) -> nn.Module:
+    """The backbone of the module's network, which must be a :class:`Classifier` (as a finetuner's is)."""
+    network = getattr(pl_module, "network", None)
+    if not isinstance(network, Classifier):
+        raise TypeError(f"BackboneUnfreeze needs a module with a Classifier `network`, got {type(pl_module).__name__}")
+    return network.backbone

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from kd_lightning.data.batch import IGNORE_LABEL, Batch
 from kd_lightning.data.sampler import ResumableRandomSampler, ResumableShardSampler
@@ -76,9 +76,14 @@ class ImageClassificationDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         # Checked where the values enter: a bad one would otherwise surface deep inside PyTorch.
-        at_least = {"batch_size": (batch_size, 1), "num_workers": (num_workers, 0), "crop_padding": (crop_padding, 0)}
-        at_least |= {"eval_batch_size": (eval_batch_size, 1), "samples_per_class": (samples_per_class, 1)}
-        at_least |= {"image_size": (image_size, 1)}
+        at_least: dict[str, tuple[int | None, int]] = {
+            "batch_size": (batch_size, 1),
+            "num_workers": (num_workers, 0),
+            "crop_padding": (crop_padding, 0),
+            "eval_batch_size": (eval_batch_size, 1),
+            "samples_per_class": (samples_per_class, 1),
+            "image_size": (image_size, 1),
+        }
         for name, (value, low) in at_least.items():
             if value is not None and value < low:
                 raise ConfigError(f"data.{name} must be >= {low}, got {value}")
@@ -169,7 +174,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
             val = separate_val if separate_val is not None else full.subset(val_idx.sort().values)
         if self.samples_per_class is None:
             return full.subset(train_idx.sort().values), val
-        labeled_idx = self._few_shot(full.labels, train_idx)
+        labeled_idx = self._few_shot(full.labels, train_idx, self.samples_per_class)
         if self.unlabeled is None:
             return full.subset(labeled_idx.sort().values), val
         train = full.subset(train_idx.sort().values)
@@ -178,10 +183,10 @@ class ImageClassificationDataModule(L.LightningDataModule):
         labels = torch.where(is_labeled[train_idx.sort().values], train.labels, IGNORE_LABEL)
         return train.with_labels(labels), val
 
-    def _few_shot(self, labels: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """The first ``samples_per_class`` of each class in the seeded order: class-balanced."""
-        chosen = [candidates[labels[candidates] == c][: self.samples_per_class] for c in range(self.num_classes)]
-        short = [self.class_names[c] for c, idx in enumerate(chosen) if len(idx) < self.samples_per_class]
+    def _few_shot(self, labels: torch.Tensor, candidates: torch.Tensor, per_class: int) -> torch.Tensor:
+        """The first ``per_class`` of each class in the seeded order: class-balanced."""
+        chosen = [candidates[labels[candidates] == c][:per_class] for c in range(self.num_classes)]
+        short = [self.class_names[c] for c, idx in enumerate(chosen) if len(idx) < per_class]
         if short:
             raise ConfigError(f"data.samples_per_class={self.samples_per_class} exceeds the images of classes {short}")
         return torch.cat(chosen)
@@ -194,12 +199,12 @@ class ImageClassificationDataModule(L.LightningDataModule):
             batch_size=batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=collate_batch,
+            collate_fn=collate_batch,  # type: ignore[arg-type]  # __getitems__ already gives a whole Batch
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        dataset: Dataset | None = self._sources.get("train", self.train_set)
+        dataset: TensorImageDataset | BatchSource | None = self._sources.get("train", self.train_set)
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         # Seeded by seed_everything (``torch.initial_seed``), so the config's seed sets the order.
@@ -218,7 +223,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         """Where the training sampler stands, so a run resumed mid-epoch sees the same next batches."""
         if self.train_sampler is None or self.trainer is None:
             return {}
-        batches_done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        batches_done = progress.processed  # type: ignore[attr-defined]  # a _ProcessedTracker at run time
         if self.trainer.world_size > 1 and not isinstance(self.train_sampler, ResumableShardSampler):
             # Lightning's DistributedSamplerWrapper needs the full permutation to shard it, so
             # under DDP a run resumes exactly at epoch boundaries only (rank-local sources aside).
@@ -233,7 +239,9 @@ class ImageClassificationDataModule(L.LightningDataModule):
         if source is None:
             return self._loader(self.val_set, self.eval_batch_size)
         # One replica: a rank-local source is this rank's shard already, not to be split again.
-        sampler = DistributedSampler(source, num_replicas=1, rank=0, shuffle=False) if source.rank_local else None
+        sampler: Sampler | None = None
+        if source.rank_local:
+            sampler = DistributedSampler(source, num_replicas=1, rank=0, shuffle=False)
         return self._loader(source, self.eval_batch_size, sampler)
 
     def test_dataloader(self) -> DataLoader:
@@ -253,7 +261,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         evaluating = trainer is not None and (trainer.validating or trainer.sanity_checking)
         split: Split | None = "train" if training else "val" if evaluating else None
         source = self._sources.get(split) if split is not None else None
-        if source is not None:
+        if source is not None and trainer is not None:
             return source.finish(batch, trainer.current_epoch)
         images = to_float_images(batch.inputs, self.image_size)
         if training:

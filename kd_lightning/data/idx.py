@@ -12,7 +12,14 @@ import torch
 from kd_lightning.errors import InvalidDataError
 
 # IDX type codes (third byte of the magic number) and the numpy types they stand for.
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_TYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def read_idx(path: str | Path) -> torch.Tensor:
@@ -35,7 +42,7 @@ def read_idx(path: str | Path) -> torch.Tensor:
     if ndim == 0 or len(data) < 4 + 4 * ndim:
         raise InvalidDataError(f"{path} is not an IDX file (its header is cut short)")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_TYPES[data[2]])
+    dtype = _IDX_TYPES[data[2]]
     offset = 4 + 4 * ndim
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - offset != expected:

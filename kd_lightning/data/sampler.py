@@ -63,7 +63,8 @@ class ResumableShardSampler(DistributedSampler):
     """
 
     def __init__(self, num_samples: int, seed: int) -> None:
-        super().__init__(range(num_samples), num_replicas=1, rank=0, shuffle=True, seed=seed)
+        # DistributedSampler only takes len() of its data set: a range stands in for it.
+        super().__init__(range(num_samples), num_replicas=1, rank=0, shuffle=True, seed=seed)  # type: ignore[arg-type]
         self.order = ResumableRandomSampler(num_samples, seed)
 
     def __iter__(self) -> Iterator[int]:

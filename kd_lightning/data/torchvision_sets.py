@@ -79,9 +79,9 @@ class MNISTDataModule(TorchvisionDataModule):
 
     def _locate(self, split: str) -> tuple[Path, Path] | None:
         for folders in (self._folders(), [Path(d) for d in self.system_dirs]):
-            found = [find_idx(name, folders) for name in self.files[split]]
-            if all(found):
-                return found[0], found[1]
+            images, labels = (find_idx(name, folders) for name in self.files[split])
+            if images and labels:
+                return images, labels
         return None
 
     def is_available(self) -> bool:

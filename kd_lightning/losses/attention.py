@@ -69,7 +69,7 @@ class AttentionTransferLoss(DistillationLoss):
                 )
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor) -> torch.Tensor:
-        return sum(at_loss(s, t, self.p) for s, t in self.feature_pairs(student, teacher))
+        return torch.stack([at_loss(s, t, self.p) for s, t in self.feature_pairs(student, teacher)]).sum()
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -116,6 +116,10 @@ class CRDLoss(DistillationLoss):
     """
 
     needs_indices = True
+    # Buffers (registered in __init__), declared so the type checker knows they are tensors.
+    student_memory: torch.Tensor
+    teacher_memory: torch.Tensor
+    normalisers: torch.Tensor
 
     def __init__(
         self,

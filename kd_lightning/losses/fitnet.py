@@ -110,7 +110,7 @@ class FitNetLoss(DistillationLoss):
         if self.hint_epochs and epoch >= self.hint_epochs:
             return student.logits.new_zeros(())  # stage 2 of the two-stage training: no hint
         pairs = self.feature_pairs(student, teacher)
-        return sum(hint_loss(reg(s), t) for reg, (s, t) in zip(self.regressors, pairs, strict=True))
+        return torch.stack([hint_loss(reg(s), t) for reg, (s, t) in zip(self.regressors, pairs, strict=True)]).sum()
 
     def extra_repr(self) -> str:
         return f"final_relu={self.final_relu}, hint_epochs={self.hint_epochs}"

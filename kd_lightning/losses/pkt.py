@@ -49,4 +49,4 @@ class PKTLoss(DistillationLoss):
         self.set_layers(student_layers, teacher_layers)
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor) -> torch.Tensor:
-        return sum(pkt_loss(s, t) for s, t in self.feature_pairs(student, teacher))
+        return torch.stack([pkt_loss(s, t) for s, t in self.feature_pairs(student, teacher)]).sum()

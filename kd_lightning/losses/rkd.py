@@ -94,9 +94,8 @@ class RKDLoss(DistillationLoss):
         self.distance_weight, self.angle_weight = distance_weight, angle_weight
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor) -> torch.Tensor:
-        return sum(
-            rkd_loss(s, t, self.distance_weight, self.angle_weight) for s, t in self.feature_pairs(student, teacher)
-        )
+        pairs = self.feature_pairs(student, teacher)
+        return torch.stack([rkd_loss(s, t, self.distance_weight, self.angle_weight) for s, t in pairs]).sum()
 
     def extra_repr(self) -> str:
         return f"distance_weight={self.distance_weight}, angle_weight={self.angle_weight}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassF1Score
 
@@ -26,8 +28,8 @@ def classification_metrics(num_classes: int, evaluation: bool = True) -> MetricC
     checks = evaluation
     # Training batches may hold unlabeled samples (an unlabeled transfer set): not counted.
     ignore = None if evaluation else IGNORE_LABEL
-    options = {"average": "micro", "validate_args": checks, "ignore_index": ignore}
-    metrics: dict[str, Metric] = {"acc": MulticlassAccuracy(num_classes, **options)}
+    options: dict[str, Any] = {"average": "micro", "validate_args": checks, "ignore_index": ignore}
+    metrics: dict[str, Metric | MetricCollection] = {"acc": MulticlassAccuracy(num_classes, **options)}
     if num_classes >= TOP5_MIN_CLASSES:
         metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, **options)
     if evaluation:

@@ -34,7 +34,7 @@ def teacher_student_kl(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 class TeacherStudentKL(MeanMetric):
     """Mean of :func:`teacher_student_kl` over every sample seen (lower is closer to the teacher)."""
 
-    higher_is_better = False
+    higher_is_better = False  # type: ignore[assignment]  # torchmetrics' BaseAggregator types it as None
     full_state_update = False
 
     def update(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:  # type: ignore[override]

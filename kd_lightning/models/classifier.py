@@ -44,6 +44,9 @@ class InputAdapter(nn.Module):
         resize_to: ``(H, W)`` every input is resized to (bilinear, antialiased), or ``None``.
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, config: InputConfig, resize_to: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.in_chans = config.in_chans

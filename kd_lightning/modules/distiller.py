@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -99,8 +99,8 @@ class DistillationModule(SupervisedModule):
         terms = None if losses is None else [as_term(term) for term in losses]
         # save_hyperparameters reads these locals: plain dicts keep checkpoints loadable with
         # weights_only=True and show up as fields, not object reprs, in loggers such as W&B.
-        student, teacher = student_spec.to_dict(), teacher_spec.to_dict()
-        losses = None if terms is None else [term.to_dict() for term in terms]
+        student, teacher = student_spec.to_dict(), teacher_spec.to_dict()  # type: ignore[assignment]
+        losses = None if terms is None else [term.to_dict() for term in terms]  # type: ignore[misc]
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.save_teacher = save_teacher
         self.network = student_spec.build(num_classes)
@@ -126,7 +126,7 @@ class DistillationModule(SupervisedModule):
 
     def _tap_features(self, input_shape: tuple[int, int, int] | None) -> FeatureTaps | None:
         """Hook the layers the losses need, probe their shapes and build the losses' adapters."""
-        losses: list[DistillationLoss] = list(self.loss_terms.values())
+        losses: list[DistillationLoss] = list(self.loss_terms.values())  # type: ignore[arg-type]  # a ModuleDict of them
         student_layers = [name for loss in losses for name in loss.student_layers]
         teacher_layers = [name for loss in losses for name in loss.teacher_layers]
         if not student_layers and not teacher_layers:
@@ -140,7 +140,8 @@ class DistillationModule(SupervisedModule):
 
     def _input_shape(self, input_shape: tuple[int, int, int] | None) -> tuple[int, int, int]:
         if input_shape is not None:
-            return tuple(input_shape)
+            channels, height, width = input_shape  # a list when it comes from YAML
+            return channels, height, width
         config = self.network.input_config
         if config.input_size is None:
             raise ValueError(
@@ -162,7 +163,7 @@ class DistillationModule(SupervisedModule):
         if datamodule.train_set is not None:
             # Losses sized by the training set (CRD's memory) learn it here, before any checkpoint restore.
             with as_config_error():
-                for loss in self.loss_terms.values():
+                for _, loss in self.distillation_losses():
                     loss.bind_training_labels(datamodule.train_set.labels)
         if self.teacher_cache is not None:
             source = self.teacher_cache.source(self.trainer, self.teacher, self.num_classes)
@@ -202,9 +203,13 @@ class DistillationModule(SupervisedModule):
             terms[name] = loss(student, teacher, targets, **options)
         return terms
 
+    def distillation_losses(self) -> list[tuple[str, DistillationLoss]]:
+        """The distillation terms by label (``ModuleDict`` holds them as plain modules for type checkers)."""
+        return [(name, cast(DistillationLoss, loss)) for name, loss in self.loss_terms.items()]
+
     def objective_weights(self, epoch: int) -> dict[str, float]:
         """The weight of each term at ``epoch``: all of them, or only a term that trains alone then."""
-        alone = {name for name, loss in self.loss_terms.items() if loss.trains_alone(epoch)}
+        alone = {name for name, loss in self.distillation_losses() if loss.trains_alone(epoch)}
         return {name: w for name, w in self.loss_weights.items() if not alone or name in alone}
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -213,7 +218,7 @@ class DistillationModule(SupervisedModule):
         student = self.student_outputs(x)
         terms = self.loss_components(student, teacher, batch.labels, self.current_epoch, batch.indices)
         weights = self.objective_weights(self.current_epoch)
-        loss = sum(weight * terms[name] for name, weight in weights.items())
+        loss = torch.stack([weight * terms[name] for name, weight in weights.items()]).sum()
         self.train_metrics.update(student.logits, batch.labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         self.log_dict({f"train/{name}": value for name, value in terms.items()}, batch_size=len(batch))

@@ -64,7 +64,7 @@ class FrozenBackboneFinetuner(SupervisedModule):
         if strategy not in ("linear_probe", "full", "freeze_then_unfreeze"):
             raise ValueError(f"unknown strategy {strategy!r}; use linear_probe, full or freeze_then_unfreeze")
         spec = as_spec(backbone)
-        backbone = spec.to_dict()  # plain types in the hyper-parameters (see DistillationModule)
+        backbone = spec.to_dict()  # type: ignore[assignment]  # plain types in the hyper-parameters (see DistillationModule)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.strategy = strategy
         self.unfreeze_at_epoch = unfreeze_at_epoch
@@ -74,8 +74,10 @@ class FrozenBackboneFinetuner(SupervisedModule):
             freeze(self.network.backbone)
         if feature_cache and strategy != "linear_probe":
             raise ValueError(f"feature_cache needs strategy='linear_probe' (a frozen backbone), got {strategy!r}")
-        storage = "memory" if feature_cache is True else feature_cache
-        self.feature_cache = FeatureCache(CacheStore(storage, cache_dir)) if feature_cache else None
+        self.feature_cache: FeatureCache | None = None
+        if feature_cache:
+            storage: Literal["memory", "disk"] = "memory" if feature_cache is True else feature_cache
+            self.feature_cache = FeatureCache(CacheStore(storage, cache_dir))
 
     def configure_callbacks(self) -> list[Callback]:
         callbacks = super().configure_callbacks()

@@ -108,7 +108,10 @@ def build_report(
                     macs=measure.count_macs(network, example),
                     size_bytes=measure.state_dict_bytes(network, output / "weights" / f"{name}.pt"),
                     latency_ms=latency,
-                    **scores,
+                    test_acc=scores["test_acc"],
+                    ece=scores["ece"],
+                    agreement=scores.get("agreement"),
+                    kl_from_teacher=scores.get("kl_from_teacher"),
                 )
             )
             progress.advance(task)
@@ -118,7 +121,7 @@ def build_report(
 
 def _default_names(checkpoints: list[Path]) -> list[str]:
     """``runs/digits/distill/best.ckpt`` → ``distill``; a descriptive file stem is kept as is."""
-    names = []
+    names: list[str] = []
     for path in checkpoints:
         name = path.parent.name if path.stem in ("best", "last") or path.stem.startswith("epoch=") else path.stem
         names.append(name if name not in names else f"{name}_{len(names)}")
