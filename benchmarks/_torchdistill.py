@@ -6,6 +6,7 @@ module imports it lazily, so the rest of the benchmarks run without it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -73,20 +74,22 @@ def hinton_kd_config(
 
 def distill_epochs(
     teacher: nn.Module, student: nn.Module, dataset: Dataset, config: dict[str, Any]
-) -> Iterator[Callable[[], None]]:
+) -> Iterator[Callable[..., None]]:
     """One callable per epoch, each training the student for one epoch (the loop of torchdistill's examples)."""
     from torchdistill.core.distillation import get_distillation_box
 
     device = torch.device("cpu")
     box = get_distillation_box(teacher.eval(), student, {"train": dataset}, config, device, None, False, 1.0)
 
-    def epoch(index: int) -> None:
+    def epoch(index: int, clock: Any = None) -> None:
         box.pre_epoch_process(epoch=index)
         for sample_batch, targets, supp_dict in box.train_data_loader:
+            if clock is not None:
+                clock.step()
             sample_batch, targets = sample_batch.to(device), targets.to(device)
             loss = box.forward_process(sample_batch, targets, supp_dict)
             box.post_forward_process(loss=loss)
         box.post_epoch_process()
 
     for index in range(config["num_epochs"]):
-        yield lambda index=index: epoch(index)
+        yield functools.partial(epoch, index)

@@ -38,7 +38,7 @@ from torch import nn
 
 from benchmarks import _torchdistill
 from benchmarks._common import fashion_mnist, header, quiet, trainer
-from benchmarks._turns import RoundRobin, TurnCallback
+from benchmarks._turns import Clock, RoundRobin, TurnCallback
 from kd_lightning.data.transforms import to_float_images
 from kd_lightning.losses.kd import kd_loss
 from kd_lightning.models import ModelSpec
@@ -62,17 +62,19 @@ def bare_epochs(
     seed: int,
     temperature: float,
     alpha: float,
-) -> Iterator[Callable[[], None]]:
+) -> Iterator[Callable[[Clock | None], None]]:
     """Epochs of the hand-written loop: no framework, no metrics, no logging; the floor."""
     optimizer = torch.optim.SGD(student.parameters(), **SGD)
     if teacher is not None:
         teacher.eval()
 
-    def epoch(index: int) -> None:
+    def epoch(index: int, clock: Clock | None = None) -> None:
         student.train()
         # kd_lightning's ResumableRandomSampler order: randperm seeded with seed + epoch.
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed + index))
         for idx in order.split(BATCH):
+            if clock is not None:
+                clock.step()
             x, y = images[idx], labels[idx]
             logits = student(x)
             loss = F.cross_entropy(logits, y)
@@ -115,7 +117,7 @@ def lightning_run(scheduler: RoundRobin, name: str, module, epochs: int, per_cla
     datamodule = fashion_mnist(batch_size=BATCH, eval_batch_size=512, val_fraction=0.0, samples_per_class=per_class)[0]
 
     def run() -> None:
-        fit = trainer(max_epochs=epochs, limit_val_batches=0, callbacks=[TurnCallback(scheduler, name)])
+        fit = trainer(max_epochs=epochs, limit_val_batches=0, callbacks=[TurnCallback(scheduler.clock(name))])
         fit.fit(module, datamodule)
 
     return run
@@ -129,6 +131,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps-per-turn", type=int, default=10, help="steps a configuration runs per turn")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-torchdistill", action="store_true", help="skip the peer even when installed")
     parser.add_argument("--layouts", action="store_true", help="also kd_lightning online with channels_last, compile")
@@ -170,7 +173,7 @@ def main() -> None:
         copy.load_state_dict(teacher.state_dict())
         return copy.eval()
 
-    scheduler = RoundRobin()
+    scheduler = RoundRobin(args.steps_per_turn)
     networks: dict[str, nn.Module] = {}
     configs: dict[str, Callable[[], Callable[[], None]]] = {}
 
@@ -180,7 +183,7 @@ def main() -> None:
             net, frozen_teacher() if with_teacher else None, images, labels, args.epochs, args.seed,
             args.temperature, args.alpha,
         )  # fmt: skip
-        return lambda: scheduler.timed_epochs(name, epochs)
+        return lambda: scheduler.clock(name).timed(epochs)
 
     def lightning(name: str, module) -> Callable[[], None]:
         networks[name] = module.network
@@ -209,8 +212,8 @@ def main() -> None:
                 args.epochs, BATCH, args.temperature, args.alpha, {"key": "SGD", "kwargs": SGD}
             )
             dataset = _torchdistill.PerSampleImages(train_u8, labels)
-            return lambda: scheduler.timed_epochs(
-                TORCHDISTILL, _torchdistill.distill_epochs(frozen_teacher(), net, dataset, config)
+            return lambda: scheduler.clock(TORCHDISTILL).timed(
+                _torchdistill.distill_epochs(frozen_teacher(), net, dataset, config)
             )
 
         configs[TORCHDISTILL] = peer
@@ -219,7 +222,7 @@ def main() -> None:
 
     for name, make in configs.items():
         scheduler.add(name, make())
-    scheduler.run(args.epochs)
+    scheduler.run()
     report(scheduler.epoch_times, {name: accuracy(net, *test) for name, net in networks.items() if name in configs})
 
 

@@ -15,7 +15,8 @@ the plain cumulative average of the batch statistics instead of a moving one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -86,3 +87,26 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], num
 def _restore_modes(modes: dict[nn.Module, bool]) -> None:
     for module, training in modes.items():
         module.training = training
+
+
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Inside the block, every BatchNorm layer of ``model`` normalises with its batch's statistics.
+
+    What a network would score with correct running statistics can be estimated this way without
+    changing it: on exit each layer's running statistics and every module's mode are restored.
+    Compare with eval mode to detect stale statistics.
+    """
+    modes = {m: m.training for m in model.modules()}
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    saved = [{k: v.clone() for k, v in bn.state_dict().items()} for bn in layers]
+    model.eval()
+    for bn in layers:
+        bn.train()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for bn, state in zip(layers, saved, strict=True):
+                bn.load_state_dict(state)
+        _restore_modes(modes)
