@@ -90,6 +90,18 @@ class SupervisedModule(L.LightningModule):
                 if getattr(network, "_compiled_call_impl", None) is None:
                     network.compile()
 
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's training metrics, accumulated by ``train_metrics.update`` in every step.
+
+        Logged once here rather than by passing the metric objects to ``self.log`` in every step:
+        each ``self.log`` call costs Lightning a walk over its result entry (about as much as the
+        whole KD loss of a small student), and for epoch-level values every call but the last is
+        wasted. Keys and values are the same (``train/acc``, ... at the end of each epoch).
+        """
+        if any(metric.update_called for metric in self.train_metrics.values()):
+            self.log_dict(self.train_metrics.compute(), sync_dist=True)
+        self.train_metrics.reset()
+
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
 

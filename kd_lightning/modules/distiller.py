@@ -234,7 +234,6 @@ class DistillationModule(SupervisedModule):
         self.train_metrics.update(student.logits, y)
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({f"train/{name}": value for name, value in terms.items()})
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
     def _evaluate(self, batch: Batch, stage: str, metrics: MetricCollection) -> torch.Tensor:

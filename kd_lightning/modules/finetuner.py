@@ -97,5 +97,4 @@ class FrozenBackboneFinetuner(SupervisedModule):
         loss = self.cross_entropy(logits, y)
         self.train_metrics.update(logits, y)
         self.log("train/loss", loss, prog_bar=True)
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
