@@ -84,7 +84,7 @@ class TeacherCheck(Callback):
         if not isinstance(val_set, TensorImageDataset) or len(val_set) == 0:
             log.info("teacher check skipped: the DataModule holds no validation images in memory")
             return
-        teacher: nn.Module = pl_module.teacher
+        teacher: nn.Module = pl_module.teacher.network  # the Classifier inside the FrozenTeacher
         batches = self._batches(val_set, datamodule, pl_module.device)
         result = {"val_acc": accuracy(teacher, batches)}
         with batch_statistics(teacher):
