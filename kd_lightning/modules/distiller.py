@@ -203,8 +203,7 @@ class DistillationModule(SupervisedModule):
         terms = self.loss_components(student, teacher, batch.labels, self.current_epoch, batch.indices)
         loss = sum(self.loss_weights[name] * value for name, value in terms.items())
         self.train_metrics.update(student.logits, batch.labels)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
-        self.log_dict({f"train/{name}": value for name, value in terms.items()}, batch_size=len(batch))
+        self.log_step_values(loss, terms, len(batch))
         return loss
 
     def _evaluate(self, batch: Batch, stage: str, metrics: MetricCollection) -> dict[str, torch.Tensor]:
