@@ -176,3 +176,37 @@ def test_teacher_check_is_quiet_for_a_good_teacher(digits: DigitsDataModule, tea
     make_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, callbacks=[check]).fit(module, digits)
     assert not [w for w in recwarn if "TEACHER CHECK" in str(w.message)]
     assert check.result["val_acc"] > 0.5
+
+
+def test_distiller_recalibrates_a_stale_teacher_on_request_and_keeps_it(digits, tmp_path) -> None:
+    network, _ = _stale_network()
+    torch.save(network.state_dict(), tmp_path / "stale.pt")
+    spec = ModelSpec(TEACHER_SPEC.name, weights_path=str(tmp_path / "stale.pt"), kwargs=TEACHER_SPEC.kwargs)
+    module = DistillationModule("small_cnn", spec, num_classes=10, recalibrate_teacher_bn=10)
+    check = TeacherCheck()
+    trainer = make_trainer(
+        max_epochs=1, limit_train_batches=2, callbacks=[check], enable_checkpointing=True, default_root_dir=tmp_path
+    )
+    trainer.fit(module, digits)
+
+    assert abs(check.result["val_acc"] - check.result["val_acc_batch_stats"]) <= 0.05
+    assert check.result["val_acc"] > 0.8
+    expected = TEACHER_SPEC.build(10)
+    expected.load_state_dict(network.state_dict())
+    recalibrate_batchnorm(expected, training_batches(digits, 10, 0, torch.device("cpu")))
+    for key, value in expected.state_dict().items():
+        torch.testing.assert_close(module.teacher.network.state_dict()[key], value, msg=key)
+    # The checkpoint carries the recalibrated teacher: a stale rebuild from the spec is not what taught.
+    reloaded = DistillationModule.load_from_checkpoint(trainer.checkpoint_callback.best_model_path)
+    for key, value in expected.state_dict().items():
+        torch.testing.assert_close(reloaded.teacher.network.state_dict()[key], value, msg=key)
+    with pytest.raises(ConfigError, match="recalibrate_teacher_bn"):
+        DistillationModule("small_cnn", spec, num_classes=10, recalibrate_teacher_bn=-1)
+
+
+def test_distiller_checks_its_teacher_by_default(digits: DigitsDataModule) -> None:
+    module = DistillationModule("small_cnn", TEACHER_SPEC, num_classes=10)
+    trainer = make_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    with pytest.warns(UserWarning, match="TEACHER CHECK"):
+        trainer.fit(module, digits)
+    assert sum(isinstance(cb, TeacherCheck) for cb in trainer.callbacks) == 1
