@@ -1,7 +1,7 @@
 """Distillation speed against its floor (a bare PyTorch loop) and its peer (torchdistill), one process.
 
     python -m benchmarks.peer_speed                        # all 60,000 images, 4 epochs per configuration
-    python -m benchmarks.peer_speed --per-class 1000 --epochs 3    # shortened: 10,000 images
+    python -m benchmarks.peer_speed --per-class 500 --threads 1    # shortened: 5,000 images (recorded run)
 
 Fashion-MNIST, teacher ``small_cnn`` width 16, student ``small_cnn`` width 4, batch 128, SGD,
 Hinton KD T=4 α=0.9, the same seed for every student (so every student starts from the same
@@ -16,8 +16,8 @@ weights). Configurations:
     (``pip install 'kd-lightning[bench]'``).
   * with ``--layouts``: kd_lightning online with ``channels_last=True`` and with ``compile=True``.
 
-Every configuration trains in its own thread and they take turns one epoch at a time (see
-``benchmarks/_turns.py``), so load drift on a shared machine hits all alike. Reported: the median
+Every configuration trains in its own thread and they take turns, ``--steps-per-turn`` steps at a
+time (see ``benchmarks/_turns.py``), so load drift on a shared machine hits all alike. Reported: the median
 epoch time after the first (warm-up, compilation) epoch, the ratios the project's goals are set
 on, and each student's final test accuracy (10,000 test images, eval mode). The teacher is
 trained first by the bare loop and its BatchNorm statistics recalibrated.
