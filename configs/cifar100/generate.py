@@ -98,7 +98,11 @@ def teacher_config(name: str) -> dict:
             "lr_scheduler": SCHEDULER,
         },
     }
-    return {"seed_everything": 0, "trainer": trainer(f"runs/cifar100/{name}"), "model": model, "data": data()}
+    config = {"seed_everything": 0, "trainer": trainer(f"runs/cifar100/{name}"), "model": model, "data": data()}
+    # Precise BN before each validation: the checkpoint's BatchNorm statistics match its weights.
+    precise_bn = {"class_path": "kd_lightning.callbacks.PreciseBatchNorm", "init_args": {"num_batches": 64}}
+    config["trainer"]["callbacks"].append(precise_bn)
+    return config
 
 
 def method_losses(method: str, hint: list[str], at_layers: list[str], beta: float) -> list[dict]:

@@ -18,7 +18,7 @@ class NonFiniteLossGuard(Callback):
     stall the pipeline. The check is therefore split: every step, a device-side flag records
     the first step with a non-finite loss (tensor ops only, no synchronisation); every
     ``check_every_n_steps`` steps the flag is read once. The step in the message is the first
-    bad one; the terms listed are the non-finite ``train/<term>`` values logged at the check
+    bad one; the terms listed are the non-finite ``train/<term>`` values of the step at the check
     (once a NaN reaches the weights it stays, so they name the culprit). On the CPU reading is
     free, so the default checks every step there and every 20 steps on accelerators.
 
@@ -48,17 +48,20 @@ class NonFiniteLossGuard(Callback):
         )
         every = self.check_every_n_steps or (1 if loss.device.type == "cpu" else 20)
         if (batch_idx + 1) % every == 0 or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            self._check(trainer, batch_idx)
+            self._check(trainer, pl_module, batch_idx)
 
-    def _check(self, trainer: L.Trainer, batch_idx: int) -> None:
+    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule, batch_idx: int) -> None:
         if self._first_bad_step is None:  # no training step has run yet
             return
         first_bad = int(self._first_bad_step.item())  # the one host sync per check
         if first_bad < 0:
             return
+        # This step's values (kd_lightning modules keep them; they log them only on logging steps),
+        # else the last logged ones.
+        logged = {**trainer.callback_metrics, **getattr(pl_module, "step_values", {})}
         terms = {
             name.removeprefix("train/"): float(value)
-            for name, value in trainer.callback_metrics.items()
+            for name, value in logged.items()
             if name.startswith("train/") and isinstance(value, torch.Tensor) and value.numel() == 1
         }
         bad_terms = [

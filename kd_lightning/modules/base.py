@@ -58,6 +58,7 @@ class SupervisedModule(L.LightningModule):
         self.train_metrics = classification_metrics(num_classes, evaluation=False).clone(prefix="train/")
         # In checkpoints, so an epoch's training accuracy survives a mid-epoch resume.
         self.train_metrics.persistent(True)
+        self.step_values: dict[str, torch.Tensor] = {}
         self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
         self.test_metrics = classification_metrics(num_classes).clone(prefix="test/")
 
@@ -105,6 +106,38 @@ class SupervisedModule(L.LightningModule):
                 if getattr(network, "_compiled_call_impl", None) is None:
                     network.compile()
 
+    def log_step_values(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Log ``train/loss`` and ``train/<term>`` of this step, on the steps where they are read.
+
+        Each ``self.log`` call costs Lightning a walk over its result entry, a fixed cost that is
+        several percent of a small student's step per key (issue 12). Per-step values reach the
+        loggers only every ``log_every_n_steps`` steps, and epoch-end monitors read the last
+        step's; so the values are logged on those steps and on each epoch's last step (the same
+        keys, steps and values the loggers and monitors got from logging every step), and
+        ``train/loss`` also on every step while a progress bar shows it. In between,
+        ``trainer.callback_metrics`` holds the last logged values; :attr:`step_values` always
+        holds this step's (detached), for callbacks that need them every step.
+        """
+        self.step_values = {"train/loss": loss.detach()} | {f"train/{k}": v.detach() for k, v in terms.items()}
+        trainer = self._trainer
+        read = trainer is None or _step_values_read(trainer)
+        if read or (trainer.progress_bar_callback is not None and trainer.progress_bar_callback.is_enabled):
+            self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        if read and terms:
+            self.log_dict({f"train/{name}": value for name, value in terms.items()}, batch_size=batch_size)
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's training metrics, accumulated by ``train_metrics.update`` in every step.
+
+        Logged once here rather than by passing the metric objects to ``self.log`` in every step:
+        each ``self.log`` call costs Lightning a walk over its result entry (about as much as the
+        whole KD loss of a small student), and for epoch-level values every call but the last is
+        wasted. Keys and values are the same (``train/acc``, ... at the end of each epoch).
+        """
+        if any(metric.update_called for metric in self.train_metrics.values()):
+            self.log_dict(self.train_metrics.compute(), sync_dist=True)
+        self.train_metrics.reset()
+
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the labeled samples; unlabeled ones (``IGNORE_LABEL``) add nothing.
 
@@ -147,3 +180,13 @@ class SupervisedModule(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+
+
+def _step_values_read(trainer: L.Trainer) -> bool:
+    """Whether a value logged in this training step reaches a logger or an epoch-end monitor."""
+    # Lightning's own test for "the loggers are written after this step" (every log_every_n_steps).
+    return bool(
+        trainer.fast_dev_run
+        or trainer._logger_connector.should_update_logs
+        or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+    )

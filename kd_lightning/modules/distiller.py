@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any, Literal, cast
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -14,6 +15,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from kd_lightning.cache.store import CacheStore
 from kd_lightning.cache.teacher_cache import TeacherCache
+from kd_lightning.callbacks.precise_bn import training_batches
+from kd_lightning.callbacks.teacher_check import TeacherCheck
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.batch import Batch
 from kd_lightning.errors import ConfigError, as_config_error
@@ -67,6 +70,11 @@ class DistillationModule(SupervisedModule):
         cache_views: fixed augmented views per training sample (used when the DataModule augments).
         cache_topk: store only the top-k teacher logits per sample (many-class data sets).
         cache_dir: directory of the ``"disk"`` teacher cache.
+        recalibrate_teacher_bn: when ``fit`` sets up, recompute the teacher's BatchNorm statistics over
+            this many training batches (precise BN, :mod:`kd_lightning.models.batchnorm`) before it
+            teaches; 0 keeps the checkpoint's. For teachers whose eval mode lags their weights (the
+            :class:`~kd_lightning.callbacks.TeacherCheck` warning). The recalibrated teacher is no longer
+            what its spec rebuilds, so it is then stored in the student's checkpoints.
         optimizer, lr_scheduler, label_smoothing, channels_last, compile: see :class:`SupervisedModule`.
     """
 
@@ -84,6 +92,7 @@ class DistillationModule(SupervisedModule):
         cache_views: int = 1,
         cache_topk: int | None = None,
         cache_dir: str = ".kd_cache/teacher",
+        recalibrate_teacher_bn: int = 0,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
@@ -102,7 +111,10 @@ class DistillationModule(SupervisedModule):
         student, teacher = student_spec.to_dict(), teacher_spec.to_dict()  # type: ignore[assignment]
         losses = None if terms is None else [term.to_dict() for term in terms]  # type: ignore[misc]
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.save_teacher = save_teacher
+        if recalibrate_teacher_bn < 0:
+            raise ConfigError(f"recalibrate_teacher_bn must be >= 0 (training batches), got {recalibrate_teacher_bn}")
+        self.recalibrate_teacher_bn = recalibrate_teacher_bn
+        self.save_teacher = save_teacher or recalibrate_teacher_bn > 0
         self.network = student_spec.build(num_classes)
         self.teacher = FrozenTeacher(teacher_spec, num_classes)
         # Under DDP the frozen teacher is neither in the gradient sync (it has no trainable
@@ -165,10 +177,23 @@ class DistillationModule(SupervisedModule):
             with as_config_error():
                 for _, loss in self.distillation_losses():
                     loss.bind_training_labels(datamodule.train_set.labels)
+        if self.recalibrate_teacher_bn:
+            device = self.trainer.strategy.root_device
+            self.teacher.to(device)
+            batches = training_batches(datamodule, self.recalibrate_teacher_bn, seed=0, device=device)
+            self.teacher.recalibrate_batchnorm(batches)  # before the teacher cache stores its outputs
         if self.teacher_cache is not None:
             source = self.teacher_cache.source(self.trainer, self.teacher, self.num_classes)
             if source is not None:
                 datamodule.use_source("train", source)
+
+    def configure_callbacks(self) -> list[Callback]:
+        """The base callbacks, and a :class:`TeacherCheck` at fit start unless the Trainer has one."""
+        callbacks = super().configure_callbacks()
+        present = self._trainer.callbacks if self._trainer is not None else []
+        if not any(isinstance(cb, TeacherCheck) for cb in present):
+            callbacks.append(TeacherCheck())
+        return callbacks
 
     def networks_to_compile(self) -> list[nn.Module]:
         return [self.network, self.teacher.network]
@@ -220,9 +245,7 @@ class DistillationModule(SupervisedModule):
         weights = self.objective_weights(self.current_epoch)
         loss = torch.stack([weight * terms[name] for name, weight in weights.items()]).sum()
         self.train_metrics.update(student.logits, batch.labels)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
-        self.log_dict({f"train/{name}": value for name, value in terms.items()}, batch_size=len(batch))
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        self.log_step_values(loss, terms, len(batch))
         return loss
 
     def _evaluate(self, batch: Batch, stage: str, metrics: MetricCollection) -> dict[str, torch.Tensor]:

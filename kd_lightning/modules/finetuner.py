@@ -111,6 +111,5 @@ class FrozenBackboneFinetuner(SupervisedModule):
         logits = self.logits(batch)
         loss = self.cross_entropy(logits, batch.labels)
         self.train_metrics.update(logits, batch.labels)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        self.log_step_values(loss, {}, len(batch))
         return loss

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from kd_lightning.models.batchnorm import recalibrate_batchnorm
 from kd_lightning.models.classifier import Classifier
 from kd_lightning.models.feature_taps import FeatureTaps
 from kd_lightning.models.fingerprint import check_fingerprint, state_dict_sha256
@@ -69,6 +70,15 @@ class FrozenTeacher(nn.Module):
     def verify(self, fingerprint: dict[str, Any]) -> None:
         """Refuse to go on when this teacher is not the one ``fingerprint`` describes."""
         check_fingerprint(fingerprint, self.network)
+
+    def recalibrate_batchnorm(self, batches: Iterable[torch.Tensor]) -> int:
+        """Recompute the BatchNorm statistics from training ``batches`` (precise BN); returns the batches used.
+
+        The weights stay; the hash is taken again, since the teacher is no longer what its spec builds.
+        """
+        used = recalibrate_batchnorm(self.network, batches)
+        self.rehash()
+        return used
 
     def rehash(self) -> None:
         """Take the hash again after weights were loaded into the teacher (a checkpoint that stored it)."""
