@@ -114,8 +114,19 @@ def _export(args: list[str]) -> None:
     main(args)
 
 
+def _prepare(args: list[str]) -> None:
+    from kd_lightning.data.prepare import main
+
+    main(args)
+
+
 # Commands beyond Lightning's own, each a function of the remaining arguments.
-COMMANDS: dict[str, Callable[[list[str]], None]] = {"quickstart": _quickstart, "report": _report, "export": _export}
+COMMANDS: dict[str, Callable[[list[str]], None]] = {
+    "quickstart": _quickstart,
+    "report": _report,
+    "export": _export,
+    "prepare": _prepare,
+}
 
 
 def find_user_error(err: BaseException) -> KDLightningError | None:

@@ -49,6 +49,7 @@ def main(config: dict) -> None:
         crop_padding=1,
         hflip=True,
         return_indices=True,
+        samples_per_class=config.get("samples_per_class"),
     )
     record = RecordIndices()
     callbacks = [record, ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=5, save_last=True)]

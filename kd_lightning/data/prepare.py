@@ -167,3 +167,11 @@ def read_metadata(split_dir: str) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{path} not found: prepare the data set first (kd-lightning prepare SOURCE OUTPUT_DIR)")
     return json.loads(path.read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``kd-lightning prepare SOURCE OUTPUT_DIR [--split ...]``: the CLI of :func:`prepare_dataset`."""
+    from jsonargparse import CLI
+
+    out = CLI(prepare_dataset, args=argv, as_positional=True)
+    print(f"prepared {out}")

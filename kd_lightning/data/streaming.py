@@ -21,6 +21,10 @@ from kd_lightning.data.prepare import read_metadata
 from kd_lightning.errors import ConfigError, DataError
 
 
+def _world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
 class StreamedSplit:
     """Which samples of a prepared split a set holds: positions and labels, no pixels.
 
@@ -156,8 +160,11 @@ class StreamingImageDataModule(ImageClassificationDataModule):
             split.input_dir,
             decoder,
             shuffle=train,
-            # A partial last batch is kept: every sample is seen once per epoch (see drop_last in README).
-            drop_last=False,
+            # On one process every sample is seen once per epoch. Under DDP every rank must run the
+            # same number of steps, so LitData drops the last partial global batch (fewer than
+            # world_size × batch_size samples, others each epoch since the order is reshuffled)
+            # where a DistributedSampler would repeat samples instead.
+            drop_last=train and _world_size() > 1,
             seed=self._seed(),
             cache_dir=self.cache_dir,
             storage_options=self.storage_options,
