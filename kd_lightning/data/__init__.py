@@ -3,6 +3,8 @@
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.digits import DigitsDataModule
 from kd_lightning.data.image_folder import Flowers102DataModule, ImageFolderDataModule
+from kd_lightning.data.prepare import prepare_dataset
+from kd_lightning.data.streaming import StreamingImageDataModule
 from kd_lightning.data.tensor_dataset import TensorImageDataset
 from kd_lightning.data.torchvision_sets import (
     CIFAR10DataModule,
@@ -21,6 +23,8 @@ __all__ = [
     "ImageClassificationDataModule",
     "ImageFolderDataModule",
     "MNISTDataModule",
+    "StreamingImageDataModule",
     "TensorImageDataset",
     "TorchvisionDataModule",
+    "prepare_dataset",
 ]
