@@ -154,7 +154,7 @@ def _check_order(out: Path, num_samples: int) -> None:
             raise InvalidDataError(f"{out}: sample {position} was stored out of order; prepare with num_workers=1")
 
 
-def read_metadata(split_dir: str) -> dict[str, Any]:
+def read_metadata(split_dir: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``kd_lightning.json`` that ``prepare`` wrote next to a split's chunks (local or object storage)."""
     path = Path(split_dir) / METADATA_FILE
     if "://" in split_dir:
@@ -163,7 +163,7 @@ def read_metadata(split_dir: str) -> dict[str, Any]:
         local = Path.home() / ".cache" / "kd_lightning" / split_dir.split("://", 1)[1].replace("/", "_")
         local.mkdir(parents=True, exist_ok=True)
         path = local / METADATA_FILE
-        _get_fs_provider(split_dir).download_file(f"{split_dir.rstrip('/')}/{METADATA_FILE}", str(path))
+        _get_fs_provider(split_dir, storage_options).download_file(f"{split_dir.rstrip('/')}/{METADATA_FILE}", str(path))
     if not path.is_file():
         raise DataError(f"{path} not found: prepare the data set first (kd-lightning prepare SOURCE OUTPUT_DIR)")
     return json.loads(path.read_text())

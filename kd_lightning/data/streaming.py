@@ -47,6 +47,15 @@ class StreamedSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def images(self) -> torch.Tensor:
+        # What needs every image in memory at once (the teacher-output and feature caches) cannot
+        # run on a streamed set: say so rather than fail on a missing attribute.
+        raise ConfigError(
+            "this needs the whole data set in memory (teacher_cache / feature_cache); a streamed data set "
+            "cannot provide it: turn the cache off (the teacher then runs online) or use an in-memory data module"
+        )
+
     def subset(self, indices: torch.Tensor) -> StreamedSplit:
         return StreamedSplit(self.input_dir, self.labels[indices], self.positions[indices])
 
@@ -115,7 +124,7 @@ class StreamingImageDataModule(ImageClassificationDataModule):
         self.cache_dir = cache_dir
         self.storage_options = storage_options or {}
         self.root = data_dir.rstrip("/")
-        self.metadata = {"train": read_metadata(f"{self.root}/train")}
+        self.metadata = {"train": read_metadata(f"{self.root}/train", self.storage_options)}
         # Read now, not in setup(): the CLI links num_classes into the model when both are built.
         self.class_names = list(self.metadata["train"]["class_names"])
         self.channels = int(self.metadata["train"]["channels"])
@@ -125,7 +134,7 @@ class StreamingImageDataModule(ImageClassificationDataModule):
     def _split_dir(self, split: str) -> str | None:
         if split not in self.metadata:
             try:
-                self.metadata[split] = read_metadata(f"{self.root}/{split}")
+                self.metadata[split] = read_metadata(f"{self.root}/{split}", self.storage_options)
             except DataError:
                 return None
             if self.metadata[split]["class_names"] != self.class_names:
