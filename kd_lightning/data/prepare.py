@@ -163,7 +163,8 @@ def read_metadata(split_dir: str, storage_options: dict[str, Any] | None = None)
         local = Path.home() / ".cache" / "kd_lightning" / split_dir.split("://", 1)[1].replace("/", "_")
         local.mkdir(parents=True, exist_ok=True)
         path = local / METADATA_FILE
-        _get_fs_provider(split_dir, storage_options).download_file(f"{split_dir.rstrip('/')}/{METADATA_FILE}", str(path))
+        remote = f"{split_dir.rstrip('/')}/{METADATA_FILE}"
+        _get_fs_provider(split_dir, storage_options).download_file(remote, str(path))
     if not path.is_file():
         raise DataError(f"{path} not found: prepare the data set first (kd-lightning prepare SOURCE OUTPUT_DIR)")
     return json.loads(path.read_text())
