@@ -3,8 +3,6 @@
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.digits import DigitsDataModule
 from kd_lightning.data.image_folder import Flowers102DataModule, ImageFolderDataModule
-from kd_lightning.data.prepare import prepare_dataset
-from kd_lightning.data.streaming import StreamingImageDataModule
 from kd_lightning.data.tensor_dataset import TensorImageDataset
 from kd_lightning.data.torchvision_sets import (
     CIFAR10DataModule,
@@ -28,3 +26,17 @@ __all__ = [
     "TorchvisionDataModule",
     "prepare_dataset",
 ]
+
+
+def __getattr__(name: str):
+    # The streaming module and ``prepare`` need LitData (the ``streaming`` extra, with its
+    # object-storage clients): imported on first use, so in-memory users never load it.
+    if name == "StreamingImageDataModule":
+        from kd_lightning.data.streaming import StreamingImageDataModule
+
+        return StreamingImageDataModule
+    if name == "prepare_dataset":
+        from kd_lightning.data.prepare import prepare_dataset
+
+        return prepare_dataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

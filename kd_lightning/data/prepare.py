@@ -17,10 +17,10 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any, Literal
 
-import litdata
 import torch
 from torchvision.io import encode_png
 
+from kd_lightning.data._litdata import StreamingDataset, optimize
 from kd_lightning.data.image_folder import IMAGE_SUFFIXES, list_class_folders, list_images
 from kd_lightning.errors import ConfigError, DataError, InvalidDataError
 
@@ -97,7 +97,7 @@ def prepare_dataset(
     inputs, item_fn, class_names, channels = _collect(source, split, data_dir)
     if not inputs:
         raise InvalidDataError(f"{source} has no images for split {split!r}")
-    litdata.optimize(
+    optimize(
         fn=item_fn,
         inputs=inputs,
         output_dir=str(out),
@@ -144,7 +144,7 @@ def _collect(source: str, split: str, data_dir: str) -> tuple[list[tuple[int, An
 
 def _check_order(out: Path, num_samples: int) -> None:
     """Refuse loudly if LitData wrote the samples in another order than given: labels would be wrong."""
-    dataset = litdata.StreamingDataset(str(out))
+    dataset = StreamingDataset(str(out))
     if len(dataset) != num_samples:
         raise InvalidDataError(f"{out} holds {len(dataset)} samples, {num_samples} were written")
     chunk_sizes = [chunk["chunk_size"] for chunk in json.loads((out / "index.json").read_text())["chunks"]]

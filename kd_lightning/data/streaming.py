@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from litdata import StreamingDataLoader, StreamingDataset
 
+from kd_lightning.data._litdata import StreamingDataLoader, StreamingDataset
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.decoding import ImageDecoder
 from kd_lightning.data.prepare import read_metadata
