@@ -156,6 +156,17 @@ def test_prepare_command_line(tmp_path, capsys):
     assert exit_info.value.code == 2 and "already exists" in capsys.readouterr().err
 
 
+def test_the_teacher_cache_refuses_a_streamed_set_in_one_line(digits_dir):
+    from kd_lightning.modules import DistillationModule
+
+    teacher = {"name": "small_cnn", "kwargs": {"width": 8}}
+    module = DistillationModule({"name": "small_cnn", "kwargs": {"width": 4}}, teacher, 10, teacher_cache=True)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False)
+    with pytest.raises(ConfigError, match="needs the whole data set in memory"):
+        trainer.fit(module, StreamingImageDataModule(str(digits_dir), num_workers=0))
+
+
+@pytest.mark.slow
 def test_benchmark_smoke_mode_runs(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "benchmarks.streaming_loader", "--smoke", "--work_dir", str(tmp_path)]
