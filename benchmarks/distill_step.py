@@ -21,7 +21,7 @@ import lightning as L
 import torch
 
 from benchmarks._common import StepTimer, fashion_mnist, header, median_time, quiet, trainer
-from kd_lightning.cache.teacher_cache import ViewTable, build_teacher_cache
+from kd_lightning.cache.teacher_cache import TeacherOutputCache, ViewTable, build_teacher_cache
 from kd_lightning.data.transforms import to_float_images
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
@@ -39,7 +39,9 @@ def step_time(module: L.LightningModule, per_class: int, steps: int) -> float:
     return timer.median
 
 
-def bare_steps(student, distill, cached, images: torch.Tensor, labels: torch.Tensor, iterations: int):
+def bare_steps(
+    student, distill, cache: TeacherOutputCache, images: torch.Tensor, labels: torch.Tensor, iterations: int
+):
     """Forward + backward of each configuration outside Lightning, interleaved per iteration.
 
     Interleaving at this grain makes the ratios robust to the load drift of a shared machine;
@@ -52,18 +54,19 @@ def bare_steps(student, distill, cached, images: torch.Tensor, labels: torch.Ten
         student.cross_entropy(student(x), labels).backward()
 
     def teacher_forward() -> None:
-        distill.teacher_outputs(x)
+        distill.teacher(x)
 
-    def distill_step(module: DistillationModule, idx: torch.Tensor | None) -> None:
-        view = module.teacher_cache.render(images, idx, 0) if idx is not None else x
-        terms = module.loss_components(module.student_outputs(view), module.teacher_outputs(view, idx), labels)
-        sum(module.loss_weights[name] * value for name, value in terms.items()).backward()
+    def distill_step(cached: bool) -> None:
+        view = cache.render(images, index, 0) if cached else x
+        teacher = cache.outputs(index, 0) if cached else distill.teacher(view)
+        terms = distill.loss_components(distill.student_outputs(view), teacher, labels)
+        sum(distill.loss_weights[name] * value for name, value in terms.items()).backward()
 
     fns = {
         "student": student_step,
         "teacher": teacher_forward,
-        "distill": lambda: distill_step(distill, None),
-        "cached": lambda: distill_step(cached, index),
+        "distill": lambda: distill_step(cached=False),
+        "cached": lambda: distill_step(cached=True),
     }
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(iterations):
@@ -130,8 +133,8 @@ def main() -> None:
     print(f"-- bare forward + backward, interleaved per iteration ({args.bare_iterations} iterations):")
     images, labels = dm.train_set.images[:64], dm.train_set.labels[:64]
     views = ViewTable.sample(len(images), 1, 0, False, seed=0)
-    cached.teacher_cache = build_teacher_cache(cached.teacher_outputs, images, views, None, 10, 64, torch.device("cpu"))
-    bare = bare_steps(student, distill, cached, images, labels, args.bare_iterations)
+    cache = build_teacher_cache(distill.teacher, images, views, None, 10, 64, torch.device("cpu"))
+    bare = bare_steps(student, distill, cache, images, labels, args.bare_iterations)
     print_table(bare["student"], bare["teacher"], bare["distill"], bare["cached"])
 
 

@@ -37,9 +37,9 @@ def loss_agreement(module: DistillationModule, dm, device: str) -> dict[str, tup
     x = to_float_images(dm.train_set.images[: dm.batch_size].to(device))
     y = dm.train_set.labels[: dm.batch_size].to(device)
     with torch.no_grad():
-        fp32 = module.loss_components(module.student_outputs(x), module.teacher_outputs(x), y)
+        fp32 = module.loss_components(module.student_outputs(x), module.teacher(x), y)
         with torch.autocast(device_type=device, dtype=torch.bfloat16):
-            bf16 = module.loss_components(module.student_outputs(x), module.teacher_outputs(x), y)
+            bf16 = module.loss_components(module.student_outputs(x), module.teacher(x), y)
     return {name: (fp32[name].float().item(), bf16[name].float().item()) for name in fp32}
 
 

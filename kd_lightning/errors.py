@@ -8,6 +8,7 @@ already catch (``ValueError``, ``FileNotFoundError``), so existing ``except`` cl
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,6 +31,13 @@ class InvalidDataError(KDLightningError, ValueError):
 
 class NonFiniteLossError(KDLightningError, FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+def unknown_name_error(kind: str, name: str, known: list[str]) -> ConfigError:
+    """A :class:`ConfigError` that suggests the closest known names, for typos in configs."""
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown {kind} {name!r}.{hint}")
 
 
 @contextmanager

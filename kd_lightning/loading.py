@@ -70,4 +70,5 @@ def load_datamodule(source: str | Path) -> ImageClassificationDataModule:
 def evaluation_batches(datamodule: ImageClassificationDataModule) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The whole test split as model-ready float batches (the DataModule's own on-device conversion)."""
     datamodule.setup("test")
-    return [datamodule.on_after_batch_transfer(batch, 0) for batch in datamodule.test_dataloader()]
+    batches = (datamodule.on_after_batch_transfer(batch, 0) for batch in datamodule.test_dataloader())
+    return [(batch.inputs, batch.labels) for batch in batches]

@@ -43,7 +43,10 @@ def build(config: dict) -> tuple[L.LightningModule, DigitsDataModule]:
     teacher = {"name": "small_cnn", "kwargs": {"width": 8}, "weights_path": config["teacher_path"]}
     if config["kind"] == "distiller":
         module = DistillationModule(
-            student={"name": "small_cnn", "kwargs": {"width": 4}}, teacher=teacher, num_classes=10
+            student={"name": "small_cnn", "kwargs": {"width": 4}},
+            teacher=teacher,
+            num_classes=10,
+            **config.get("module", {}),
         )
     else:
         backbone = teacher if config["strategy"] != "full" else {"name": "small_cnn", "kwargs": {"width": 4}}

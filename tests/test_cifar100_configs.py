@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from kd_lightning.cli import lightning_main
+from kd_lightning.data.batch import Batch
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule
 
@@ -56,11 +57,10 @@ def test_recipe_takes_a_training_step(path: Path, tmp_path: Path, monkeypatch: p
     model.log_dict = lambda *args, **kwargs: None
     optimizer = model.configure_optimizers()["optimizer"]
     assert optimizer.defaults["lr"] == 0.05 and optimizer.defaults["weight_decay"] == 5e-4
-    batch = [torch.rand(4, 3, 32, 32), torch.randint(0, 100, (4,))]
-    if data.return_indices:
-        batch.append(torch.tensor([0, 1, 2, 44_999]))
+    indices = torch.tensor([0, 1, 2, 44_999]) if data.return_indices else None
+    batch = Batch(torch.randint(0, 100, (4,)), images=torch.rand(4, 3, 32, 32), indices=indices)
     model.train()
-    loss = model.training_step(tuple(batch), 0)
+    loss = model.training_step(batch, 0)
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss)

@@ -33,8 +33,9 @@ def test_samples_per_class_is_class_balanced() -> None:
 def test_loader_yields_whole_batches_from_memory() -> None:
     dm = DigitsDataModule(batch_size=32)
     dm.setup("fit")
-    images, labels = next(iter(dm.train_dataloader()))
-    assert images.shape == (32, 1, 8, 8) and labels.shape == (32,)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.images.shape == (32, 1, 8, 8) and batch.labels.shape == (32,)
+    assert batch.images.dtype == torch.uint8 and batch.indices is None and batch.teacher is None
 
 
 def test_float_conversion_and_resize() -> None:

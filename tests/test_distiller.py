@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import make_trainer
 
+from kd_lightning.data.batch import Batch
 from kd_lightning.losses import kd_loss
 from kd_lightning.models import CheckpointError, ModelSpec
 from kd_lightning.modules import DistillationModule
@@ -58,9 +59,9 @@ def test_loss_is_alpha_mix_of_ce_and_kd(teacher_spec) -> None:
     module.log = lambda name, value, **kw: logged.__setitem__(name, value)
     module.log_dict = lambda values, **kw: logged.update(values) if isinstance(values, dict) else None
     torch.manual_seed(0)
-    loss = module.training_step((x, y), 0)
+    loss = module.training_step(Batch(y, images=x), 0)
     with torch.no_grad():
-        student, teacher = module.network(x), module.teacher(x)
+        student, teacher = module.network(x), module.teacher(x).logits
     expected = (1 - alpha) * F.cross_entropy(student, y) + alpha * kd_loss(student, teacher, temperature)
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(logged["train/ce"], F.cross_entropy(student, y))

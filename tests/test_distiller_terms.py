@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import make_trainer
 
 from kd_lightning.data import DigitsDataModule
+from kd_lightning.data.batch import Batch
 from kd_lightning.losses import LossTerm, at_loss, kd_loss
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule
@@ -36,11 +37,11 @@ def test_total_is_the_weighted_sum_and_each_term_is_logged(teacher_spec) -> None
     module.train()
     logged = _record_logs(module)
     x, y = torch.rand(8, 1, 8, 8), torch.arange(8)
-    loss = module.training_step((x, y), 0)
+    loss = module.training_step(Batch(y, images=x), 0)
     with torch.no_grad():
-        student, teacher = module.network(x), module.teacher(x)
+        student, teacher = module.network(x), module.teacher(x).logits
         s_map = module.network.backbone[:6](module.network.input_adapter(x))
-        t_map = module.teacher.backbone[:6](module.teacher.input_adapter(x))
+        t_map = module.teacher.network.backbone[:6](module.teacher.network.input_adapter(x))
     ce, kd, at = F.cross_entropy(student, y), kd_loss(student, teacher, 2.0), at_loss(s_map, t_map)
     torch.testing.assert_close(loss, ce + 0.9 * kd + 1000 * at)
     for name, value in (("ce", ce), ("kd", kd), ("at", at)):
@@ -51,7 +52,7 @@ def test_teacher_features_carry_no_graph(teacher_spec) -> None:
     module = DistillationModule(
         STUDENT, teacher_spec, num_classes=10, losses=[{"name": "at", "kwargs": AT_LAYERS}], input_shape=DIGITS_SHAPE
     )
-    outputs = module.teacher_outputs(torch.rand(4, 1, 8, 8))
+    outputs = module.teacher(torch.rand(4, 1, 8, 8))
     assert not outputs.features["5"].requires_grad and not outputs.logits.requires_grad
     assert module.student_outputs(torch.rand(4, 1, 8, 8)).features["5"].requires_grad
 
@@ -80,18 +81,21 @@ def test_adapters_are_optimised_and_survive_checkpoints(digits, teacher_spec, tm
         torch.testing.assert_close(restored.loss_terms.state_dict()[key], value)
 
 
-def test_dkd_warmup_follows_the_trainer_epoch(digits, teacher_spec) -> None:
+def test_dkd_warmup_is_given_the_trainer_epoch(digits, teacher_spec) -> None:
     terms = [{"name": "ce"}, {"name": "dkd", "kwargs": {"warmup_epochs": 5}}]
     module = DistillationModule(STUDENT, teacher_spec, num_classes=10, losses=terms)
+    epochs: list[int] = []
+    module.loss_terms["dkd"].register_forward_pre_hook(
+        lambda loss, args, kwargs: epochs.append(kwargs["epoch"]), with_kwargs=True
+    )
     make_trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1).fit(module, digits)
-    assert module.loss_terms["dkd"].current_epoch == 1
+    assert epochs == [0, 0, 1, 1]
 
 
 def test_crd_trains_with_sample_indices_from_the_data(teacher_spec) -> None:
     data = DigitsDataModule(batch_size=32, return_indices=True)
     data.setup("fit")
-    x, y, idx = data.train_set.__getitems__([3, 7])
-    assert idx.tolist() == [3, 7]
+    assert data.train_set.__getitems__([3, 7]).indices.tolist() == [3, 7]
     terms = [
         {"name": "ce"},
         {"name": "crd", "weight": 0.8, "kwargs": {"num_samples": len(data.train_set), "num_negatives": 64}},

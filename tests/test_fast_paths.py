@@ -27,7 +27,7 @@ def test_compile_option_compiles_student_and_teacher_in_place(teacher_spec, monk
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
     module = DistillationModule(STUDENT, teacher_spec, num_classes=10, compile=True)
     module.configure_model()
-    assert compiled == [module.network, module.teacher]
+    assert compiled == [module.network, module.teacher.network]
     keys = set(module.state_dict())
     assert not any("_orig_mod" in k for k in keys)  # checkpoint keys unchanged
 

@@ -8,8 +8,9 @@ from conftest import make_trainer
 
 from kd_lightning.cache import CacheStore, cache_key, module_digest, tensor_digest
 from kd_lightning.cache import feature_cache as feature_cache_module
-from kd_lightning.cache._loader import rank_shard
+from kd_lightning.cache._shards import rank_shard
 from kd_lightning.data import DigitsDataModule
+from kd_lightning.data.batch import Batch
 from kd_lightning.data.transforms import to_float_images
 from kd_lightning.modules import FrozenBackboneFinetuner
 
@@ -33,7 +34,7 @@ def _count_computes(monkeypatch) -> list[int]:
 
 
 def _train_entry(module: FrozenBackboneFinetuner) -> dict[str, torch.Tensor]:
-    store = module.feature_store
+    store = module.feature_cache.store
     return next(entry for slot, (_, entry) in store._slots.items() if slot == "train")
 
 
@@ -50,9 +51,17 @@ def test_head_on_features_equals_the_full_network_on_images(teacher_spec) -> Non
     dm = DigitsDataModule(batch_size=64)
     dm.setup("fit")
     module = FrozenBackboneFinetuner(teacher_spec, num_classes=10, feature_cache=True).eval()
-    images = to_float_images(dm.train_set.images[:16])
+    images, labels = to_float_images(dm.train_set.images[:16]), dm.train_set.labels[:16]
     with torch.no_grad():
-        torch.testing.assert_close(module(module.network.forward_features(images)), module(images))
+        features = module.network.forward_features(images)
+        on_features = module.logits(Batch(labels, features=features))
+        torch.testing.assert_close(on_features, module.logits(Batch(labels, images=images)))
+
+
+def test_a_feature_batch_is_never_mistaken_for_images(teacher_spec) -> None:
+    module = FrozenBackboneFinetuner(teacher_spec, num_classes=10).eval()
+    with pytest.raises(ValueError, match="expected images"):
+        module(torch.rand(4, module.network.feature_dim))
 
 
 def test_epochs_after_the_first_reuse_the_cache_and_the_backbone_never_runs(teacher_spec, monkeypatch) -> None:
@@ -126,6 +135,14 @@ def test_random_augmentation_disables_the_cache_and_says_why(teacher_spec, caplo
 def test_feature_cache_requires_a_linear_probe(teacher_spec) -> None:
     with pytest.raises(ValueError, match="linear_probe"):
         FrozenBackboneFinetuner(teacher_spec, num_classes=10, strategy="full", feature_cache=True)
+
+
+def test_the_datamodule_serves_images_again_after_a_cached_fit(teacher_spec) -> None:
+    module = FrozenBackboneFinetuner(teacher_spec, num_classes=10, feature_cache=True)
+    dm = DigitsDataModule(batch_size=64)
+    make_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1).fit(module, dm)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.images is not None and batch.features is None
 
 
 def test_rank_shards_cover_the_data_and_have_equal_sizes() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import lightning as L
 import pytest
-import torch
 
 from kd_lightning.callbacks import NonFiniteLossGuard
 from kd_lightning.data import DigitsDataModule
@@ -16,8 +15,11 @@ from kd_lightning.modules import DistillationModule
 class PoisonedTeacher(DistillationModule):
     """The teacher's logits become NaN from training step 3 on, so only the KD term breaks."""
 
-    def teacher_outputs(self, x: torch.Tensor, index: torch.Tensor | None = None) -> ModelOutputs:
-        outputs = super().teacher_outputs(x, index)
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher.register_forward_hook(self._poison)
+
+    def _poison(self, teacher, args, outputs: ModelOutputs) -> ModelOutputs:
         if self.training and self.trainer.fit_loop.total_batch_idx >= 3:
             return ModelOutputs(outputs.logits * float("nan"))
         return outputs

@@ -20,6 +20,7 @@ from kd_lightning.data.sampler import ResumableRandomSampler
 from kd_lightning.errors import ConfigError
 from kd_lightning.modules import FrozenBackboneFinetuner
 
+DKD_WARMUP = {"name": "dkd", "kwargs": {"warmup_epochs": 3}}
 REPO = Path(__file__).resolve().parents[1]
 HELPER = REPO / "tests" / "_resume_helpers.py"
 
@@ -106,6 +107,15 @@ def _run(root: Path, config: dict) -> subprocess.CompletedProcess:
         # Killed in epoch 1, after the backbone was unfrozen at its start.
         {"kind": "finetuner", "strategy": "freeze_then_unfreeze"},
         {"kind": "distiller", "strategy": None},
+        # DKD's warm-up factor depends on the epoch, which a mid-epoch restart must still pass in.
+        {"kind": "distiller", "strategy": "dkd_warmup", "module": {"losses": [{"name": "ce"}, DKD_WARMUP]}},
+        # An unlabeled transfer set served through the teacher cache (two fixed views).
+        {
+            "kind": "distiller",
+            "strategy": "unlabeled_cached",
+            "module": {"teacher_cache": True, "cache_views": 2},
+            "data": {"samples_per_class": 5, "unlabeled": "rest"},
+        },
     ],
     ids=lambda c: c["strategy"] or c["kind"],
 )

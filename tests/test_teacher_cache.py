@@ -17,23 +17,19 @@ STUDENT = ModelSpec("small_cnn", kwargs={"width": 4})
 
 
 class ViewChecker(L.Callback):
-    """Before every cached step: render the batch's view and run the real teacher on it."""
+    """Before every cached step: run the real teacher on the batch's (rendered) images."""
 
     def __init__(self) -> None:
         self.max_error = 0.0
         self.views: dict[int, torch.Tensor] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        images, _, index = batch
-        cache = pl_module.teacher_cache
-        x = cache.render(images, index, trainer.current_epoch)
-        with torch.no_grad():
-            fresh = pl_module.teacher(x)
-        cached = cache.outputs(index, trainer.current_epoch).logits
-        self.max_error = max(self.max_error, (fresh - cached).abs().max().item())
+        assert batch.teacher is not None, "a cached batch carries the teacher's outputs"
+        fresh = pl_module.teacher(batch.images).logits
+        self.max_error = max(self.max_error, (fresh - batch.teacher.logits).abs().max().item())
         if batch_idx == 0:
-            order = index.argsort()
-            self.views[trainer.current_epoch] = (x[order], index[order])
+            order = batch.indices.argsort()
+            self.views[trainer.current_epoch] = (batch.images[order], batch.indices[order])
 
 
 def _count_builds(monkeypatch) -> list[int]:
@@ -55,7 +51,8 @@ def test_cached_outputs_equal_a_fresh_teacher_forward_on_the_augmented_view(teac
     make_trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=1, callbacks=[checker]).fit(module, dm)
     assert checker.max_error < 1e-5  # same function, batch composition may differ: float32 round-off only
     assert set(checker.views) == {0, 1}
-    assert module.teacher_cache is None  # released at teardown
+    assert not torch.equal(checker.views[0][0], checker.views[1][0])  # epoch 1 trains on the second view
+    assert next(iter(dm.train_dataloader())).teacher is None  # the DataModule serves plain images again
 
 
 def test_rendered_view_is_the_random_augmentation_with_recorded_parameters() -> None:
@@ -102,7 +99,7 @@ def test_changed_teacher_data_or_transforms_rebuild_the_cache(teacher_spec, tmp_
     assert len(calls) == 1  # a new module with the same teacher hits the disk entry
     module = make()
     with torch.no_grad():
-        next(module.teacher.parameters()).add_(0.01)
+        next(module.teacher.network.parameters()).add_(0.01)
     fit(module)
     assert len(calls) == 2
     fit(make(), image_size=10)
@@ -140,12 +137,9 @@ def test_topk_cache_trains_and_its_kd_error_is_small(teacher_spec) -> None:
 
     class Compare(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            images, _, index = batch
-            x = pl_module.teacher_cache.render(images, index, 0)
-            student = pl_module.network(x).detach()
-            with torch.no_grad():
-                exact = kd_loss(student, pl_module.teacher(x))
-            approx = kd_loss(student, pl_module.teacher_cache.outputs(index, 0).logits)
+            student = pl_module.network(batch.images).detach()
+            exact = kd_loss(student, pl_module.teacher(batch.images).logits)
+            approx = kd_loss(student, batch.teacher.logits)
             errors.append(((approx - exact).abs() / exact).item())
 
     make_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=0, callbacks=[Compare()]).fit(
@@ -160,10 +154,11 @@ def test_cache_matches_the_uncached_loss_without_augmentation(teacher_spec) -> N
 
     class Compare(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            images, y, index = batch
-            x = to_float_images(images)
-            cached = pl_module.loss_components(pl_module.student_outputs(x), pl_module.teacher_outputs(x, index), y)
-            fresh = pl_module.loss_components(pl_module.student_outputs(x), pl_module.teacher_outputs(x), y)
+            x, y = batch.images, batch.labels
+            assert torch.equal(x, to_float_images(trainer.datamodule.train_set.images[batch.indices]))
+            student = pl_module.student_outputs(x)
+            cached = pl_module.loss_components(student, batch.teacher, y)
+            fresh = pl_module.loss_components(student, pl_module.teacher(x), y)
             losses.append((cached["kd"].item(), fresh["kd"].item()))
 
     make_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, callbacks=[Compare()]).fit(

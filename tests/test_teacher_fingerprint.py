@@ -59,7 +59,7 @@ def test_checkpoint_records_the_teacher_and_refuses_a_changed_one(tmp_path):
     ckpt_path = trainer.checkpoint_callback.best_model_path
     ckpt = torch.load(ckpt_path, weights_only=True)
     assert ckpt["teacher"]["spec"]["weights_path"] == str(teacher_path)
-    assert ckpt["teacher"]["sha256"] == state_dict_sha256(module.teacher)
+    assert ckpt["teacher"]["sha256"] == state_dict_sha256(module.teacher.network)
     assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])
 
     # The same teacher, rebuilt from its spec: evaluation works.

@@ -12,12 +12,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 
-from kd_lightning.cache._loader import TensorTupleDataset, rank_shard, shard_loader
+from kd_lightning.cache._shards import rank_shard
 from kd_lightning.cache.keys import cache_key, module_digest, tensor_digest
 from kd_lightning.cache.store import CacheStore
+from kd_lightning.data.base import ImageClassificationDataModule
+from kd_lightning.data.sources import FeatureSource
 from kd_lightning.data.transforms import to_float_images
+from kd_lightning.models.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ FEATURE_PIPELINE = "to_float_images/v1"  # bump when the image → tensor conver
 
 def why_not_cacheable(datamodule: Any) -> str | None:
     """The reason the features of ``datamodule``'s training images are not fixed, or ``None``."""
-    if datamodule is None or getattr(datamodule, "train_set", None) is None:
+    if not isinstance(datamodule, ImageClassificationDataModule) or datamodule.train_set is None:
         return "it needs a kd_lightning ImageClassificationDataModule (in-memory train_set)"
     if getattr(datamodule, "crop_padding", 0) > 0 or getattr(datamodule, "hflip", False):
         return (
@@ -59,13 +61,14 @@ def compute_features(
     return torch.cat(chunks)
 
 
-class FeatureCacheCallback(Callback):
-    """Swap the train and val loaders for loaders of cached backbone features (``fit`` only).
+class FeatureCache:
+    """Serve a linear probe's train and val batches as cached backbone features (``fit`` only).
 
-    At ``on_fit_start`` (the model is on its device, DDP is set up) it looks up, or computes and
-    stores, the features of this rank's shard of the train and val sets, keyed by the backbone's
-    weights, the data's content (which includes the split) and the image pipeline. The module's
-    forward then applies only the head to 2-D (feature) batches. Test and predict keep images.
+    :meth:`sources` looks up, or computes and stores, the features of this rank's shard of the
+    train and val sets, keyed by the backbone's weights, the data's content (which includes the
+    split), the image pipeline and the precision; the finetuner hands them to the DataModule
+    (:meth:`~kd_lightning.data.base.ImageClassificationDataModule.use_source`) and trains its head on
+    ``batch.features``. Test and predict keep images.
 
     Args:
         store: where the features live (memory, or memory-mapped files on disk).
@@ -73,42 +76,25 @@ class FeatureCacheCallback(Callback):
 
     def __init__(self, store: CacheStore) -> None:
         self.store = store
-        self.active = False
-        self._original: dict[str, Any] = {}
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def sources(self, trainer: L.Trainer, network: Classifier) -> dict[str, FeatureSource]:
+        """Feature sources by split; empty (with the reason logged) when the features are not fixed."""
         datamodule = trainer.datamodule
         reason = why_not_cacheable(datamodule)
         if reason is not None:
             log.warning(f"feature cache not used: {reason}")
-            return
-        loaders = {
-            "train_dataloader": self._loader(trainer, pl_module, datamodule.train_set, "train", shuffle=True),
-            "val_dataloader": self._loader(trainer, pl_module, datamodule.val_set, "val", shuffle=False),
+            return {}
+        splits = {"train": datamodule.train_set, "val": datamodule.val_set}
+        return {
+            split: self._source(trainer, network, dataset, split)
+            for split, dataset in splits.items()
+            if dataset is not None and len(dataset) > 0
         }
-        for name, loader in loaders.items():
-            if loader is not None:
-                self._original[name] = datamodule.__dict__.get(name)
-                setattr(datamodule, name, lambda loader=loader: loader)
-        self.active = True
 
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        datamodule = trainer.datamodule
-        for name, previous in self._original.items():
-            if previous is None:
-                datamodule.__dict__.pop(name, None)
-            else:
-                setattr(datamodule, name, previous)
-        self._original.clear()
-        self.active = False
-
-    def _loader(self, trainer: L.Trainer, pl_module: L.LightningModule, dataset, split: str, shuffle: bool):
-        if dataset is None or len(dataset) == 0:
-            return None
+    def _source(self, trainer: L.Trainer, network: Classifier, dataset, split: str) -> FeatureSource:
         datamodule = trainer.datamodule
         shard = rank_shard(len(dataset), trainer.global_rank, trainer.world_size)
         images, labels = dataset.images[shard], dataset.labels[shard]
-        network = pl_module.network
         key = cache_key(
             kind="features",
             backbone=module_digest(torch.nn.ModuleList([network.input_adapter, network.backbone])),
@@ -120,27 +106,22 @@ class FeatureCacheCallback(Callback):
         entry = self.store.get(key, slot=split)
         if entry is None:
             log.info(f"feature cache: computing {split} features of {len(images)} images (key {key})")
-            network.eval()
+            device = trainer.strategy.root_device
+            was_training = network.training
+            network.to(device).eval()
             features = compute_features(
                 network,
                 images,
                 datamodule.image_size,
                 datamodule.eval_batch_size,
-                pl_module.device,
+                device,
                 trainer.precision_plugin.forward_context,
             )
+            network.train(was_training)
             entry = self.store.put(key, {"features": features, "labels": labels}, slot=split)
-            pl_module.train()  # restores train mode of the head; the frozen backbone stays in eval
         else:
             log.info(f"feature cache: reusing {split} features (key {key})")
-        batch_size = datamodule.batch_size if split == "train" else datamodule.eval_batch_size
-        dataset = TensorTupleDataset(entry["features"], entry["labels"])
-        return shard_loader(dataset, batch_size, shuffle=shuffle, seed=getattr(datamodule, "seed", 0))
+        return FeatureSource(entry["features"], entry["labels"])
 
 
-def is_feature_batch(x: torch.Tensor) -> bool:
-    """Features are ``[B, D]``; images are always ``[B, C, H, W]``."""
-    return x.dim() == 2
-
-
-__all__ = ["FeatureCacheCallback", "compute_features", "is_feature_batch", "why_not_cacheable"]
+__all__ = ["FeatureCache", "compute_features", "why_not_cacheable"]

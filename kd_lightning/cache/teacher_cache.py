@@ -23,18 +23,22 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from torch import nn
 
-from kd_lightning.cache._loader import TensorTupleDataset, rank_shard, shard_loader
+from kd_lightning.cache._shards import rank_shard
 from kd_lightning.cache.keys import cache_key, module_digest, tensor_digest
 from kd_lightning.cache.store import CacheStore
+from kd_lightning.data.base import ImageClassificationDataModule
+from kd_lightning.data.batch import Batch
+from kd_lightning.data.sources import BatchSource
 from kd_lightning.data.transforms import crop_at, flip_where, to_float_images
-from kd_lightning.losses.base import ModelOutputs
+from kd_lightning.outputs import ModelOutputs
 
 log = logging.getLogger(__name__)
 
@@ -194,12 +198,42 @@ def build_teacher_cache(
     return cache
 
 
-class TeacherCacheCallback(Callback):
-    """Build (or load) the teacher-output cache at ``on_fit_start`` and train on indexed batches.
+class TeacherCacheSource(BatchSource):
+    """Training batches of this rank's shard with their stored teacher outputs.
 
-    The train loader is swapped for one yielding ``(uint8 images, labels, sample indices)`` of
-    this rank's shard; the distiller renders each batch's stored view and looks its teacher
-    outputs up instead of running the teacher. Validation and test run the teacher as usual.
+    Batches leave the loader as uint8 images and shard positions; :meth:`finish` renders, on the
+    device, the view of the epoch that the teacher's outputs were computed on, and attaches those
+    outputs, so the student trains on exactly what the teacher saw.
+    """
+
+    rank_local = True
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, shard: torch.Tensor, cache: TeacherOutputCache
+    ) -> None:
+        self.images, self.labels, self.cache = images, labels, cache
+        self.shard = shard.to(cache.views.dy.device)  # global training-set index of each position
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return Batch(self.labels[idx], images=self.images[idx], indices=idx)
+
+    def finish(self, batch: Batch, epoch: int) -> Batch:
+        position = batch.indices
+        images = self.cache.render(batch.inputs, position, epoch)
+        return Batch(
+            batch.labels, images=images, indices=self.shard[position], teacher=self.cache.outputs(position, epoch)
+        )
+
+
+class TeacherCache:
+    """How the distiller caches its teacher's training outputs; builds the :class:`TeacherCacheSource`.
+
+    Entries are keyed by the teacher's weights, the shard's images and labels, the view
+    parameters, top-k and the precision, so any change computes a new entry.
 
     Args:
         store: where entries live (memory, or memory-mapped files on disk).
@@ -219,13 +253,22 @@ class TeacherCacheCallback(Callback):
         self.topk = topk
         self.temperature = temperature
         self.seed = seed
-        self._original: Any = None
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def source(
+        self,
+        trainer: L.Trainer,
+        teacher: nn.Module,
+        num_classes: int,
+    ) -> TeacherCacheSource | None:
+        """Look up or compute this rank's entry; ``None`` (with the reason logged) when caching cannot apply.
+
+        Args:
+            teacher: the frozen teacher; ``teacher(x)`` returns its :class:`ModelOutputs`.
+        """
         datamodule = trainer.datamodule
-        if datamodule is None or getattr(datamodule, "train_set", None) is None:
+        if not isinstance(datamodule, ImageClassificationDataModule) or datamodule.train_set is None:
             log.warning("teacher cache not used: it needs a kd_lightning ImageClassificationDataModule")
-            return
+            return None
         padding, hflip = datamodule.crop_padding, datamodule.hflip
         num_views = self.num_views if padding > 0 or hflip else 1
         if num_views != self.num_views:
@@ -234,7 +277,7 @@ class TeacherCacheCallback(Callback):
         images, labels = datamodule.train_set.images[shard], datamodule.train_set.labels[shard]
         key = cache_key(
             kind="teacher",
-            teacher=module_digest(pl_module.teacher),
+            teacher=module_digest(teacher),
             data=tensor_digest(images, labels),
             image_size=datamodule.image_size,
             padding=padding,
@@ -246,37 +289,24 @@ class TeacherCacheCallback(Callback):
             pipeline=VIEW_PIPELINE,
             precision=str(trainer.precision),
         )
-        num_classes = pl_module.num_classes
+        device = trainer.strategy.root_device
         entry = self.store.get(key, slot="teacher")
         if entry is None:
             log.info(f"teacher cache: {num_views} view(s) of {len(images)} images (key {key})")
             views = ViewTable.sample(len(images), num_views, padding, hflip, self.seed)
+            teacher.to(device)
             cache = build_teacher_cache(
-                pl_module.teacher_outputs,
+                teacher,
                 images,
                 views,
                 datamodule.image_size,
                 num_classes,
                 datamodule.eval_batch_size,
-                pl_module.device,
+                device,
                 self.topk,
                 trainer.precision_plugin.forward_context,
                 self.temperature,
             )
             entry = self.store.put(key, cache.to_entry(), slot="teacher")
-        pl_module.teacher_cache = TeacherOutputCache.from_entry(
-            entry, padding, hflip, datamodule.image_size, num_classes, pl_module.device
-        )
-        dataset = TensorTupleDataset(images, labels, torch.arange(len(images)))
-        loader = shard_loader(dataset, datamodule.batch_size, shuffle=True, seed=getattr(datamodule, "seed", 0))
-        self._original = datamodule.__dict__.get("train_dataloader")
-        datamodule.train_dataloader = lambda: loader
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        datamodule = trainer.datamodule
-        if datamodule is not None and "train_dataloader" in datamodule.__dict__:
-            if self._original is None:
-                del datamodule.train_dataloader
-            else:
-                datamodule.train_dataloader = self._original
-        pl_module.teacher_cache = None
+        cache = TeacherOutputCache.from_entry(entry, padding, hflip, datamodule.image_size, num_classes, device)
+        return TeacherCacheSource(images, labels, shard, cache)

@@ -10,7 +10,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
-from torch import nn
+
+from kd_lightning.data.batch import Batch
 
 
 class ConfusionMatrixLogger(Callback):
@@ -19,8 +20,9 @@ class ConfusionMatrixLogger(Callback):
     With a :class:`~lightning.pytorch.loggers.WandbLogger` the confusion matrix is a W&B plot and the
     per-class table a W&B Table (``val/confusion_matrix``, ``val/per_class``); otherwise
     ``{stage}_confusion_matrix.png`` and ``{stage}_per_class.csv`` are (over)written in the trainer's
-    log directory. The table compares the student with its teacher when the module has one
-    (``pl_module.teacher``), which is where distillation helps or hurts.
+    log directory. The table compares the student with its teacher when the evaluation step
+    returned the teacher's logits too (the distiller does), which is where distillation helps or
+    hurts. Nothing is run again: predictions come from what each step returned.
 
     Args:
         stages: evaluation stages to report, from ``"val"`` and ``"test"``.
@@ -61,15 +63,16 @@ class ConfusionMatrixLogger(Callback):
     def _reset(self) -> None:
         self._preds, self._teacher_preds, self._targets = [], [], []
 
-    @torch.no_grad()
-    def _collect(self, pl_module: L.LightningModule, outputs: Any, batch: Any) -> None:
-        x, y = batch
-        logits = outputs if isinstance(outputs, torch.Tensor) else pl_module(x)
-        self._preds.append(logits.argmax(dim=-1).cpu())
-        self._targets.append(y.cpu())
-        teacher = getattr(pl_module, "teacher", None)
-        if isinstance(teacher, nn.Module):
-            self._teacher_preds.append(teacher(x).argmax(dim=-1).cpu())
+    def _collect(self, pl_module: L.LightningModule, outputs: Any, batch: Batch) -> None:
+        if not isinstance(outputs, dict) or "logits" not in outputs:
+            raise TypeError(
+                f"{type(self).__name__} reads the evaluation step's output {{'logits': ..., 'teacher_logits': ...}}; "
+                f"{type(pl_module).__name__} returned {type(outputs).__name__}"
+            )
+        self._preds.append(outputs["logits"].argmax(dim=-1).cpu())
+        self._targets.append(batch.labels.cpu())
+        if "teacher_logits" in outputs:
+            self._teacher_preds.append(outputs["teacher_logits"].argmax(dim=-1).cpu())
 
     def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self._targets or not trainer.is_global_zero:

@@ -6,7 +6,7 @@ import lightning as L
 from lightning.pytorch.callbacks import BaseFinetuning
 from torch.optim import Optimizer
 
-from kd_lightning.modules.freezing import freeze
+from kd_lightning.models.freezing import freeze
 
 
 class BackboneUnfreeze(BaseFinetuning):

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from kd_lightning.data.sampler import ResumableRandomSampler
-from kd_lightning.data.tensor_dataset import PreparedBatch, TensorImageDataset, collate_batch
+from kd_lightning.data.batch import IGNORE_LABEL, Batch
+from kd_lightning.data.sampler import ResumableRandomSampler, ResumableShardSampler
+from kd_lightning.data.sources import BatchSource
+from kd_lightning.data.tensor_dataset import TensorImageDataset, collate_batch
 from kd_lightning.data.transforms import augment_batch, to_float_images
+
+log = logging.getLogger(__name__)
+
+Split = Literal["train", "val"]
 
 
 class ImageClassificationDataModule(L.LightningDataModule):
@@ -27,12 +34,19 @@ class ImageClassificationDataModule(L.LightningDataModule):
         num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
         val_fraction: share of the training split held out for validation.
         seed: seed of the train/val split and of the few-shot subset.
-        samples_per_class: keep only this many training images per class (few-shot regime).
+        samples_per_class: keep labels for only this many training images per class (few-shot regime).
+        unlabeled: what happens to the other training images under ``samples_per_class``:
+            ``None`` drops them; ``"rest"`` keeps them as an unlabeled transfer set (label
+            :data:`~kd_lightning.data.batch.IGNORE_LABEL`), which the distiller trains on with its
+            distillation terms only (Hinton et al.'s "transfer set").
         image_size: resize images to ``image_size × image_size`` (explicit, never implied).
         crop_padding: random pad-and-crop augmentation of the training batches (0 = off).
         hflip: random horizontal flips of the training batches.
-        return_indices: training batches are ``(images, labels, indices)``, the indices of the
-            samples in the training set (for losses with a per-sample memory, such as CRD).
+        return_indices: training batches carry ``indices``, the positions of the samples in the
+            training set (for losses with a per-sample memory, such as CRD).
+
+    Batches are :class:`~kd_lightning.data.batch.Batch` objects. A module that computed something
+    ahead of time (a teacher-output or feature cache) serves it through :meth:`use_source`.
     """
 
     class_names: list[str] = []
@@ -46,6 +60,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         samples_per_class: int | None = None,
+        unlabeled: Literal["rest"] | None = None,
         image_size: int | None = None,
         crop_padding: int = 0,
         hflip: bool = False,
@@ -56,6 +71,10 @@ class ImageClassificationDataModule(L.LightningDataModule):
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if samples_per_class is not None and samples_per_class < 1:
             raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}")
+        if unlabeled not in (None, "rest"):
+            raise ValueError(f"unlabeled must be null or 'rest', got {unlabeled!r}")
+        if unlabeled is not None and samples_per_class is None:
+            raise ValueError("unlabeled: rest needs samples_per_class (the labeled images per class)")
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.batch_size = batch_size
@@ -64,6 +83,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.seed = seed
         self.samples_per_class = samples_per_class
+        self.unlabeled = unlabeled
         self.image_size = image_size
         self.crop_padding = crop_padding
         self.hflip = hflip
@@ -71,12 +91,35 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.train_set: TensorImageDataset | None = None
         self.val_set: TensorImageDataset | None = None
         self.test_set: TensorImageDataset | None = None
-        self.train_sampler: ResumableRandomSampler | None = None
+        self.train_sampler: ResumableRandomSampler | ResumableShardSampler | None = None
         self._sampler_state: dict[str, Any] | None = None
+        self._sources: dict[Split, BatchSource] = {}
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def has_unlabeled(self) -> bool:
+        """Whether training batches may hold samples without a label."""
+        return self.unlabeled is not None
+
+    def use_source(self, split: Split, source: BatchSource | None) -> None:
+        """Serve the ``split`` batches from ``source`` (e.g. a module's cache); ``None`` restores the images.
+
+        The declared way for a module to feed pre-computed batches through the DataModule: the
+        loaders are built here as always, and the source finishes each batch on the device.
+        """
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        if source is None:
+            self._sources.pop(split, None)
+        else:
+            self._sources[split] = source
+
+    def clear_sources(self) -> None:
+        """Serve this DataModule's own images again for every split."""
+        self._sources.clear()
 
     def load_split(self, split: str) -> TensorImageDataset:
         """Return the ``"train"`` or ``"test"`` split as decoded ``uint8`` tensors."""
@@ -91,6 +134,9 @@ class ImageClassificationDataModule(L.LightningDataModule):
             separate_val = self.load_val_split()
             self.train_set, self.val_set = self._split_train_val(self.load_split("train"), separate_val)
             self.train_set.return_indices = self.return_indices
+            if self.samples_per_class is not None:
+                labeled = int((self.train_set.labels != IGNORE_LABEL).sum())
+                log.info(f"label budget: {labeled} labeled + {len(self.train_set) - labeled} unlabeled training images")
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self.load_split("test")
 
@@ -101,10 +147,17 @@ class ImageClassificationDataModule(L.LightningDataModule):
         order = torch.randperm(len(full), generator=generator)
         n_val = 0 if separate_val is not None else round(len(full) * self.val_fraction)
         val_idx, train_idx = order[:n_val], order[n_val:]
-        if self.samples_per_class is not None:
-            train_idx = self._few_shot(full.labels, train_idx)
         val = separate_val if separate_val is not None else full.subset(val_idx.sort().values)
-        return full.subset(train_idx.sort().values), val
+        if self.samples_per_class is None:
+            return full.subset(train_idx.sort().values), val
+        labeled_idx = self._few_shot(full.labels, train_idx)
+        if self.unlabeled is None:
+            return full.subset(labeled_idx.sort().values), val
+        train = full.subset(train_idx.sort().values)
+        is_labeled = torch.zeros(len(full), dtype=torch.bool)
+        is_labeled[labeled_idx] = True
+        labels = torch.where(is_labeled[train_idx.sort().values], train.labels, IGNORE_LABEL)
+        return train.with_labels(labels), val
 
     def _few_shot(self, labels: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """The first ``samples_per_class`` of each class in the seeded order: class-balanced."""
@@ -114,9 +167,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
             raise ValueError(f"samples_per_class={self.samples_per_class} exceeds the images of classes {short}")
         return torch.cat(chosen)
 
-    def _loader(
-        self, dataset: TensorImageDataset | None, batch_size: int, sampler: ResumableRandomSampler | None = None
-    ) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, batch_size: int, sampler: Any = None) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         return DataLoader(
@@ -129,24 +180,29 @@ class ImageClassificationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        if self.train_set is None:
+        dataset: Dataset | None = self._sources.get("train", self.train_set)
+        if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         # Seeded by seed_everything (``torch.initial_seed``), so the config's seed sets the order.
-        self.train_sampler = ResumableRandomSampler(len(self.train_set), seed=torch.initial_seed() % 2**62)
+        seed = torch.initial_seed() % 2**62
+        # Under DDP Lightning wraps a plain sampler in a DistributedSamplerWrapper (keeping its
+        # order); a source that already holds only this rank's shard gets a one-replica sampler.
+        rank_local = isinstance(dataset, BatchSource) and dataset.rank_local
+        sampler_type = ResumableShardSampler if rank_local else ResumableRandomSampler
+        self.train_sampler = sampler_type(len(dataset), seed=seed)
         if self._sampler_state is not None:
             self.train_sampler.load_state_dict(self._sampler_state)
             self._sampler_state = None
-        # Under DDP Lightning wraps this sampler in a DistributedSamplerWrapper and keeps its order.
-        return self._loader(self.train_set, self.batch_size, self.train_sampler)
+        return self._loader(dataset, self.batch_size, self.train_sampler)
 
     def state_dict(self) -> dict[str, Any]:
         """Where the training sampler stands, so a run resumed mid-epoch sees the same next batches."""
         if self.train_sampler is None or self.trainer is None:
             return {}
         batches_done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if self.trainer.world_size > 1:
+        if self.trainer.world_size > 1 and not isinstance(self.train_sampler, ResumableShardSampler):
             # Lightning's DistributedSamplerWrapper needs the full permutation to shard it, so
-            # under DDP a run resumes exactly at epoch boundaries only.
+            # under DDP a run resumes exactly at epoch boundaries only (rank-local sources aside).
             batches_done = 0
         return {"train_sampler": self.train_sampler.state_dict(consumed=batches_done * self.batch_size)}
 
@@ -154,7 +210,12 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self._sampler_state = state_dict.get("train_sampler")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size)
+        source = self._sources.get("val")
+        if source is None:
+            return self._loader(self.val_set, self.eval_batch_size)
+        # One replica: a rank-local source is this rank's shard already, not to be split again.
+        sampler = DistributedSampler(source, num_replicas=1, rank=0, shuffle=False) if source.rank_local else None
+        return self._loader(source, self.eval_batch_size, sampler)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, self.eval_batch_size)
@@ -162,14 +223,20 @@ class ImageClassificationDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, self.eval_batch_size)
 
-    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int):
-        # Batches from a cache (kd_lightning.cache) are already in their final form: pre-computed
-        # features, or uint8 images whose views the module renders itself so that a cached teacher
-        # output matches the student's view.
-        if isinstance(batch, PreparedBatch):
-            return batch
-        images, *rest = batch
-        images = to_float_images(images, self.image_size)
-        if self.trainer is not None and self.trainer.training:
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        """uint8 images → float in [0, 1], resized and (in training) augmented, on the device.
+
+        A batch from a :class:`BatchSource` is finished by that source instead: a teacher cache
+        renders the stored view its teacher outputs belong to, a feature cache has no images.
+        """
+        trainer = self.trainer
+        training = trainer is not None and trainer.training
+        evaluating = trainer is not None and (trainer.validating or trainer.sanity_checking)
+        split: Split | None = "train" if training else "val" if evaluating else None
+        source = self._sources.get(split) if split is not None else None
+        if source is not None:
+            return source.finish(batch, trainer.current_epoch)
+        images = to_float_images(batch.inputs, self.image_size)
+        if training:
             images = augment_batch(images, self.crop_padding, self.hflip)
-        return images, *rest
+        return batch.with_images(images)

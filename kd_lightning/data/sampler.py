@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 
 class ResumableRandomSampler(Sampler[int]):
@@ -52,3 +52,32 @@ class ResumableRandomSampler(Sampler[int]):
                 f"the checkpoint's training set had {state['num_samples']} images, this one has {self.num_samples}"
             )
         self.seed, self.epoch, self._skip = state["seed"], state["epoch"], state["consumed"]
+
+
+class ResumableShardSampler(DistributedSampler):
+    """:class:`ResumableRandomSampler`'s order over data that is already this rank's shard.
+
+    A cache computed per rank must not be split again under DDP. Lightning leaves a
+    ``DistributedSampler`` in place instead of wrapping it, so this one-replica
+    ``DistributedSampler`` keeps each rank on its own shard while resuming exactly mid-epoch.
+    """
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        super().__init__(range(num_samples), num_replicas=1, rank=0, shuffle=True, seed=seed)
+        self.order = ResumableRandomSampler(num_samples, seed)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.order.set_epoch(epoch)
+
+    def state_dict(self, consumed: int = 0) -> dict[str, Any]:
+        return self.order.state_dict(consumed)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state)

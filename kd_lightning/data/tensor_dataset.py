@@ -7,15 +7,17 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from kd_lightning.data.batch import Batch
+
 
 class TensorImageDataset(Dataset):
     """Decoded ``uint8`` images ``[N, C, H, W]`` with integer labels, kept in memory.
 
-    ``__getitems__`` lets the DataLoader fetch a batch with one indexing operation instead of
-    ``batch_size`` Python calls and a collate; it still is a plain ``DataLoader`` underneath,
-    so Lightning can swap in a ``DistributedSampler`` under DDP.
+    ``__getitems__`` lets the DataLoader fetch a :class:`~kd_lightning.data.batch.Batch` with one
+    indexing operation instead of ``batch_size`` Python calls and a collate; it still is a plain
+    ``DataLoader`` underneath, so Lightning can swap in a ``DistributedSampler`` under DDP.
 
-    With ``return_indices`` set, items are ``(image, label, index)``: losses that keep a memory
+    With ``return_indices`` set, batches carry the samples' ``indices``: losses that keep a memory
     per training sample (CRD) need to know which samples a batch holds.
     """
 
@@ -36,20 +38,18 @@ class TensorImageDataset(Dataset):
             return self.images[index], self.labels[index], torch.tensor(index)
         return self.images[index], self.labels[index]
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        if self.return_indices:
-            return self.images[idx], self.labels[idx], idx
-        return self.images[idx], self.labels[idx]
+        return Batch(self.labels[idx], images=self.images[idx], indices=idx if self.return_indices else None)
 
     def subset(self, indices: torch.Tensor) -> TensorImageDataset:
         return TensorImageDataset(self.images[indices], self.labels[indices])
 
+    def with_labels(self, labels: torch.Tensor) -> TensorImageDataset:
+        """The same images under other labels (e.g. some replaced by ``IGNORE_LABEL``)."""
+        return TensorImageDataset(self.images, labels, self.return_indices)
 
-class PreparedBatch(tuple):
-    """A batch already in its final form (e.g. from a cache): the DataModule's batch hook leaves it alone."""
 
-
-def collate_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """Identity collate: ``__getitems__`` already returns a stacked batch."""
+def collate_batch(batch: Batch) -> Batch:
+    """Identity collate: ``__getitems__`` already returns a whole batch."""
     return batch

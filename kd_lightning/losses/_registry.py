@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from kd_lightning.errors import unknown_name_error
 from kd_lightning.losses.base import DistillationLoss
-from kd_lightning.models._registry import unknown_name_error
 
 _LOSSES: dict[str, type[DistillationLoss]] = {}
 L = TypeVar("L", bound=type[DistillationLoss])

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from kd_lightning.outputs import ModelOutputs
 
-class ModelOutputs(NamedTuple):
-    """What a network produced for one batch: its logits and any tapped intermediate features."""
-
-    logits: torch.Tensor
-    features: dict[str, torch.Tensor] = {}
+__all__ = ["DistillationLoss", "ModelOutputs"]
 
 
 class DistillationLoss(nn.Module):
@@ -28,13 +24,18 @@ class DistillationLoss(nn.Module):
         teacher_layers: module names tapped on the teacher, paired with ``student_layers``.
         needs_indices: the loss takes the dataset indices of the batch (``indices=`` keyword),
             e.g. to address a memory bank.
-        current_epoch: 0-based epoch, set by the distiller at each epoch start, for schedules.
+        needs_epoch: the loss takes the 0-based training epoch (``epoch=`` keyword), for
+            schedules such as a warm-up. An argument rather than state set by a hook, since
+            Lightning skips epoch-start hooks when a run resumes mid-epoch (mdistiller passes it too).
+        needs_labels: the loss uses the class labels of every sample, so it cannot train on an
+            unlabeled transfer set (the distiller refuses that combination up front).
     """
 
     student_layers: tuple[str, ...] = ()
     teacher_layers: tuple[str, ...] = ()
     needs_indices: bool = False
-    current_epoch: int = 0
+    needs_epoch: bool = False
+    needs_labels: bool = False
 
     def set_layers(self, student_layers: Sequence[str], teacher_layers: Sequence[str]) -> None:
         """Record the tapped layer pairs; the i-th student layer is matched to the i-th teacher layer."""

@@ -6,7 +6,8 @@ import torch
 
 from kd_lightning.losses._registry import register_loss
 from kd_lightning.losses._utils import check_logit_pair, check_temperature
-from kd_lightning.losses.base import DistillationLoss, ModelOutputs
+from kd_lightning.losses.base import DistillationLoss
+from kd_lightning.outputs import ModelOutputs
 
 _EPS = 1e-8
 

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from kd_lightning.losses._registry import register_loss
 from kd_lightning.losses._utils import check_logit_pair, check_temperature
-from kd_lightning.losses.base import DistillationLoss, ModelOutputs
+from kd_lightning.losses.base import DistillationLoss
+from kd_lightning.outputs import ModelOutputs
 
 # Subtracted from the target logit before the non-target softmax: exp(-1000/T) underflows to 0
 # in float32/64, which removes the target class as in the paper's ``p̂`` (Eq. 2).
@@ -69,13 +70,17 @@ class DKDLoss(DistillationLoss):
 
     Zhao et al. ramp the whole DKD term linearly over the first ``warmup_epochs`` epochs
     (20 on CIFAR-100), since the large ``β`` otherwise swamps the cross-entropy early on. The
-    distiller sets :attr:`current_epoch` (0-based) at every epoch start; the factor in epoch
-    ``e`` is ``min((e + 1) / warmup_epochs, 1)``.
+    distiller passes the 0-based ``epoch`` with every call; the factor in epoch ``e`` is
+    ``min((e + 1) / warmup_epochs, 1)``. DKD splits the distribution at the true class, so it
+    needs a label for every sample.
 
     Args:
         alpha, beta, temperature: see :func:`dkd_loss`.
         warmup_epochs: epochs of linear warm-up (0 = off).
     """
+
+    needs_epoch = True
+    needs_labels = True
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup_epochs: int = 0) -> None:
         super().__init__()
@@ -85,14 +90,16 @@ class DKDLoss(DistillationLoss):
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
         self.warmup_epochs = warmup_epochs
 
-    def warmup_factor(self) -> float:
+    def warmup_factor(self, epoch: int) -> float:
         if self.warmup_epochs == 0:
             return 1.0
-        return min((self.current_epoch + 1) / self.warmup_epochs, 1.0)
+        return min((epoch + 1) / self.warmup_epochs, 1.0)
 
-    def forward(self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor, epoch: int = 0
+    ) -> torch.Tensor:
         loss = dkd_loss(student.logits, teacher.logits, targets, self.alpha, self.beta, self.temperature)
-        return self.warmup_factor() * loss
+        return self.warmup_factor(epoch) * loss
 
     def extra_repr(self) -> str:
         return (

@@ -10,7 +10,8 @@ from torch import nn
 
 from kd_lightning.losses._registry import register_loss
 from kd_lightning.losses._utils import full_precision
-from kd_lightning.losses.base import DistillationLoss, ModelOutputs
+from kd_lightning.losses.base import DistillationLoss
+from kd_lightning.outputs import ModelOutputs
 
 
 def hint_loss(regressed_student: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from kd_lightning.losses._registry import register_loss
 from kd_lightning.losses._utils import check_logit_pair, check_temperature, full_precision
-from kd_lightning.losses.base import DistillationLoss, ModelOutputs
+from kd_lightning.losses.base import DistillationLoss
+from kd_lightning.outputs import ModelOutputs
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:

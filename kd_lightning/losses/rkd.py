@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from kd_lightning.losses._registry import register_loss
 from kd_lightning.losses._utils import full_precision
-from kd_lightning.losses.base import DistillationLoss, ModelOutputs
+from kd_lightning.losses.base import DistillationLoss
+from kd_lightning.outputs import ModelOutputs
 
 _EPS = 1e-12
 

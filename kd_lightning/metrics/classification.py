@@ -5,6 +5,8 @@ from __future__ import annotations
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassF1Score
 
+from kd_lightning.data.batch import IGNORE_LABEL
+
 # Top-5 accuracy says little when there are barely more than five classes, and is always 1 below.
 TOP5_MIN_CLASSES = 6
 ECE_BINS = 15
@@ -22,9 +24,12 @@ def classification_metrics(num_classes: int, evaluation: bool = True) -> MetricC
             targets is a host-device sync in every step.
     """
     checks = evaluation
-    metrics: dict[str, Metric] = {"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=checks)}
+    # Training batches may hold unlabeled samples (an unlabeled transfer set): not counted.
+    ignore = None if evaluation else IGNORE_LABEL
+    options = {"average": "micro", "validate_args": checks, "ignore_index": ignore}
+    metrics: dict[str, Metric] = {"acc": MulticlassAccuracy(num_classes, **options)}
     if num_classes >= TOP5_MIN_CLASSES:
-        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro", validate_args=checks)
+        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, **options)
     if evaluation:
         metrics["f1_macro"] = MulticlassF1Score(num_classes, average="macro")
         metrics["ece"] = MulticlassCalibrationError(num_classes, n_bins=ECE_BINS, norm="l1")

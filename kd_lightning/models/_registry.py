@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from torch import nn
 
-from kd_lightning.errors import ConfigError
 from kd_lightning.models.classifier import InputConfig
 
 
@@ -21,12 +19,16 @@ class Backbone(NamedTuple):
         feature_dim: width of the trunk output.
         head: the original pretrained classifier, kept when its class count matches the request.
         input_config: overrides the registered input config (e.g. read from pretrained weights).
+        stages: trunk-relative names of the modules that end each stage, shallow to deep (like
+            timm's ``feature_info``), so feature losses can name ``stage:1`` or ``stage:-1`` on any
+            architecture.
     """
 
     trunk: nn.Module
     feature_dim: int
     head: nn.Module | None = None
     input_config: InputConfig | None = None
+    stages: tuple[str, ...] = ()
 
 
 BackboneBuilder = Callable[..., Backbone]
@@ -73,10 +75,3 @@ def get_backbone_entry(name: str) -> BackboneEntry | None:
 def list_backbones() -> list[str]:
     """Names of the networks registered by kd_lightning itself (torchvision/timm names work too)."""
     return sorted(_BACKBONES)
-
-
-def unknown_name_error(kind: str, name: str, known: list[str]) -> ConfigError:
-    """A :class:`ConfigError` (a ``ValueError``) that suggests the closest known names, for typos in configs."""
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return ConfigError(f"unknown {kind} {name!r}.{hint}")

@@ -25,4 +25,10 @@ def build(name: str, pretrained: bool | str = False, in_chans: int = 3, **kwargs
         mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
     size = cfg.get("input_size", (in_chans, 224, 224))
     config = InputConfig(mean=tuple(mean), std=tuple(std), in_chans=in_chans, input_size=tuple(size[1:]))
-    return Backbone(model, model.num_features, input_config=config)
+    return Backbone(model, model.num_features, input_config=config, stages=feature_stages(model))
+
+
+def feature_stages(model) -> tuple[str, ...]:
+    """The module names of timm's ``feature_info`` (one per feature stage), when the model declares it."""
+    info = getattr(model, "feature_info", None) or []
+    return tuple(stage["module"] for stage in info if isinstance(stage, dict) and stage.get("module"))

@@ -45,7 +45,18 @@ def build(name: str, pretrained: bool | str = False, in_chans: int = 3, **kwargs
     head_name, head = _last_linear(model, name)
     model.set_submodule(head_name, nn.Identity())
     input_config = IMAGENET_INPUT if weights is None else input_config_of(weights)
-    return Backbone(model, head.in_features, head=head if weights is not None else None, input_config=input_config)
+    return Backbone(
+        model,
+        head.in_features,
+        head=head if weights is not None else None,
+        input_config=input_config,
+        stages=_stages(model),
+    )
+
+
+def _stages(model: nn.Module) -> tuple[str, ...]:
+    """ResNet-family stages (``layer1``…``layer4``); other torchvision families declare none yet."""
+    return tuple(name for name in ("layer1", "layer2", "layer3", "layer4") if hasattr(model, name))
 
 
 def input_config_of(weights: torchvision.models.WeightsEnum) -> InputConfig:

@@ -72,7 +72,7 @@ def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:
         if pretrained:
             raise ValueError(f"{name} has no downloadable weights; pass weights_path to a local file")
         net = CifarResNet(depth, widths, in_chans)
-        return Backbone(net, net.feature_dim)
+        return Backbone(net, net.feature_dim, stages=("layer1", "layer2", "layer3"))
 
     build.__name__ = name
     build.__doc__ = f"CIFAR ResNet-{depth}, stage widths {widths[1:]}."

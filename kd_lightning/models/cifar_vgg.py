@@ -58,7 +58,7 @@ def _register(name: str, widths: tuple[tuple[int, ...], ...]) -> None:
         if pretrained:
             raise ValueError(f"{name} has no downloadable weights; pass weights_path to a local file")
         net = CifarVGG(widths, in_chans)
-        return Backbone(net, net.feature_dim)
+        return Backbone(net, net.feature_dim, stages=tuple(f"block{i}" for i in range(net.num_blocks)))
 
     build.__name__ = name
     build.__doc__ = f"CIFAR {name.upper()} with BatchNorm (tap block0..block4)."

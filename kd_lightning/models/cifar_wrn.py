@@ -72,7 +72,7 @@ def _register(depth: int, widen: int) -> None:
         if pretrained:
             raise ValueError(f"{name} has no downloadable weights; pass weights_path to a local file")
         net = WideResNet(depth, widen, in_chans)
-        return Backbone(net, net.feature_dim)
+        return Backbone(net, net.feature_dim, stages=("block1", "block2", "block3"))
 
     build.__name__ = name
     build.__doc__ = f"CIFAR Wide ResNet-{depth}-{widen} (tap block1/block2/block3)."

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -33,12 +34,18 @@ class InputAdapter(nn.Module):
 
     Normalisation lives in the model, not the data pipeline, because a teacher and its student
     may have been trained with different statistics, and an exported student then takes plain
-    [0, 1] images.
+    [0, 1] images. For the same reason each network may resize its input to its own
+    ``resize_to`` resolution: a 224-px teacher and a 28-px student share one batch.
+
+    Args:
+        config: the backbone's input statistics and channels.
+        resize_to: ``(H, W)`` every input is resized to (bilinear, antialiased), or ``None``.
     """
 
-    def __init__(self, config: InputConfig) -> None:
+    def __init__(self, config: InputConfig, resize_to: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.in_chans = config.in_chans
+        self.resize_to = resize_to
         mean = torch.tensor(config.mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(config.std, dtype=torch.float32).view(1, -1, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
@@ -46,7 +53,9 @@ class InputAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
-            return x  # non-image input (e.g. pre-computed features) passes through untouched
+            raise ValueError(f"expected images [B, C, H, W], got a tensor of shape {tuple(x.shape)}")
+        if self.resize_to is not None and tuple(x.shape[-2:]) != self.resize_to:
+            x = F.interpolate(x, size=self.resize_to, mode="bilinear", antialias=True, align_corners=False)
         if x.shape[1] != self.in_chans:
             if x.shape[1] != 1:
                 raise ValueError(
@@ -68,6 +77,8 @@ class Classifier(nn.Module):
         head: an existing head to keep (e.g. ImageNet classifier weights); a new ``nn.Linear``
             is created when omitted.
         name: registry name, recorded for checkpoints and reports.
+        stages: trunk-relative names of the modules ending each stage (see ``Backbone.stages``).
+        input_size: side every input is resized to inside the network (``None``: as given).
     """
 
     def __init__(
@@ -78,13 +89,17 @@ class Classifier(nn.Module):
         input_config: InputConfig,
         head: nn.Module | None = None,
         name: str = "",
+        stages: tuple[str, ...] = (),
+        input_size: int | None = None,
     ) -> None:
         super().__init__()
         self.name = name
         self.feature_dim = feature_dim
         self.num_classes = num_classes
         self.input_config = input_config
-        self.input_adapter = InputAdapter(input_config)
+        self.stages = tuple(stages)
+        self.input_size = input_size
+        self.input_adapter = InputAdapter(input_config, None if input_size is None else (input_size, input_size))
         self.backbone = backbone
         self.head = head if head is not None else nn.Linear(feature_dim, num_classes)
 

@@ -14,6 +14,7 @@ statistics with the stem's output under each normalisation, and by the predictio
 from __future__ import annotations
 
 from kd_lightning.models._registry import Backbone, register_backbone
+from kd_lightning.models._timm import feature_stages
 from kd_lightning.models.classifier import InputConfig
 from kd_lightning.models.weights import read_state_dict, remap_positional
 
@@ -47,4 +48,10 @@ def efficientnet_lite0(pretrained: bool | str = False, in_chans: int = 3, drop_r
         model.load_state_dict(state)
     head = model.classifier
     model.reset_classifier(0)
-    return Backbone(model, model.num_features, head=head if pretrained else None, input_config=LITE_INPUT)
+    return Backbone(
+        model,
+        model.num_features,
+        head=head if pretrained else None,
+        input_config=LITE_INPUT,
+        stages=feature_stages(model),
+    )

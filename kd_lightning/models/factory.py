@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_info
+
+from kd_lightning.errors import ConfigError, unknown_name_error
 from kd_lightning.models import _timm, _torchvision
-from kd_lightning.models._registry import get_backbone_entry, list_backbones, unknown_name_error
+from kd_lightning.models._registry import get_backbone_entry, list_backbones
 from kd_lightning.models.classifier import Classifier, InputConfig
 from kd_lightning.models.weights import load_weights
 
@@ -20,6 +23,10 @@ def create_model(
     pretrained: bool | str = False,
     weights_path: str | None = None,
     in_chans: int | None = None,
+    input_size: int | None = None,
+    key_map: dict[str, str] | None = None,
+    positional: bool = False,
+    strict_head: bool = False,
     **kwargs: Any,
 ) -> Classifier:
     """Build a classifier by name with a head of ``num_classes`` outputs.
@@ -34,8 +41,12 @@ def create_model(
             (``"IMAGENET1K_V2"``); for timm, any truthy value loads its default weights.
         weights_path: a local state dict or Lightning checkpoint loaded over the built model.
         in_chans: input channels for networks that take it (small nets, timm).
+        input_size: resize every input to ``input_size × input_size`` inside the network.
+        key_map, positional, strict_head: how ``weights_path`` is matched (see :func:`load_weights`).
         **kwargs: passed to the builder (e.g. ``width`` of the small CNN).
     """
+    if input_size is not None and input_size < 1:
+        raise ConfigError(f"input_size must be a positive number of pixels, got {input_size}")
     entry = get_backbone_entry(name)
     options = dict(kwargs)
     if in_chans is not None:
@@ -59,9 +70,19 @@ def create_model(
     head = built.head
     if head is not None and getattr(head, "out_features", None) != num_classes:
         head = None
-    model = Classifier(built.trunk, built.feature_dim, num_classes, input_config, head=head, name=name)
+    model = Classifier(
+        built.trunk,
+        built.feature_dim,
+        num_classes,
+        input_config,
+        head=head,
+        name=name,
+        stages=built.stages,
+        input_size=input_size,
+    )
     if weights_path is not None:
-        load_weights(model, weights_path)
+        report = load_weights(model, weights_path, strict_head=strict_head, key_map=key_map, positional=positional)
+        rank_zero_info(f"{name}: {report}")
     return model
 
 

@@ -1,4 +1,10 @@
-"""Tap intermediate activations of any network by module name, for feature distillation."""
+"""Tap intermediate activations of any network by module name, for feature distillation.
+
+A layer reference is ``<module>[@input|@output]``: ``<module>`` is a module path (``layer3``,
+``backbone.layer3``, ``head``) or a stage of the backbone's declared stages (``stage:0`` the
+first, ``stage:-1`` the last; see ``Backbone.stages``), and ``@input`` taps what the module
+receives instead of what it returns (torchdistill's ``io: input``; ``@output`` is the default).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,24 @@ from torch.utils.hooks import RemovableHandle
 # Names are looked up in the classifier's trunk first, so configs can say ``layer3`` rather
 # than ``backbone.layer3``; full names (``backbone.layer3``, ``head``, ``backbone``) work too.
 _TRUNK_PREFIX = "backbone."
+_STAGE = "stage:"
+_IO = ("input", "output")
+
+
+def split_io(ref: str) -> tuple[str, str]:
+    """``"layer3@input"`` → ``("layer3", "input")``; no suffix means ``"output"``."""
+    name, _, io = ref.partition("@")
+    io = io or "output"
+    if io not in _IO:
+        raise ValueError(f"layer {ref!r}: the part after '@' must be 'input' or 'output', got {io!r}")
+    return name, io
 
 
 def resolve_module(model: nn.Module, name: str) -> tuple[str, nn.Module] | None:
-    """The module a layer name refers to (trunk-relative first, then from the model root)."""
+    """The module a layer reference names (its ``@io`` suffix aside): a stage, then trunk-relative, then full."""
+    name, _ = split_io(name)
+    if name.startswith(_STAGE):
+        name = _stage_module(model, name)
     modules = dict(model.named_modules())
     for candidate in (_TRUNK_PREFIX + name, name):
         if candidate in modules and candidate:
@@ -22,18 +42,35 @@ def resolve_module(model: nn.Module, name: str) -> tuple[str, nn.Module] | None:
     return None
 
 
+def _stage_module(model: nn.Module, name: str) -> str:
+    stages: tuple[str, ...] = getattr(model, "stages", ())
+    if not stages:
+        raise ValueError(
+            f"{getattr(model, 'name', type(model).__name__)!r} declares no stages: name its layers instead of {name!r}"
+        )
+    try:
+        return stages[int(name.removeprefix(_STAGE))]
+    except (ValueError, IndexError):
+        raise ValueError(
+            f"{name!r} is not a stage of {getattr(model, 'name', '')!r}: it has {len(stages)} "
+            f"(stage:0 … stage:{len(stages) - 1}, or stage:-1 for the last): {list(stages)}"
+        ) from None
+
+
 @torch.no_grad()
 def probe_output_shapes(
     model: nn.Module, sample: torch.Tensor, names: Sequence[str] | None = None
 ) -> dict[str, torch.Size]:
-    """Output shape of each named module (all tensor-valued ones when ``names`` is None) for ``sample``.
+    """Shape of each named layer reference (every module's output when ``names`` is None) for ``sample``.
 
     The model runs in eval mode so the probe does not touch BatchNorm running statistics, and
     is put back in its previous mode afterwards.
     """
     targets = dict(model.named_modules()) if names is None else {n: resolve_module(model, n)[1] for n in names}
     shapes: dict[str, torch.Size] = {}
-    handles = [module.register_forward_hook(_shape_recorder(shapes, name)) for name, module in targets.items() if name]
+    handles = [
+        _hook(module, split_io(name)[1], _shape_recorder(shapes, name)) for name, module in targets.items() if name
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -46,11 +83,38 @@ def probe_output_shapes(
 
 
 def _shape_recorder(shapes: dict[str, torch.Size], name: str):
-    def hook(module: nn.Module, args, output) -> None:
-        if isinstance(output, torch.Tensor):
-            shapes[name] = output.shape
+    def record(tensor) -> None:
+        if isinstance(tensor, torch.Tensor):
+            shapes[name] = tensor.shape
 
-    return hook
+    return record
+
+
+def _hook(module: nn.Module, io: str, record) -> RemovableHandle:
+    """Call ``record(tensor)`` with the module's first input or its output at every forward."""
+    if io == "input":
+        return module.register_forward_pre_hook(_InputHook(record))
+    return module.register_forward_hook(_OutputHook(record))
+
+
+class _InputHook:
+    """A forward pre-hook passing the module's first input on; a class so models stay picklable."""
+
+    def __init__(self, record) -> None:
+        self.record = record
+
+    def __call__(self, module: nn.Module, args) -> None:
+        self.record(args[0] if args else None)
+
+
+class _OutputHook:
+    """A forward hook passing the module's output on; a class so models stay picklable."""
+
+    def __init__(self, record) -> None:
+        self.record = record
+
+    def __call__(self, module: nn.Module, args, output) -> None:
+        self.record(output)
 
 
 def describe_layers(model: nn.Module, sample: torch.Tensor, max_depth: int = 3) -> str:
@@ -73,7 +137,8 @@ class FeatureTaps:
 
     Args:
         model: the network (a ``Classifier`` or any ``nn.Module``).
-        layers: module names to record, trunk-relative (``layer2``) or full (``backbone.layer2``).
+        layers: layer references to record (see the module docstring): ``layer2``,
+            ``backbone.layer2``, ``stage:-1``, ``layer3@input``.
         sample: one dummy batch of the model's input, used to report the available layers.
     """
 
@@ -82,15 +147,16 @@ class FeatureTaps:
         self.layers = tuple(dict.fromkeys(layers))
         missing = [name for name in self.layers if resolve_module(model, name) is None]
         if missing:
+            stages = getattr(model, "stages", ())
             raise ValueError(
                 f"no layer named {missing} in {type(model).__name__} "
-                f"{getattr(model, 'name', '')!r}. Available layers and their output shapes [C, H, W]:\n"
-                + describe_layers(model, sample)
+                f"{getattr(model, 'name', '')!r}. Its stages (stage:0 …): {list(stages)}. "
+                "Available layers and their output shapes [C, H, W]:\n" + describe_layers(model, sample)
             )
         self._recording = False
         self._captured: dict[str, torch.Tensor] = {}
         self._handles: list[RemovableHandle] = [
-            resolve_module(model, name)[1].register_forward_hook(_Recorder(self, name)) for name in self.layers
+            _hook(resolve_module(model, name)[1], split_io(name)[1], _Recorder(self, name)) for name in self.layers
         ]
         self.shapes = probe_output_shapes(model, sample, self.layers)
 
@@ -112,11 +178,11 @@ class FeatureTaps:
 
 
 class _Recorder:
-    """The forward hook of one tapped layer; a class rather than a closure so models stay picklable."""
+    """Records one tapped tensor; a class rather than a closure so models stay picklable."""
 
     def __init__(self, taps: FeatureTaps, name: str) -> None:
         self.taps, self.name = taps, name
 
-    def __call__(self, module: nn.Module, args, output) -> None:
+    def __call__(self, tensor: torch.Tensor) -> None:
         if self.taps._recording:
-            self.taps._captured[self.name] = output
+            self.taps._captured[self.name] = tensor

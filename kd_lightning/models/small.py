@@ -17,11 +17,13 @@ def mlp(
     """Multi-layer perceptron on flattened ``in_chans × input_size × input_size`` images."""
     _no_pretrained("mlp", pretrained)
     layers: list[nn.Module] = [nn.Flatten()]
+    stages: list[str] = []
     width = in_chans * input_size * input_size
     for h in hidden:
         layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+        stages.append(str(len(layers) - 1))
         width = h
-    return Backbone(nn.Sequential(*layers), width)
+    return Backbone(nn.Sequential(*layers), width, stages=tuple(stages))
 
 
 def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
@@ -33,15 +35,17 @@ def small_cnn(pretrained: bool | str = False, in_chans: int = 1, width: int = 32
     """``depth`` stages of two 3×3 conv-BN-ReLU layers (width doubling, 2× pooling between)."""
     _no_pretrained("small_cnn", pretrained)
     layers: list[nn.Module] = []
+    stages: list[str] = []  # the last ReLU of each stage (a flat Sequential keeps checkpoint keys stable)
     cin = in_chans
     for stage in range(depth):
         cout = width * 2**stage
         if stage:
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
         layers += _conv_bn(cin, cout) + _conv_bn(cout, cout)
+        stages.append(str(len(layers) - 1))
         cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return Backbone(nn.Sequential(*layers), cin)
+    return Backbone(nn.Sequential(*layers), cin, stages=tuple(stages))
 
 
 def _no_pretrained(name: str, pretrained: bool | str) -> None:

@@ -5,11 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lightning.pytorch.utilities import rank_zero_info
-
 from kd_lightning.models.classifier import Classifier
 from kd_lightning.models.factory import create_model
-from kd_lightning.models.weights import load_weights
 
 
 @dataclass
@@ -24,6 +21,9 @@ class ModelSpec:
         key_map: rename the keys of ``weights_path`` by prefix, e.g. ``{"encoder.": "backbone."}``.
         positional: map the tensors of ``weights_path`` onto the model by order (weights exported
             from another implementation of the same architecture).
+        input_size: the resolution this network runs at: every input is resized to
+            ``input_size × input_size`` inside it (e.g. a 112-px pretrained teacher beside a 28-px
+            student on one batch). ``None`` takes the batch as it comes.
     """
 
     name: str
@@ -32,16 +32,21 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     key_map: dict[str, str] | None = None
     positional: bool = False
+    input_size: int | None = None
 
     def build(self, num_classes: int, strict_head: bool = False) -> Classifier:
         """Build the network; ``strict_head`` refuses weights whose head has another class count."""
-        model = create_model(self.name, num_classes, pretrained=self.pretrained, **self.kwargs)
-        if self.weights_path is not None:
-            report = load_weights(
-                model, self.weights_path, strict_head=strict_head, key_map=self.key_map, positional=self.positional
-            )
-            rank_zero_info(f"{self.name}: {report}")
-        return model
+        return create_model(
+            self.name,
+            num_classes,
+            pretrained=self.pretrained,
+            weights_path=self.weights_path,
+            input_size=self.input_size,
+            key_map=self.key_map,
+            positional=self.positional,
+            strict_head=strict_head,
+            **self.kwargs,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only, so the spec can live in a checkpoint loaded with ``weights_only=True``."""

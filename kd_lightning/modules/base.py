@@ -15,9 +15,9 @@ from torchmetrics import MetricCollection
 from kd_lightning.callbacks.nonfinite import NonFiniteLossGuard
 from kd_lightning.callbacks.resume import ExactResume
 from kd_lightning.checkpointing import use_safe_checkpoint_io
+from kd_lightning.data.base import ImageClassificationDataModule
+from kd_lightning.data.batch import IGNORE_LABEL, Batch
 from kd_lightning.metrics import classification_metrics
-
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class SupervisedModule(L.LightningModule):
@@ -63,6 +63,20 @@ class SupervisedModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # Runs before Lightning restores --ckpt_path and before any save, also outside the CLI.
         use_safe_checkpoint_io(self.trainer)
+        datamodule = self.trainer.datamodule
+        if stage == "fit" and isinstance(datamodule, ImageClassificationDataModule):
+            self.prepare_training_data(datamodule)
+
+    def prepare_training_data(self, datamodule: ImageClassificationDataModule) -> None:
+        """Check the training data against the module and hand the DataModule any batch source (a cache).
+
+        Called once per ``fit``, after the DataModule's ``setup``; the sources are withdrawn at teardown.
+        """
+
+    def teardown(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if stage == "fit" and isinstance(datamodule, ImageClassificationDataModule):
+            datamodule.clear_sources()
 
     def configure_callbacks(self) -> list[Callback]:
         """Exact resume (RNG states, config check) and a stop on non-finite losses, in every run.
@@ -91,26 +105,37 @@ class SupervisedModule(L.LightningModule):
                     network.compile()
 
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+        """Mean cross-entropy over the labeled samples; unlabeled ones (``IGNORE_LABEL``) add nothing.
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        """Returns the logits, for callbacks such as the confusion matrix."""
+        Summed and divided by the labeled count (at least 1), so a batch of only unlabeled
+        samples contributes 0 instead of ``F.cross_entropy``'s NaN (0/0).
+        """
+        total = F.cross_entropy(
+            logits.float(), targets, ignore_index=IGNORE_LABEL, label_smoothing=self.label_smoothing, reduction="sum"
+        )
+        return total / (targets != IGNORE_LABEL).sum().clamp(min=1)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The logits (and a distiller's teacher logits), for callbacks such as the confusion matrix."""
         return self._evaluate(batch, "val", self.val_metrics)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._evaluate(batch, "test", self.test_metrics)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Class probabilities of the trained network."""
-        return self(batch[0]).softmax(dim=-1)
+        return self(batch.inputs).softmax(dim=-1)
 
-    def _evaluate(self, batch: Batch, stage: str, metrics: MetricCollection) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
-        self.log(f"{stage}/loss", self.cross_entropy(logits, y), sync_dist=True)
-        metrics.update(logits, y)
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """The trained network's logits for a batch (the finetuner reads cached features here)."""
+        return self(batch.inputs)
+
+    def _evaluate(self, batch: Batch, stage: str, metrics: MetricCollection) -> dict[str, torch.Tensor]:
+        logits = self.logits(batch)
+        self.log(f"{stage}/loss", self.cross_entropy(logits, batch.labels), sync_dist=True, batch_size=len(batch))
+        metrics.update(logits, batch.labels)
         self.log_dict(metrics)
-        return logits
+        return {"logits": logits}
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)

@@ -6,26 +6,25 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from kd_lightning.cache.store import CacheStore
-from kd_lightning.cache.teacher_cache import TeacherCacheCallback, TeacherOutputCache
+from kd_lightning.cache.teacher_cache import TeacherCache
+from kd_lightning.data.base import ImageClassificationDataModule
+from kd_lightning.data.batch import Batch
 from kd_lightning.errors import ConfigError, as_config_error
-from kd_lightning.losses import DistillationLoss, KDLoss, LossTerm, ModelOutputs, as_term, create_loss
-from kd_lightning.losses._utils import check_temperature
+from kd_lightning.losses import DistillationLoss, KDLoss, LossTerm, as_term, check_temperature, create_loss
 from kd_lightning.losses.term import CROSS_ENTROPY
 from kd_lightning.metrics import TeacherStudentKL
 from kd_lightning.models.feature_taps import FeatureTaps
-from kd_lightning.models.fingerprint import check_fingerprint, state_dict_sha256
 from kd_lightning.models.spec import ModelSpec, as_spec
-from kd_lightning.modules.base import Batch, SupervisedModule
-from kd_lightning.modules.freezing import freeze
+from kd_lightning.modules.base import SupervisedModule
+from kd_lightning.modules.teacher import FrozenTeacher
+from kd_lightning.outputs import ModelOutputs
 
 TEACHER_PREFIX = "teacher."
 
@@ -40,9 +39,14 @@ class DistillationModule(SupervisedModule):
     dummy batch of ``input_shape``, and the losses' adapters built from them, so adapters are
     ordinary submodules: in the optimizer and in checkpoints like the student.
 
-    The teacher is frozen: no gradients, never in the optimizer, in eval mode for the whole run
-    (Lightning calls ``.train()`` on the module every epoch; :meth:`train` puts it back), and
-    left out of checkpoints unless ``save_teacher`` is set, since it is rebuilt from its spec.
+    The teacher is a :class:`~kd_lightning.modules.teacher.FrozenTeacher`: no gradients, never in
+    the optimizer, in eval mode for the whole run, and left out of checkpoints unless
+    ``save_teacher`` is set, since it is rebuilt from its spec.
+
+    Training batches (:class:`~kd_lightning.data.batch.Batch`) may carry the teacher's outputs
+    already (the teacher cache, served through the DataModule); otherwise the teacher runs on
+    them. Samples labeled :data:`~kd_lightning.data.batch.IGNORE_LABEL` (an unlabeled transfer
+    set) count in every distillation term but not in the label cross-entropy.
 
     Args:
         student: the network to train (registry name and optional weights).
@@ -57,9 +61,9 @@ class DistillationModule(SupervisedModule):
         input_shape: ``[C, H, W]`` of one input, for probing tapped feature shapes; defaults
             to the student's registered input config. Only needed by feature losses.
         save_teacher: also store the teacher's weights in the student's checkpoints.
-        teacher_cache: compute the teacher's training outputs once and reuse them every epoch
-            (``True``/``"memory"``, or ``"disk"``: memory-mapped files under ``cache_dir``);
-            see :mod:`kd_lightning.cache.teacher_cache` for how augmented views stay exact.
+        teacher_cache: compute the teacher's training outputs once, when ``fit`` sets up, and reuse
+            them every epoch (``True``/``"memory"``, or ``"disk"``: memory-mapped files under
+            ``cache_dir``); see :mod:`kd_lightning.cache.teacher_cache` for how augmented views stay exact.
         cache_views: fixed augmented views per training sample (used when the DataModule augments).
         cache_topk: store only the top-k teacher logits per sample (many-class data sets).
         cache_dir: directory of the ``"disk"`` teacher cache.
@@ -100,13 +104,11 @@ class DistillationModule(SupervisedModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.save_teacher = save_teacher
         self.network = student_spec.build(num_classes)
-        self.teacher = self._build_teacher(teacher_spec, num_classes)
-        # Hashed now, before a strategy could shard the teacher; stored in every checkpoint.
-        self._teacher_sha256 = state_dict_sha256(self.teacher)
+        self.teacher = FrozenTeacher(teacher_spec, num_classes)
         # Under DDP the frozen teacher is neither in the gradient sync (it has no trainable
         # parameters) nor in the per-step buffer broadcast: every rank builds the same one.
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            self, [TEACHER_PREFIX + name for name, _ in self.teacher.state_dict().items()]
+            self, self.teacher.state_names(TEACHER_PREFIX)
         )
         # Loss hyper-parameters, layer names and feature shapes come from the config: a
         # ValueError here is the user's to fix, so it becomes a one-line ConfigError.
@@ -116,48 +118,25 @@ class DistillationModule(SupervisedModule):
                 self.loss_weights: dict[str, float] = {CROSS_ENTROPY: 1.0 - alpha, "kd": alpha}
             else:
                 self.loss_terms, self.loss_weights = _build_terms(terms)
-            self.student_taps, self.teacher_taps = self._tap_features(input_shape)
+            self.student_taps = self._tap_features(input_shape)
         self.val_teacher_metrics = _teacher_metrics(num_classes, "val/")
         self.test_teacher_metrics = _teacher_metrics(num_classes, "test/")
-        self.teacher_cache: TeacherOutputCache | None = None  # set by TeacherCacheCallback during fit
         store = CacheStore("memory" if teacher_cache is True else teacher_cache, cache_dir) if teacher_cache else None
-        self._cache_callback = (
-            TeacherCacheCallback(store, cache_views, cache_topk, temperature) if store is not None else None
-        )
+        self.teacher_cache = TeacherCache(store, cache_views, cache_topk, temperature) if store is not None else None
 
-    @property
-    def student(self) -> nn.Module:
-        return self.network
-
-    @staticmethod
-    def _build_teacher(spec: ModelSpec, num_classes: int) -> nn.Module:
-        if spec.weights_path is None and not spec.pretrained:
-            rank_zero_warn(
-                f"teacher {spec.name!r} has neither weights_path nor pretrained weights: it is "
-                "untrained, so the student will learn noise. Set teacher.weights_path."
-            )
-        teacher = spec.build(num_classes, strict_head=True)
-        freeze(teacher)
-        return teacher
-
-    def train(self, mode: bool = True) -> DistillationModule:
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
-    def _tap_features(self, input_shape: tuple[int, int, int] | None) -> tuple[FeatureTaps | None, FeatureTaps | None]:
+    def _tap_features(self, input_shape: tuple[int, int, int] | None) -> FeatureTaps | None:
         """Hook the layers the losses need, probe their shapes and build the losses' adapters."""
         losses: list[DistillationLoss] = list(self.loss_terms.values())
         student_layers = [name for loss in losses for name in loss.student_layers]
         teacher_layers = [name for loss in losses for name in loss.teacher_layers]
         if not student_layers and not teacher_layers:
-            return None, None
+            return None
         sample = torch.rand(2, *self._input_shape(input_shape))
         student_taps = FeatureTaps(self.network, student_layers, sample)
-        teacher_taps = FeatureTaps(self.teacher, teacher_layers, sample)
+        teacher_shapes = self.teacher.tap(teacher_layers, sample)
         for loss in losses:
-            loss.build(student_taps.shapes, teacher_taps.shapes)
-        return student_taps, teacher_taps
+            loss.build(student_taps.shapes, teacher_shapes)
+        return student_taps
 
     def _input_shape(self, input_shape: tuple[int, int, int] | None) -> tuple[int, int, int]:
         if input_shape is not None:
@@ -170,23 +149,22 @@ class DistillationModule(SupervisedModule):
             )
         return (config.in_chans, *config.input_size)
 
-    def configure_callbacks(self) -> list[Callback]:
-        callbacks = super().configure_callbacks()
-        if self._cache_callback is not None:
-            callbacks.append(self._cache_callback)
-        return callbacks
+    def prepare_training_data(self, datamodule: ImageClassificationDataModule) -> None:
+        """Refuse label-hungry losses on unlabeled data; serve the teacher cache through the DataModule."""
+        if datamodule.has_unlabeled:
+            needs_labels = [key for key, loss in self.loss_terms.items() if loss.needs_labels]
+            if needs_labels:
+                raise ConfigError(
+                    f"loss terms {needs_labels} need a label for every sample, but the DataModule hands out "
+                    "unlabeled images (unlabeled: rest): drop those terms or the unlabeled images"
+                )
+        if self.teacher_cache is not None:
+            source = self.teacher_cache.source(self.trainer, self.teacher, self.num_classes)
+            if source is not None:
+                datamodule.use_source("train", source)
 
     def networks_to_compile(self) -> list[nn.Module]:
-        return [self.network, self.teacher]
-
-    def teacher_outputs(self, x: torch.Tensor, index: torch.Tensor | None = None) -> ModelOutputs:
-        """The teacher's outputs for ``x``; looked up by sample ``index`` when the cache is on."""
-        if index is not None and self.teacher_cache is not None:
-            return self.teacher_cache.outputs(index, self.current_epoch)
-        with torch.no_grad():
-            if self.teacher_taps is None:
-                return ModelOutputs(self.teacher(x))
-            return ModelOutputs(*self.teacher_taps(x))
+        return [self.network, self.teacher.network]
 
     def student_outputs(self, x: torch.Tensor) -> ModelOutputs:
         if self.student_taps is None:
@@ -198,54 +176,47 @@ class DistillationModule(SupervisedModule):
         student: ModelOutputs,
         teacher: ModelOutputs,
         targets: torch.Tensor,
+        epoch: int = 0,
         indices: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Every weighted term by label (``ce`` plus each distillation loss), unweighted.
 
-        ``indices`` are the dataset indices of the batch, passed to losses that address a
-        memory by sample (CRD).
+        Args:
+            epoch: the 0-based training epoch, passed to losses with a schedule (DKD's warm-up).
+            indices: the dataset indices of the batch, passed to losses that address a memory
+                by sample (CRD).
         """
         terms = {CROSS_ENTROPY: self.cross_entropy(student.logits, targets)}
         for name, loss in self.loss_terms.items():
+            options: dict[str, Any] = {}
+            if loss.needs_epoch:
+                options["epoch"] = epoch
             if loss.needs_indices:
-                terms[name] = loss(student, teacher, targets, indices=indices)
-            else:
-                terms[name] = loss(student, teacher, targets)
+                options["indices"] = indices
+            terms[name] = loss(student, teacher, targets, **options)
         return terms
 
-    def on_train_epoch_start(self) -> None:
-        for loss in self.loss_terms.values():
-            loss.current_epoch = self.current_epoch
-
-    def training_step(
-        self, batch: Batch | tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
-        # A third element holds the samples' dataset indices: from the teacher cache's loader
-        # (its batches are raw images whose cached view is rendered here) or for losses with a
-        # per-sample memory (CRD).
-        x, y, *rest = batch
-        indices = rest[0] if rest else None
-        if indices is not None and self.teacher_cache is not None:
-            x = self.teacher_cache.render(x, indices, self.current_epoch)
-        teacher = self.teacher_outputs(x, indices)
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        x = batch.inputs
+        teacher = batch.teacher if batch.teacher is not None else self.teacher(x)
         student = self.student_outputs(x)
-        terms = self.loss_components(student, teacher, y, indices)
+        terms = self.loss_components(student, teacher, batch.labels, self.current_epoch, batch.indices)
         loss = sum(self.loss_weights[name] * value for name, value in terms.items())
-        self.train_metrics.update(student.logits, y)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log_dict({f"train/{name}": value for name, value in terms.items()})
+        self.train_metrics.update(student.logits, batch.labels)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        self.log_dict({f"train/{name}": value for name, value in terms.items()}, batch_size=len(batch))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
-    def _evaluate(self, batch: Batch, stage: str, metrics: MetricCollection) -> torch.Tensor:
-        student_logits = super()._evaluate(batch, stage, metrics)
-        teacher_logits = self.teacher_outputs(batch[0]).logits
+    def _evaluate(self, batch: Batch, stage: str, metrics: MetricCollection) -> dict[str, torch.Tensor]:
+        outputs = super()._evaluate(batch, stage, metrics)
+        student_logits, teacher_logits = outputs["logits"], self.teacher(batch.inputs).logits
         teacher_metrics = self.val_teacher_metrics if stage == "val" else self.test_teacher_metrics
-        teacher_metrics["teacher_acc"].update(teacher_logits, batch[1])
+        teacher_metrics["teacher_acc"].update(teacher_logits, batch.labels)
         teacher_metrics["agreement"].update(student_logits, teacher_logits.argmax(dim=-1))
         teacher_metrics["kl"].update(student_logits, teacher_logits)
         self.log_dict(teacher_metrics)
-        return student_logits
+        return {**outputs, "teacher_logits": teacher_logits}
 
     def trainable_parameters(self):
         # The teacher is frozen, so this is the student plus any loss adapters.
@@ -253,7 +224,7 @@ class DistillationModule(SupervisedModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Where the teacher came from and what it was, so evaluation can rebuild and verify it.
-        checkpoint["teacher"] = {"spec": self.hparams["teacher"], "sha256": self._teacher_sha256}
+        checkpoint["teacher"] = self.teacher.fingerprint()
         if not self.save_teacher:
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
@@ -262,7 +233,7 @@ class DistillationModule(SupervisedModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved_teacher = any(k.startswith(TEACHER_PREFIX) for k in checkpoint["state_dict"])
         if "teacher" in checkpoint and not saved_teacher:
-            check_fingerprint(checkpoint["teacher"], self.teacher)
+            self.teacher.verify(checkpoint["teacher"])
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """Load strictly; a checkpoint saved without its teacher keeps the teacher rebuilt from its spec."""
@@ -272,7 +243,7 @@ class DistillationModule(SupervisedModule):
             state_dict = {**state_dict, **teacher_state}
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         if has_teacher:
-            self._teacher_sha256 = state_dict_sha256(self.teacher)
+            self.teacher.rehash()
         return result
 
 

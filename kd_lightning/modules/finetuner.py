@@ -8,12 +8,15 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from kd_lightning.cache.feature_cache import FeatureCacheCallback, is_feature_batch
+from kd_lightning.cache.feature_cache import FeatureCache
 from kd_lightning.cache.store import CacheStore
 from kd_lightning.callbacks.unfreeze import BackboneUnfreeze
+from kd_lightning.data.base import ImageClassificationDataModule
+from kd_lightning.data.batch import Batch
+from kd_lightning.errors import ConfigError
+from kd_lightning.models.freezing import freeze, keep_frozen_in_eval
 from kd_lightning.models.spec import ModelSpec, as_spec
-from kd_lightning.modules.base import Batch, SupervisedModule
-from kd_lightning.modules.freezing import freeze, keep_frozen_in_eval
+from kd_lightning.modules.base import SupervisedModule
 
 Strategy = Literal["linear_probe", "full", "freeze_then_unfreeze"]
 
@@ -35,9 +38,9 @@ class FrozenBackboneFinetuner(SupervisedModule):
         unfreeze_at_epoch: epoch at which ``freeze_then_unfreeze`` unfreezes.
         backbone_lr_factor: backbone/head learning-rate ratio after the unfreeze.
         feature_cache: with ``linear_probe``, compute the backbone features of the train and
-            val sets once and train the head on them (``True``/``"memory"``: kept in memory;
-            ``"disk"``: memory-mapped files under ``cache_dir``). Skipped, with a logged reason,
-            when the DataModule augments randomly. See :class:`FeatureCacheCallback`.
+            val sets once, when ``fit`` sets up, and train the head on them (``True``/``"memory"``:
+            kept in memory; ``"disk"``: memory-mapped files under ``cache_dir``). Skipped, with a
+            logged reason, when the DataModule augments randomly. See :class:`FeatureCache`.
         cache_dir: directory of the ``"disk"`` feature cache.
         optimizer, lr_scheduler, label_smoothing, channels_last, compile: see :class:`SupervisedModule`.
     """
@@ -72,19 +75,30 @@ class FrozenBackboneFinetuner(SupervisedModule):
         if feature_cache and strategy != "linear_probe":
             raise ValueError(f"feature_cache needs strategy='linear_probe' (a frozen backbone), got {strategy!r}")
         storage = "memory" if feature_cache is True else feature_cache
-        self.feature_store = CacheStore(storage, cache_dir) if feature_cache else None
+        self.feature_cache = FeatureCache(CacheStore(storage, cache_dir)) if feature_cache else None
 
     def configure_callbacks(self) -> list[Callback]:
         callbacks = super().configure_callbacks()
         if self.strategy == "freeze_then_unfreeze":
             callbacks.append(BackboneUnfreeze(self.unfreeze_at_epoch, self.backbone_lr_factor))
-        if self.feature_store is not None:
-            callbacks.append(FeatureCacheCallback(self.feature_store))
         return callbacks
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of images, or of cached backbone features (``[B, D]``) through the head alone."""
-        return self.network.head(x) if is_feature_batch(x) else self.network(x)
+    def prepare_training_data(self, datamodule: ImageClassificationDataModule) -> None:
+        """Refuse unlabeled data; serve cached features through the DataModule."""
+        if datamodule.has_unlabeled:
+            raise ConfigError(
+                "FrozenBackboneFinetuner needs a label for every training image, but the DataModule hands out "
+                "unlabeled images (unlabeled: rest): set unlabeled: null, or distil with DistillationModule"
+            )
+        if self.feature_cache is not None:
+            for split, source in self.feature_cache.sources(self.trainer, self.network).items():
+                datamodule.use_source(split, source)
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """Logits of the batch's images, or of its cached backbone features through the head alone."""
+        if batch.features is not None:
+            return self.network.head(batch.features)
+        return self(batch.inputs)
 
     def train(self, mode: bool = True) -> FrozenBackboneFinetuner:
         super().train(mode)
@@ -92,10 +106,9 @@ class FrozenBackboneFinetuner(SupervisedModule):
         return self
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = self.cross_entropy(logits, y)
-        self.train_metrics.update(logits, y)
-        self.log("train/loss", loss, prog_bar=True)
+        logits = self.logits(batch)
+        loss = self.cross_entropy(logits, batch.labels)
+        self.train_metrics.update(logits, batch.labels)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss

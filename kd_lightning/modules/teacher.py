@@ -1,0 +1,75 @@
+"""The distiller's teacher as one unit: built, frozen, fingerprinted, tapped and kept out of training."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+from kd_lightning.models.classifier import Classifier
+from kd_lightning.models.feature_taps import FeatureTaps
+from kd_lightning.models.fingerprint import check_fingerprint, state_dict_sha256
+from kd_lightning.models.freezing import freeze
+from kd_lightning.models.spec import ModelSpec
+from kd_lightning.outputs import ModelOutputs
+
+
+class FrozenTeacher(nn.Module):
+    """A trained network that teaches: no gradients, eval mode whatever ``train()`` says, hashed at birth.
+
+    Lightning calls ``.train()`` on the whole LightningModule every epoch; :meth:`train` keeps
+    the teacher in eval mode, so its BatchNorm statistics and dropout never change. The SHA-256
+    of its weights is taken at construction (before a strategy could shard it) and stored in the
+    student's checkpoints, so evaluation can verify it meets the same teacher again.
+
+    Args:
+        spec: the teacher's network and weights (``weights_path`` or ``pretrained``).
+        num_classes: classes of the task; a checkpoint head of another size is refused.
+    """
+
+    def __init__(self, spec: ModelSpec, num_classes: int) -> None:
+        super().__init__()
+        if spec.weights_path is None and not spec.pretrained:
+            rank_zero_warn(
+                f"teacher {spec.name!r} has neither weights_path nor pretrained weights: it is "
+                "untrained, so the student will learn noise. Set teacher.weights_path."
+            )
+        self.spec = spec
+        self.network: Classifier = spec.build(num_classes, strict_head=True)
+        freeze(self.network)
+        self.sha256 = state_dict_sha256(self.network)
+        self.taps: FeatureTaps | None = None
+        self.eval()
+
+    def tap(self, layers: Sequence[str], sample: torch.Tensor) -> dict[str, torch.Size]:
+        """Record ``layers`` in every :meth:`forward` from now on; returns their probed shapes."""
+        self.taps = FeatureTaps(self.network, layers, sample)
+        return self.taps.shapes
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> ModelOutputs:
+        if self.taps is None:
+            return ModelOutputs(self.network(x))
+        return ModelOutputs(*self.taps(x))
+
+    def state_names(self, prefix: str) -> list[str]:
+        """Every parameter and buffer name of the teacher under ``prefix`` (its place in the owner)."""
+        return [prefix + name for name in self.state_dict()]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a student checkpoint records about its teacher: where it came from and its hash."""
+        return {"spec": self.spec.to_dict(), "sha256": self.sha256}
+
+    def verify(self, fingerprint: dict[str, Any]) -> None:
+        """Refuse to go on when this teacher is not the one ``fingerprint`` describes."""
+        check_fingerprint(fingerprint, self.network)
+
+    def rehash(self) -> None:
+        """Take the hash again after weights were loaded into the teacher (a checkpoint that stored it)."""
+        self.sha256 = state_dict_sha256(self.network)
