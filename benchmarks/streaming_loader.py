@@ -41,6 +41,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
+from kd_lightning.data.batch import Batch
 from kd_lightning.data.prepare import prepare_dataset
 from kd_lightning.data.streaming import StreamingImageDataModule
 
@@ -98,8 +99,8 @@ def streaming_loader(prepared: Path, size: int, workers: int, batch_size: int):
 def epoch_rate(loader, max_images: int | None = None) -> float:
     """Images per second over one epoch, or its first ``max_images`` (worker start-up included)."""
     start, seen = time.perf_counter(), 0
-    for images, *_ in loader:
-        seen += len(images)
+    for batch in loader:
+        seen += len(batch) if isinstance(batch, Batch) else len(batch[0])  # Batch (streaming) or [images, labels]
         if max_images is not None and seen >= max_images:
             break
     return seen / (time.perf_counter() - start)

@@ -32,7 +32,7 @@ class RecordIndices(Callback):
         self.seen: dict[int, list[int]] = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.seen.setdefault(trainer.current_epoch, []).extend(batch[2].tolist())
+        self.seen.setdefault(trainer.current_epoch, []).extend(batch.indices.tolist())
 
 
 def main(config: dict) -> None:

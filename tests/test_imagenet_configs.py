@@ -56,10 +56,8 @@ def test_recipe_keeps_the_published_settings(path: Path):
         assert losses["dkd"]["kwargs"] == {"alpha": 1.0, "beta": 0.5, "temperature": 1.0, "warmup_epochs": 1}
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
-def test_recipe_trains_a_few_steps_on_a_synthetic_folder(path, tiny_imagenet, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    overrides = {
+def _cpu_overrides(data_dir: Path) -> dict[str, str]:
+    return {
         "trainer.accelerator": "cpu",
         "trainer.devices": "1",
         "trainer.strategy": "auto",
@@ -69,12 +67,29 @@ def test_recipe_trains_a_few_steps_on_a_synthetic_folder(path, tiny_imagenet, tm
         "trainer.enable_progress_bar": "false",
         "trainer.logger": "false",
         "model.init_args.teacher.pretrained": "false",  # untrained: no download here
-        "data.init_args.data_dir": str(tiny_imagenet),
+        "data.init_args.data_dir": str(data_dir),
         "data.init_args.image_size": "32",
         "data.init_args.batch_size": "4",
         "data.init_args.eval_batch_size": "4",
         "data.init_args.num_workers": "0",
     }
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_instantiates_on_a_synthetic_folder(path, tiny_imagenet, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    overrides = _cpu_overrides(tiny_imagenet)
+    cli = lightning_main(["--config", str(path), *(f"--{k}={v}" for k, v in overrides.items())], run=False)
+    assert cli.model.num_classes == 10 and cli.trainer.precision == "bf16-mixed"
+    assert cli.datamodule.random_resized_crop and cli.datamodule.batch_size == 4
+
+
+# ResNet-34 + ResNet-18 steps take half a minute each on the shared 2-core CPU: in the slow run.
+@pytest.mark.slow
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_trains_a_few_steps_on_a_synthetic_folder(path, tiny_imagenet, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    overrides = _cpu_overrides(tiny_imagenet)
     cli = lightning_main(["fit", "--config", str(path), *(f"--{k}={v}" for k, v in overrides.items())])
     assert cli.trainer.global_step == 3 and cli.trainer.precision == "bf16-mixed"
     assert cli.model.num_classes == 10 and len(cli.datamodule.val_set) == 20

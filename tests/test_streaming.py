@@ -15,6 +15,7 @@ import torch
 from benchmarks.streaming_loader import make_jpeg_folder
 from kd_lightning.cli import main as cli_main
 from kd_lightning.data import DigitsDataModule, StreamingImageDataModule
+from kd_lightning.data.batch import IGNORE_LABEL, Batch
 from kd_lightning.data.decoding import ImageDecoder, inception_crop
 from kd_lightning.data.prepare import METADATA_FILE, prepare_dataset
 from kd_lightning.errors import ConfigError, DataError
@@ -40,8 +41,8 @@ def jpeg_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _epoch(loader) -> list[tuple[torch.Tensor, ...]]:
-    return [tuple(batch) for batch in loader]
+def _epoch(loader) -> list[Batch]:
+    return list(loader)
 
 
 def test_prepare_stores_labels_and_lossless_images(digits_dir):
@@ -51,8 +52,9 @@ def test_prepare_stores_labels_and_lossless_images(digits_dir):
     assert metadata["class_names"] == DigitsDataModule.class_names and metadata["channels"] == 1
     data = StreamingImageDataModule(str(digits_dir), val_fraction=0.0, num_workers=0, return_indices=True)
     data.setup("fit")
-    for images, labels, indices in _epoch(data.train_dataloader()):
-        assert torch.equal(images, memory.images[indices]) and torch.equal(labels, memory.labels[indices])
+    for batch in _epoch(data.train_dataloader()):
+        assert torch.equal(batch.images, memory.images[batch.indices])
+        assert torch.equal(batch.labels, memory.labels[batch.indices])
 
 
 def test_split_and_validation_set_equal_the_in_memory_modules(digits_dir):
@@ -63,8 +65,8 @@ def test_split_and_validation_set_equal_the_in_memory_modules(digits_dir):
     assert len(data.train_set) == len(memory.train_set) and len(data.val_set) == len(memory.val_set)
     assert torch.equal(data.train_set.labels, memory.train_set.labels)
     val = _epoch(data.val_dataloader())  # not shuffled: the in-memory order
-    assert torch.equal(torch.cat([images for images, _ in val]), memory.val_set.images)
-    assert torch.equal(torch.cat([labels for _, labels in val]), memory.val_set.labels)
+    assert torch.equal(torch.cat([batch.images for batch in val]), memory.val_set.images)
+    assert torch.equal(torch.cat([batch.labels for batch in val]), memory.val_set.labels)
 
 
 def test_each_epoch_sees_every_training_sample_once_with_its_index(digits_dir):
@@ -76,13 +78,28 @@ def test_each_epoch_sees_every_training_sample_once_with_its_index(digits_dir):
     orders = []
     for _ in range(2):
         batches = _epoch(loader)
-        indices = torch.cat([b[2] for b in batches])
+        indices = torch.cat([b.indices for b in batches])
         assert sorted(indices.tolist()) == list(range(70))
-        assert torch.equal(torch.cat([b[0] for b in batches]), memory.train_set.images[indices])
-        assert torch.equal(torch.cat([b[1] for b in batches]), memory.train_set.labels[indices])
+        assert torch.equal(torch.cat([b.images for b in batches]), memory.train_set.images[indices])
+        assert torch.equal(torch.cat([b.labels for b in batches]), memory.train_set.labels[indices])
         orders.append(indices)
     assert not torch.equal(orders[0], orders[1])  # reshuffled each epoch
     assert torch.bincount(data.train_set.labels).tolist() == [7] * 10
+
+
+def test_unlabeled_transfer_set_matches_the_in_memory_module(digits_dir):
+    memory = DigitsDataModule(samples_per_class=7, unlabeled="rest")
+    memory.setup("fit")
+    data = StreamingImageDataModule(
+        str(digits_dir), samples_per_class=7, unlabeled="rest", num_workers=0, return_indices=True
+    )
+    data.setup("fit")
+    assert torch.equal(data.train_set.labels, memory.train_set.labels)
+    assert int((data.train_set.labels != IGNORE_LABEL).sum()) == 70 and len(data.train_set) == len(memory.train_set)
+    batches = _epoch(data.train_dataloader())
+    indices = torch.cat([b.indices for b in batches])
+    assert torch.equal(torch.cat([b.labels for b in batches]), memory.train_set.labels[indices])
+    assert int((torch.cat([b.labels for b in batches]) == IGNORE_LABEL).sum()) == len(memory.train_set) - 70
 
 
 def test_samples_per_class_beyond_a_class_is_refused(digits_dir):
@@ -94,21 +111,19 @@ def test_samples_per_class_beyond_a_class_is_refused(digits_dir):
 def test_batches_are_converted_and_augmented_on_the_device_hook(digits_dir):
     data = StreamingImageDataModule(str(digits_dir), image_size=12, num_workers=0, batch_size=8)
     data.setup("fit")
-    images, labels = next(iter(data.train_dataloader()))
-    assert images.dtype == torch.uint8 and images.shape == (8, 1, 12, 12)  # resized in the worker
-    converted, same_labels = data.on_after_batch_transfer((images, labels), 0)
-    assert converted.dtype == torch.float32 and converted.shape == (8, 1, 12, 12)
-    assert torch.equal(converted, images.float() / 255) and torch.equal(same_labels, labels)
+    batch = next(iter(data.train_dataloader()))
+    assert batch.images.dtype == torch.uint8 and batch.images.shape == (8, 1, 12, 12)  # resized in the worker
+    converted = data.on_after_batch_transfer(batch, 0)
+    assert converted.images.dtype == torch.float32 and converted.images.shape == (8, 1, 12, 12)
+    assert torch.equal(converted.images, batch.images.float() / 255) and torch.equal(converted.labels, batch.labels)
 
 
 def test_jpeg_folder_streams_at_one_size_with_seeded_random_resized_crops(jpeg_dir):
     data = StreamingImageDataModule(str(jpeg_dir / "prepared"), image_size=16, random_resized_crop=True, num_workers=0)
     data.setup("fit")
     assert data.num_classes == 10 and len(data.train_set) == 36
-    images, _ = next(iter(data.train_dataloader()))
-    assert images.shape[1:] == (3, 16, 16)
-    val_images, _ = next(iter(data.val_dataloader()))
-    assert val_images.shape[1:] == (3, 16, 16)
+    assert next(iter(data.train_dataloader())).images.shape[1:] == (3, 16, 16)
+    assert next(iter(data.val_dataloader())).images.shape[1:] == (3, 16, 16)
     item = {"image": next((jpeg_dir / "folder").rglob("*.jpg")).read_bytes(), "label": 0, "index": 5}
     decoder = ImageDecoder(channels=3, image_size=16, random_resized_crop=True, seed=1)
     first = decoder(item, epoch=1)[0]

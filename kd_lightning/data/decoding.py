@@ -63,9 +63,11 @@ class ImageDecoder:
             (else the whole image is resized to ``S × S``, as the in-memory folders do).
         center_crop: evaluation view of an ImageNet recipe: shorter side to ``S / 0.875``,
             centre crop ``S`` (else the whole image is resized to ``S × S``).
-        seed: with ``epoch`` and the sample index, seeds the random crop.
+        seed: with ``epoch`` and the sample's position, seeds the random crop.
         positions: sorted positions (in the prepared set) of the samples this split holds; the
             returned index is the sample's position in this array, i.e. its index in the split.
+        labels: the split's labels, in the order of ``positions`` (they may differ from the
+            stored ones: ``IGNORE_LABEL`` for the unlabeled transfer set).
     """
 
     channels: int
@@ -74,12 +76,14 @@ class ImageDecoder:
     center_crop: bool = False
     seed: int = 0
     positions: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
     def __call__(self, item: dict, epoch: int) -> tuple[torch.Tensor, int, int]:
         image = decode_bytes(item["image"], self.channels)
         position = int(item["index"])
         index = position if self.positions is None else int(np.searchsorted(self.positions, position))
-        return self.resize(image, epoch, position), int(item["label"]), index
+        label = int(item["label"]) if self.labels is None else int(self.labels[index])
+        return self.resize(image, epoch, position), label, index
 
     def resize(self, image: torch.Tensor, epoch: int, position: int) -> torch.Tensor:
         size = self.image_size

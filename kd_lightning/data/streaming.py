@@ -13,9 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from kd_lightning.data._litdata import StreamingDataLoader, StreamingDataset
 from kd_lightning.data.base import ImageClassificationDataModule
+from kd_lightning.data.batch import Batch
 from kd_lightning.data.decoding import ImageDecoder
 from kd_lightning.data.prepare import read_metadata
 from kd_lightning.errors import ConfigError, DataError
@@ -59,6 +61,10 @@ class StreamedSplit:
     def subset(self, indices: torch.Tensor) -> StreamedSplit:
         return StreamedSplit(self.input_dir, self.labels[indices], self.positions[indices])
 
+    def with_labels(self, labels: torch.Tensor) -> StreamedSplit:
+        """The same samples under other labels (some replaced by ``IGNORE_LABEL``: the unlabeled transfer set)."""
+        return StreamedSplit(self.input_dir, labels, self.positions)
+
 
 class _DecodingStreamingDataset(StreamingDataset):
     """A ``StreamingDataset`` whose items are decoded by an :class:`ImageDecoder` (in the loader worker)."""
@@ -71,23 +77,17 @@ class _DecodingStreamingDataset(StreamingDataset):
         return self.decoder(super().__getitem__(index), self.current_epoch)
 
 
-def _to_batch(items: list[tuple[torch.Tensor, int, int]], with_indices: bool) -> tuple[torch.Tensor, ...]:
-    """Stack decoded samples into the batch form every kd_lightning module takes."""
-    images = torch.stack([image for image, _, _ in items])
-    labels = torch.tensor([label for _, label, _ in items], dtype=torch.long)
-    if with_indices:
-        return images, labels, torch.tensor([index for _, _, index in items], dtype=torch.long)
-    return images, labels
-
-
 class _Collate:
-    """Picklable collate (loader workers may be spawned)."""
+    """Stack decoded samples into a :class:`Batch` (a class, so spawned loader workers can pickle it)."""
 
     def __init__(self, with_indices: bool) -> None:
         self.with_indices = with_indices
 
-    def __call__(self, items: list[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, ...]:
-        return _to_batch(items, self.with_indices)
+    def __call__(self, items: list[tuple[torch.Tensor, int, int]]) -> Batch:
+        images = torch.stack([image for image, _, _ in items])
+        labels = torch.tensor([label for _, label, _ in items], dtype=torch.long)
+        indices = torch.tensor([index for _, _, index in items], dtype=torch.long) if self.with_indices else None
+        return Batch(labels, images=images, indices=indices)
 
 
 class StreamingImageDataModule(ImageClassificationDataModule):
@@ -163,7 +163,8 @@ class StreamingImageDataModule(ImageClassificationDataModule):
             random_resized_crop=self.random_resized_crop and train,
             center_crop=self.random_resized_crop and not train,
             seed=self._seed(),
-            positions=split.positions.numpy() if train and split.return_indices else None,
+            positions=split.positions.numpy(),
+            labels=split.labels.numpy(),
         )
         dataset = _DecodingStreamingDataset(
             split.input_dir,
@@ -177,6 +178,10 @@ class StreamingImageDataModule(ImageClassificationDataModule):
             seed=self._seed(),
             cache_dir=self.cache_dir,
             storage_options=self.storage_options,
+            # One item deserialised per read: LitData's default for dict items decodes windows of
+            # 256, and a shuffled read then re-decodes whole windows for one sample (measured: 70×
+            # the items deserialised, as much time as the JPEG decoding itself).
+            batch_decode=0,
         )
         return dataset if split.is_whole else dataset.subset(split.positions.tolist())
 
@@ -198,14 +203,18 @@ class StreamingImageDataModule(ImageClassificationDataModule):
             generator=torch.Generator().manual_seed(self._seed()),
         )
 
-    def train_dataloader(self) -> StreamingDataLoader:
+    def train_dataloader(self) -> StreamingDataLoader | DataLoader:
+        if "train" in self._sources:  # a module's in-memory batch source (see use_source)
+            return super().train_dataloader()
         self.train_loader = self._streaming_loader(self.train_set, self.batch_size, train=True)
         if self._loader_state is not None:
             self.train_loader.load_state_dict(self._loader_state)
             self._loader_state = None
         return self.train_loader
 
-    def val_dataloader(self) -> StreamingDataLoader:
+    def val_dataloader(self) -> StreamingDataLoader | DataLoader:
+        if "val" in self._sources:
+            return super().val_dataloader()
         return self._streaming_loader(self.val_set, self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> StreamingDataLoader:
