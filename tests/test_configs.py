@@ -15,7 +15,9 @@ from kd_lightning.cli import lightning_main
 from kd_lightning.models import ModelSpec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
+# The ImageNet recipes ask for 8 GPUs and a prepared data set: tests/test_imagenet_configs.py runs them on a
+# synthetic folder instead.
+ALL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if "imagenet" not in p.relative_to(CONFIGS).parts)
 # Fragments (a logger, a scaling strategy) are used as a second --config on top of a full one.
 BASE_CONFIG = CONFIGS / "digits" / "student_scratch.yaml"
 

@@ -31,8 +31,12 @@ def _distribution(requirement: str) -> str:
     return match.group(0)
 
 
+# Extras no test needs: `bench` is the peer of benchmarks/peer_speed.py, which runs without it.
+NOT_FOR_TESTS = {"dev", "bench"}
+
+
 def test_the_extras_table_matches_pyproject() -> None:
-    extras = {name: reqs for name, reqs in _optional_dependencies().items() if name != "dev"}
+    extras = {name: reqs for name, reqs in _optional_dependencies().items() if name not in NOT_FOR_TESTS}
     assert set(extras) == set(EXTRA_MODULES)
     for name, requirements in extras.items():
         modules = {_distribution(r).lower().replace("-", "_") for r in requirements}

@@ -86,11 +86,11 @@ class PreciseBatchNorm(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            train_set = getattr(trainer.datamodule, "train_set", None)
+            train_set = getattr(trainer.datamodule, "train_set", None)  # type: ignore[attr-defined]
             if not isinstance(train_set, TensorImageDataset):
                 raise ConfigError(
                     "PreciseBatchNorm needs a kd_lightning image DataModule with its training images "
-                    f"in memory, got {type(trainer.datamodule).__name__}"
+                    f"in memory, got {type(trainer.datamodule).__name__}"  # type: ignore[attr-defined]
                 )
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -111,7 +111,7 @@ class PreciseBatchNorm(Callback):
         return last or (self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0)
 
     def _recalibrate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        batches = training_batches(trainer.datamodule, self.num_batches, self.seed, pl_module.device)
+        batches = training_batches(trainer.datamodule, self.num_batches, self.seed, pl_module.device)  # type: ignore[attr-defined]
         used = recalibrate_batchnorm(pl_module, batches)
         self._calibrated_at_step = trainer.global_step
         log.info(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -79,12 +79,13 @@ class TeacherCheck(Callback):
         self.result: dict[str, float] = {}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        datamodule = trainer.datamodule
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at run time
         val_set = getattr(datamodule, "val_set", None)
         if not isinstance(val_set, TensorImageDataset) or len(val_set) == 0:
             log.info("teacher check skipped: the DataModule holds no validation images in memory")
             return
-        teacher: nn.Module = pl_module.teacher.network  # the Classifier inside the FrozenTeacher
+        # The Classifier inside the distiller's FrozenTeacher (nn.Module attributes are untyped).
+        teacher = cast(nn.Module, pl_module.teacher.network)  # type: ignore[union-attr]
         batches = self._batches(val_set, datamodule, pl_module.device)
         result = {"val_acc": accuracy(teacher, batches)}
         with batch_statistics(teacher):
@@ -101,7 +102,7 @@ class TeacherCheck(Callback):
             f"{result['val_acc_batch_stats']:.4f} with batch statistics"
             + (f", {recorded:.4f} recorded in its checkpoint" if recorded is not None else "")
         )
-        for problem in self._problems(result, pl_module.num_classes):
+        for problem in self._problems(result, int(cast(int, pl_module.num_classes))):
             rank_zero_warn(f"TEACHER CHECK: {problem}")
 
     def _batches(self, val_set: TensorImageDataset, datamodule: Any, device: torch.device):

@@ -21,6 +21,22 @@ __all__ = [
     "ImageClassificationDataModule",
     "ImageFolderDataModule",
     "MNISTDataModule",
+    "StreamingImageDataModule",
     "TensorImageDataset",
     "TorchvisionDataModule",
+    "prepare_dataset",
 ]
+
+
+def __getattr__(name: str):
+    # The streaming module and ``prepare`` need LitData (the ``streaming`` extra, with its
+    # object-storage clients): imported on first use, so in-memory users never load it.
+    if name == "StreamingImageDataModule":
+        from kd_lightning.data.streaming import StreamingImageDataModule
+
+        return StreamingImageDataModule
+    if name == "prepare_dataset":
+        from kd_lightning.data.prepare import prepare_dataset
+
+        return prepare_dataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

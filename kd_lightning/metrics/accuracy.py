@@ -43,6 +43,8 @@ class TopKAccuracy(Metric):
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
+    hits: torch.Tensor
+    labeled: torch.Tensor
 
     def __init__(self, k: int = 1, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -52,7 +54,7 @@ class TopKAccuracy(Metric):
         self.add_state("hits", torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("labeled", torch.tensor(0), dist_reduce_fx="sum")
 
-    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:  # type: ignore[override]
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         hits, labeled = topk_hits(logits, targets, self.k)
         self.hits += hits
         self.labeled += labeled

@@ -27,7 +27,7 @@ def classification_metrics(num_classes: int, evaluation: bool = True) -> MetricC
     if not evaluation:
         # Updated in every training step: the light top-k accuracy (same numbers, a fraction of the
         # cost), which also leaves out unlabeled samples (an unlabeled transfer set).
-        metrics: dict[str, Metric] = {"acc": TopKAccuracy(1)}
+        metrics: dict[str, Metric | MetricCollection] = {"acc": TopKAccuracy(1)}
         if num_classes >= TOP5_MIN_CLASSES:
             metrics["acc_top5"] = TopKAccuracy(5)
         return MetricCollection(metrics, compute_groups=False)

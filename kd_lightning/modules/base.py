@@ -121,7 +121,8 @@ class SupervisedModule(L.LightningModule):
         self.step_values = {"train/loss": loss.detach()} | {f"train/{k}": v.detach() for k, v in terms.items()}
         trainer = self._trainer
         read = trainer is None or _step_values_read(trainer)
-        if read or (trainer.progress_bar_callback is not None and trainer.progress_bar_callback.is_enabled):
+        bar = trainer.progress_bar_callback if trainer is not None else None
+        if read or (bar is not None and bar.is_enabled):  # type: ignore[attr-defined]  # every Lightning bar has it
             self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         if read and terms:
             self.log_dict({f"train/{name}": value for name, value in terms.items()}, batch_size=batch_size)
@@ -186,7 +187,7 @@ def _step_values_read(trainer: L.Trainer) -> bool:
     """Whether a value logged in this training step reaches a logger or an epoch-end monitor."""
     # Lightning's own test for "the loggers are written after this step" (every log_every_n_steps).
     return bool(
-        trainer.fast_dev_run
+        trainer.fast_dev_run  # type: ignore[attr-defined]  # set by Lightning at run time
         or trainer._logger_connector.should_update_logs
         or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
     )

@@ -190,7 +190,7 @@ class DistillationModule(SupervisedModule):
     def configure_callbacks(self) -> list[Callback]:
         """The base callbacks, and a :class:`TeacherCheck` at fit start unless the Trainer has one."""
         callbacks = super().configure_callbacks()
-        present = self._trainer.callbacks if self._trainer is not None else []
+        present = self._trainer.callbacks if self._trainer is not None else []  # type: ignore[attr-defined]
         if not any(isinstance(cb, TeacherCheck) for cb in present):
             callbacks.append(TeacherCheck())
         return callbacks

@@ -1,0 +1,170 @@
+"""Convert an image data set, once, into LitData chunks that :class:`StreamingImageDataModule` streams.
+
+Each sample is stored as ``{"image": encoded bytes, "label": int, "index": int}``: files from an
+image folder keep their original bytes (a JPEG stays that JPEG, decoded later in the loader
+workers); data sets published as arrays (MNIST, CIFAR, digits) are stored as lossless PNGs.
+Next to LitData's ``index.json`` each split gets ``kd_lightning.json`` with the class names, the
+channel count and every sample's label, so the DataModule splits and subsets without reading
+the images.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from itertools import accumulate
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torchvision.io import encode_png
+
+from kd_lightning.data._litdata import StreamingDataset, optimize
+from kd_lightning.data.image_folder import IMAGE_SUFFIXES, list_class_folders, list_images
+from kd_lightning.errors import ConfigError, DataError, InvalidDataError
+
+METADATA_FILE = "kd_lightning.json"
+SPLITS = ("train", "val", "test")
+
+
+def _array_sets() -> dict[str, Callable[..., Any]]:
+    """The in-memory DataModules whose splits ``prepare`` can convert, by CLI name."""
+    from kd_lightning.data.digits import DigitsDataModule
+    from kd_lightning.data.torchvision_sets import (
+        CIFAR10DataModule,
+        CIFAR100DataModule,
+        FashionMNISTDataModule,
+        MNISTDataModule,
+    )
+
+    return {
+        "digits": DigitsDataModule,
+        "mnist": MNISTDataModule,
+        "fashion_mnist": FashionMNISTDataModule,
+        "cifar10": CIFAR10DataModule,
+        "cifar100": CIFAR100DataModule,
+    }
+
+
+def _file_item(sample: tuple[int, str, int]) -> dict[str, Any]:
+    index, path, label = sample
+    return {"image": Path(path).read_bytes(), "label": label, "index": index}
+
+
+def _array_item(sample: tuple[int, torch.Tensor, int]) -> dict[str, Any]:
+    index, image, label = sample
+    return {"image": encode_png(image).numpy().tobytes(), "label": label, "index": index}
+
+
+def prepare_dataset(
+    source: str,
+    output_dir: str,
+    split: Literal["train", "val", "test"] = "train",
+    data_dir: str = "data",
+    chunk_bytes: str = "64MB",
+    num_workers: int = 1,
+    overwrite: bool = False,
+    verbose: bool = True,
+) -> Path:
+    """Convert one split of a data set into LitData chunks under ``OUTPUT_DIR/SPLIT`` (once, with a progress bar).
+
+    Train with the result through ``StreamingImageDataModule(data_dir=OUTPUT_DIR)``: it reads
+    ``train/`` and, when present, ``val/`` (a separate validation split) and ``test/``.
+
+    Args:
+        source: a folder of class sub-folders (``root/<class>/<image>``; files keep their
+            bytes, JPEGs are decoded later in the loader workers), or one of ``digits``, ``mnist``,
+            ``fashion_mnist``, ``cifar10``, ``cifar100`` (read from ``data_dir`` as the in-memory
+            modules read them; stored as lossless PNGs).
+        output_dir: where to write the split's folder (a local path; copy it to object storage afterwards).
+        split: which split to write; for the named data sets also which split to read
+            (``val`` is not published for them: hold it out at training time with ``val_fraction``).
+        data_dir: where the named data sets live.
+        chunk_bytes: target size of one chunk file (LitData's unit of download and shuffling).
+        num_workers: processes that read and write in parallel.
+        overwrite: replace an existing ``OUTPUT_DIR/SPLIT`` instead of refusing.
+        verbose: show LitData's progress bar.
+
+    Returns:
+        The written folder ``OUTPUT_DIR/SPLIT``.
+    """
+    out = Path(output_dir) / split
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{out} already exists; pass --overwrite true to replace it")
+        shutil.rmtree(out)
+    inputs, item_fn, class_names, channels = _collect(source, split, data_dir)
+    if not inputs:
+        raise InvalidDataError(f"{source} has no images for split {split!r}")
+    optimize(
+        fn=item_fn,
+        inputs=inputs,
+        output_dir=str(out),
+        chunk_bytes=chunk_bytes,
+        num_workers=num_workers,
+        # Chunks keep the input order, so a sample's position in the data set is its ``index``.
+        reorder_files=False,
+        keep_data_ordered=True,
+        mode="overwrite",
+        # Spawned workers re-import torch (seconds each, per call); forked ones start at once.
+        start_method="fork",
+        verbose=verbose,
+    )
+    labels = [label for _, _, label in inputs]
+    _check_order(out, len(labels))
+    metadata = {"source": str(source), "class_names": class_names, "channels": channels, "labels": labels}
+    (out / METADATA_FILE).write_text(json.dumps(metadata))
+    return out
+
+
+def _collect(source: str, split: str, data_dir: str) -> tuple[list[tuple[int, Any, int]], Callable, list[str], int]:
+    """The samples ``(index, file path or image tensor, label)``, how to store one, class names and channels."""
+    named = _array_sets()
+    if source in named:
+        if split == "val":
+            raise ConfigError(f"{source} publishes no validation split; prepare train and test, hold val out at fit")
+        module = named[source](data_dir=data_dir)
+        dataset = module.load_split(split)
+        images, labels = dataset.images, dataset.labels.tolist()
+        samples = [(i, images[i], label) for i, label in enumerate(labels)]
+        return samples, _array_item, list(module.class_names), int(images.shape[1])
+    root = Path(source)
+    if not root.is_dir():
+        raise DataError(f"{source} is neither a folder nor one of {sorted(named)}")
+    class_names = list_class_folders(root)
+    samples = []
+    for label, name in enumerate(class_names):
+        files = list_images(root / name)
+        if not files:
+            raise InvalidDataError(f"class folder {root / name} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        samples += [(len(samples) + i, str(path), label) for i, path in enumerate(files)]
+    return samples, _file_item, class_names, 3
+
+
+def _check_order(out: Path, num_samples: int) -> None:
+    """Refuse loudly if LitData wrote the samples in another order than given: labels would be wrong."""
+    dataset = StreamingDataset(str(out))
+    if len(dataset) != num_samples:
+        raise InvalidDataError(f"{out} holds {len(dataset)} samples, {num_samples} were written")
+    chunk_sizes = [chunk["chunk_size"] for chunk in json.loads((out / "index.json").read_text())["chunks"]]
+    starts = [0, *accumulate(chunk_sizes[:-1]), num_samples - 1]
+    for position in starts:
+        if dataset[position]["index"] != position:
+            raise InvalidDataError(f"{out}: sample {position} was stored out of order; prepare with num_workers=1")
+
+
+def read_metadata(split_dir: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``kd_lightning.json`` that ``prepare`` wrote next to a split's chunks (local or object storage)."""
+    path = Path(split_dir) / METADATA_FILE
+    if "://" in split_dir:
+        from litdata.streaming.fs_provider import _get_fs_provider
+
+        local = Path.home() / ".cache" / "kd_lightning" / split_dir.split("://", 1)[1].replace("/", "_")
+        local.mkdir(parents=True, exist_ok=True)
+        path = local / METADATA_FILE
+        remote = f"{split_dir.rstrip('/')}/{METADATA_FILE}"
+        _get_fs_provider(split_dir, storage_options).download_file(remote, str(path))
+    if not path.is_file():
+        raise DataError(f"{path} not found: prepare the data set first (kd-lightning prepare SOURCE OUTPUT_DIR)")
+    return json.loads(path.read_text())

@@ -1,0 +1,86 @@
+"""Child process of the streaming tests: a short fit over a prepared (LitData) data set.
+
+``python tests/_streaming_helpers.py CONFIG_JSON``. The config names the prepared folder
+(``data_dir``), the output folder (``root``), ``devices`` (2 = DDP on two CPU processes, gloo) and
+optionally ``kill_at`` (SIGKILL after that optimizer step) or ``resume`` (fit from ``last``).
+Each rank writes ``rank{N}.pt``: the sample indices of every training batch per epoch, the
+trained network's state dict and the last logged metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from kd_lightning.checkpointing import SafeCheckpointIO
+from kd_lightning.data.streaming import StreamingImageDataModule
+from kd_lightning.modules import DistillationModule
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _resume_helpers import KillAt  # noqa: E402
+
+
+class RecordIndices(Callback):
+    """The training-set indices of every batch this rank trained on, per epoch."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, list[int]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seen.setdefault(trainer.current_epoch, []).extend(batch.indices.tolist())
+
+
+def main(config: dict) -> None:
+    root = Path(config["root"])
+    L.seed_everything(0)
+    teacher = {"name": "small_cnn", "kwargs": {"width": 8}, "weights_path": config["teacher_path"]}
+    module = DistillationModule({"name": "small_cnn", "kwargs": {"width": 4}}, teacher, num_classes=10)
+    data = StreamingImageDataModule(
+        config["data_dir"],
+        batch_size=config.get("batch_size", 64),
+        num_workers=config.get("num_workers", 2),
+        image_size=8,
+        random_resized_crop=True,
+        crop_padding=1,
+        hflip=True,
+        return_indices=True,
+        samples_per_class=config.get("samples_per_class"),
+    )
+    record = RecordIndices()
+    callbacks = [record, ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=5, save_last=True)]
+    if config.get("kill_at"):
+        callbacks.append(KillAt(config["kill_at"]))
+    devices = config.get("devices", 1)
+    trainer = L.Trainer(
+        max_epochs=config.get("max_epochs", 2),
+        accelerator="cpu",
+        strategy="ddp" if devices > 1 else "auto",
+        devices=devices,
+        deterministic=True,
+        callbacks=callbacks,
+        plugins=[SafeCheckpointIO()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+    )
+    trainer.fit(module, data, ckpt_path="last" if config.get("resume") else None)
+    torch.save(
+        {
+            "seen": record.seen,
+            "network": module.network.state_dict(),
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            "train_size": len(data.train_set),
+        },
+        root / f"rank{trainer.global_rank}.pt",
+    )
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))
