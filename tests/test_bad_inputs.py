@@ -530,7 +530,7 @@ def _messages_outside_the_battery(tmp_path: Path) -> list[str]:
     guard = NonFiniteLossGuard()
     guard._first_bad_step = torch.tensor(3)
     trainer = SimpleNamespace(callback_metrics={"train/kd": torch.tensor(float("nan"))}, current_epoch=0)
-    raisers.append(lambda: guard._check(trainer, 3))
+    raisers.append(lambda: guard._check(trainer, SimpleNamespace(step_values={}), 3))
     store_path = tmp_path / "entry.pt"
     store_path.write_bytes(b"")
     raisers.append(lambda: __import__("kd_lightning.cache.store", fromlist=["read_entry"]).read_entry(store_path))
