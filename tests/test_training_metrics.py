@@ -58,3 +58,12 @@ def test_step_values_reach_the_loggers_as_if_logged_every_step(tmp_path, teacher
     assert final == every_step_final
     assert {"train/loss", "train/ce", "train/kd", "train/acc"} <= set(final)
     assert sum(1 for row in rows if row["train/kd"]) == 4  # steps 3, 6, 9 and 12 of 14
+
+
+def test_a_run_stopped_by_max_steps_mid_epoch_keeps_its_last_step_values() -> None:
+    # No logger and no progress bar read any step, but callback_metrics must hold the run's last one.
+    module = FrozenBackboneFinetuner("mlp", 10, strategy="full")
+    trainer = make_trainer(max_steps=3, limit_val_batches=0)
+    trainer.fit(module, DigitsDataModule(batch_size=64))
+    assert trainer.global_step == 3
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])

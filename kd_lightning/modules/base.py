@@ -184,10 +184,16 @@ class SupervisedModule(L.LightningModule):
 
 
 def _step_values_read(trainer: L.Trainer) -> bool:
-    """Whether a value logged in this training step reaches a logger or an epoch-end monitor."""
+    """Whether a value logged in this training step reaches a logger or an epoch-end monitor.
+
+    The run's last step counts too (``max_steps`` may stop it mid-epoch): its values are what
+    ``trainer.callback_metrics`` holds after ``fit``.
+    """
+    last_step = 0 < trainer.max_steps <= trainer.global_step + 1
     # Lightning's own test for "the loggers are written after this step" (every log_every_n_steps).
     return bool(
         trainer.fast_dev_run  # type: ignore[attr-defined]  # set by Lightning at run time
         or trainer._logger_connector.should_update_logs
         or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        or last_step
     )
