@@ -5,11 +5,14 @@ the configs of ``configs/fashion_mnist/few_labels/`` exactly as ``python -m kd_l
 would (same parser, the overrides shown in each result's command), then measures the checkpoint (the best on
 the DataModule's validation split; the last epoch for distillation) on all 10,000 Fashion-MNIST test images:
 
-- ``teacher``: ImageNet EfficientNet-Lite0, frozen, with a linear head trained on its cached 112-px features of
-  the ``k`` labelled images per class (test accuracy from cached test features, checked against the network);
+- ``teacher``: ImageNet EfficientNet-Lite0, frozen, with a linear head trained on its cached 112-px features
+  (pooled from stages 3 and 4) of the ``k`` labelled images per class (test accuracy from cached test features,
+  checked against the network);
 - ``scratch``: the student (``small_cnn``) trained on the same ``k`` labelled images alone;
 - ``distilled``: the same student on all training images, ``k`` per class labelled and the rest unlabeled,
-  taught by the seed-0 teacher of its regime through the teacher cache.
+  taught by the teacher of its regime and seed through the teacher cache. The teachers of all seeds and
+  regimes share one frozen backbone, so the cache computes its features of the training images once
+  (``cache_backbone_features``) and each teacher costs one pass of its head.
 
 Each finished run is appended to ``benchmarks/results/few_labels_runs.jsonl`` at once, and a rerun skips
 the runs already there, so the protocol can be spread over several sessions. ``few_labels.json`` (the
@@ -38,8 +41,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from kd_lightning.cache.feature_cache import FEATURE_PIPELINE, compute_features  # noqa: E402
-from kd_lightning.cache.keys import cache_key, module_digest, tensor_digest  # noqa: E402
+from kd_lightning.cache.feature_cache import compute_features, feature_key  # noqa: E402
 from kd_lightning.cache.store import CacheStore  # noqa: E402
 from kd_lightning.cli import lightning_main  # noqa: E402
 from kd_lightning.data.transforms import to_float_images  # noqa: E402
@@ -99,11 +101,10 @@ def stages(regime: str) -> list[Stage]:
     """The teacher, scratch and distilled runs of ``regime``, in the order they depend on each other."""
     k = REGIMES[regime]
     labels = ("--data.init_args.samples_per_class", "null" if k is None else str(k))
-    teacher = ("--model.init_args.teacher.weights_path", str(teacher_checkpoint(regime)))
     return [
         Stage(regime, "teacher", "teacher_linear_probe.yaml", labels + FULL_SCHEDULES["teacher"] * (k is None)),
         Stage(regime, "scratch", "student_scratch.yaml", labels + FULL_SCHEDULES["scratch"] * (k is None)),
-        Stage(regime, "distilled", "distill.yaml", labels + teacher + FULL_SCHEDULES["distilled"] * (k is None)),
+        Stage(regime, "distilled", "distill.yaml", labels + FULL_SCHEDULES["distilled"] * (k is None)),
     ]
 
 
@@ -111,10 +112,9 @@ def run_dir(regime: str, model: str, seed: int) -> Path:
     return ROOT / "runs" / "fashion_mnist" / "few_labels" / regime / f"{model}_seed{seed}"
 
 
-def teacher_checkpoint(regime: str) -> Path:
-    """Every distilled student of a regime learns from the seed-0 teacher: one teacher cache per regime
-    (its forward passes over all training images are the protocol's most expensive step)."""
-    return run_dir(regime, "teacher", 0) / "best.ckpt"
+def teacher_checkpoint(regime: str, seed: int) -> Path:
+    """The distilled student of a regime and seed learns from the teacher of the same regime and seed."""
+    return run_dir(regime, "teacher", seed) / "best.ckpt"
 
 
 # Tiny settings for --smoke: scikit-learn's digits (no download), small networks, one epoch.
@@ -133,29 +133,36 @@ SMOKE_OVERRIDES = (
 SMOKE_TEACHER = ("--model.init_args.backbone", '{"name": "small_cnn", "pretrained": false, "kwargs": {"width": 8}}')
 
 
-def smoke_overrides(stage: Stage, out: Path) -> tuple[str, ...]:
+def smoke_overrides(stage: Stage, seed: int, out: Path) -> tuple[str, ...]:
     extra = SMOKE_OVERRIDES
     if stage.model == "teacher":
         extra += SMOKE_TEACHER + ("--data.init_args.image_size", "16")
     if stage.model == "distilled":
         teacher = {"name": "small_cnn", "kwargs": {"width": 8}, "input_size": 16}
-        teacher["weights_path"] = str(smoke_teacher(stage, out))
+        teacher["weights_path"] = str(smoke_teacher(stage, seed, out))
         extra += ("--model.init_args.teacher", json.dumps(teacher))
     return extra
 
 
-def smoke_teacher(stage: Stage, out: Path) -> Path:
-    return out / "runs" / stage.regime / "teacher_seed0" / "best.ckpt"
+def smoke_teacher(stage: Stage, seed: int, out: Path) -> Path:
+    return out / "runs" / stage.regime / f"teacher_seed{seed}" / "best.ckpt"
 
 
 def cli_args(stage: Stage, seed: int, smoke: bool, out: Path) -> list[str]:
     args = ["--config", str(CONFIGS / stage.config), *stage.overrides, "--seed_everything", str(seed)]
-    return args + list(smoke_overrides(stage, out)) if smoke else args
+    if smoke:
+        return args + list(smoke_overrides(stage, seed, out))
+    if stage.model == "distilled":
+        args += ["--model.init_args.teacher.weights_path", str(teacher_checkpoint(stage.regime, seed))]
+    return args
 
 
 def command_of(stage: Stage) -> str:
     """The CLI command of one seed of ``stage`` (``N`` = the seed), and the driver command of all of them."""
     overrides = " ".join(str(Path(a).relative_to(ROOT)) if a.startswith(str(ROOT)) else a for a in stage.overrides)
+    if stage.model == "distilled":
+        teacher = teacher_checkpoint(stage.regime, 0).relative_to(ROOT)
+        overrides += f" --model.init_args.teacher.weights_path {str(teacher).replace('seed0', 'seedN')}"
     return (
         f"python -m kd_lightning.cli fit --config configs/fashion_mnist/few_labels/{stage.config} {overrides} "
         f"--seed_everything N; all seeds, with the test: python benchmarks/few_labels.py --regimes {stage.regime} "
@@ -179,7 +186,7 @@ def train_and_test(stage: Stage, seed: int, smoke: bool, out: Path) -> dict:
         "false",
     ]
     if stage.model == "distilled":
-        teacher = smoke_teacher(stage, out) if smoke else teacher_checkpoint(stage.regime)
+        teacher = smoke_teacher(stage, seed, out) if smoke else teacher_checkpoint(stage.regime, seed)
         if not teacher.exists():
             raise FileNotFoundError(f"{stage.name} needs its teacher {teacher}: run --models teacher first")
     start = time.time()
@@ -237,13 +244,7 @@ def probe_accuracy(network: torch.nn.Module, data, store: CacheStore) -> float:
     stale or mismatched entry fails loudly instead of giving a wrong accuracy.
     """
     images, labels = data.test_set.images, data.test_set.labels
-    key = cache_key(
-        kind="test-features",
-        backbone=module_digest(torch.nn.ModuleList([network.input_adapter, network.backbone])),
-        data=tensor_digest(images, labels),
-        image_size=data.image_size,
-        pipeline=FEATURE_PIPELINE,
-    )
+    key = feature_key(network, images, labels, data.image_size, precision="32-true")
     entry = store.get(key, slot="test")
     if entry is None:
         features = compute_features(network, images, data.image_size, data.eval_batch_size, torch.device("cpu"))

@@ -38,7 +38,8 @@ def _write_stand_in_weights(config: dict[str, Any]) -> None:
         path = Path(spec["weights_path"])
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            model = ModelSpec(spec["name"], kwargs=spec.get("kwargs", {})).build(num_classes)
+            shape_options = {k: v for k, v in spec.items() if k not in ("weights_path", "pretrained")}
+            model = ModelSpec(**shape_options).build(num_classes)
             torch.save(model.state_dict(), path)
 
 

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 
 from kd_lightning.cache._shards import rank_shard
-from kd_lightning.cache.keys import cache_key, module_digest, tensor_digest
+from kd_lightning.cache.keys import backbone_digest, cache_key, tensor_digest
 from kd_lightning.cache.store import CacheStore
 from kd_lightning.data.base import ImageClassificationDataModule, Split
 from kd_lightning.data.sources import FeatureSource
@@ -37,6 +37,20 @@ def why_not_cacheable(datamodule: Any) -> str | None:
             "so the backbone sees a different view of each image every epoch"
         )
     return None
+
+
+def feature_key(
+    network: Classifier, images: torch.Tensor, labels: torch.Tensor, image_size: int | None, precision: str
+) -> str:
+    """The key of ``network``'s features of ``images``: backbone, data content, resize, pipeline, precision."""
+    return cache_key(
+        kind="features",
+        backbone=backbone_digest(network),
+        data=tensor_digest(images, labels),
+        image_size=image_size,
+        pipeline=FEATURE_PIPELINE,
+        precision=precision,
+    )
 
 
 @torch.no_grad()
@@ -96,14 +110,7 @@ class FeatureCache:
         datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at run time
         shard = rank_shard(len(dataset), trainer.global_rank, trainer.world_size)
         images, labels = dataset.images[shard], dataset.labels[shard]
-        key = cache_key(
-            kind="features",
-            backbone=module_digest(torch.nn.ModuleList([network.input_adapter, network.backbone])),
-            data=tensor_digest(images, labels),
-            image_size=datamodule.image_size,
-            pipeline=FEATURE_PIPELINE,
-            precision=str(trainer.precision),
-        )
+        key = feature_key(network, images, labels, datamodule.image_size, str(trainer.precision))
         entry = self.store.get(key, slot=split)
         if entry is None:
             log.info(f"feature cache: computing {split} features of {len(images)} images (key {key})")
@@ -125,4 +132,4 @@ class FeatureCache:
         return FeatureSource(entry["features"], entry["labels"])
 
 
-__all__ = ["FeatureCache", "compute_features", "why_not_cacheable"]
+__all__ = ["FeatureCache", "compute_features", "feature_key", "why_not_cacheable"]

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kd_lightning.models.classifier import Classifier
+
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
     """BLAKE2b of the dtype, shape and bytes of each tensor, in order."""
@@ -36,6 +38,16 @@ def module_digest(module: nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor_digest(tensor).encode())
     return h.hexdigest()
+
+
+def backbone_digest(network: Classifier) -> str:
+    """Digest of what decides a classifier's features: its input adapter and trunk, its input resize
+    and its pooled feature layers (the last two are settings, not tensors, so a state digest misses them)."""
+    return cache_key(
+        state=module_digest(nn.ModuleList([network.input_adapter, network.backbone])),
+        input_size=network.input_size,
+        feature_layers=list(network.feature_layers),
+    )
 
 
 def cache_key(**parts: Any) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,12 +32,14 @@ import torch
 from torch import nn
 
 from kd_lightning.cache._shards import rank_shard
-from kd_lightning.cache.keys import cache_key, module_digest, tensor_digest
+from kd_lightning.cache.keys import backbone_digest, cache_key, module_digest, tensor_digest
 from kd_lightning.cache.store import CacheStore
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.batch import Batch
 from kd_lightning.data.sources import BatchSource
 from kd_lightning.data.transforms import crop_at, flip_where, to_float_images
+from kd_lightning.errors import ConfigError
+from kd_lightning.models.classifier import Classifier
 from kd_lightning.outputs import ModelOutputs
 
 log = logging.getLogger(__name__)
@@ -160,8 +162,39 @@ class TeacherOutputCache:
 
 
 @torch.no_grad()
+def over_views(
+    fn: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    images: torch.Tensor,
+    views: ViewTable,
+    image_size: int | None,
+    batch_size: int,
+    device: torch.device,
+    context: Any = None,
+) -> dict[str, torch.Tensor]:
+    """``fn`` (a dict of ``[B, ...]`` tensors) over every view of every image: ``[V, N, ...]`` float32 on the CPU.
+
+    Args:
+        context: the trainer's precision context factory, so stored outputs equal what an
+            uncached step computes under the same precision.
+    """
+    per_view: dict[str, list[torch.Tensor]] = {}
+    device_views = views.to(device)
+    for view in range(views.num_views):
+        chunks: dict[str, list[torch.Tensor]] = {}
+        for start in range(0, len(images), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(images)))
+            x = device_views.render(images[index].to(device), index.to(device), view, image_size)
+            with context() if context is not None else torch.autocast(device.type, enabled=False):
+                out = fn(x)
+            for name, t in out.items():
+                chunks.setdefault(name, []).append(t.float().cpu())
+        for name, parts in chunks.items():
+            per_view.setdefault(name, []).append(torch.cat(parts))
+    return {name: torch.stack(parts) for name, parts in per_view.items()}
+
+
 def build_teacher_cache(
-    teacher_outputs: Any,
+    teacher_outputs: Callable[[torch.Tensor], ModelOutputs],
     images: torch.Tensor,
     views: ViewTable,
     image_size: int | None,
@@ -172,38 +205,49 @@ def build_teacher_cache(
     context: Any = None,
     temperature: float = 1.0,
 ) -> TeacherOutputCache:
-    """Run ``teacher_outputs(x) -> ModelOutputs`` over every view of every image, once.
+    """Run ``teacher_outputs(x) -> ModelOutputs`` over every view of every image, once."""
 
-    Args:
-        context: the trainer's precision context factory, so stored outputs equal what an
-            uncached step computes under the same precision.
-    """
-    logits: list[torch.Tensor] = []
-    features: dict[str, list[torch.Tensor]] = {}
-    for view in range(views.num_views):
-        view_logits: list[torch.Tensor] = []
-        view_features: dict[str, list[torch.Tensor]] = {}
-        for start in range(0, len(images), batch_size):
-            index = torch.arange(start, min(start + batch_size, len(images)))
-            x = views.to(device).render(images[index].to(device), index.to(device), view, image_size)
-            with context() if context is not None else torch.autocast(device.type, enabled=False):
-                out = teacher_outputs(x)
-            view_logits.append(out.logits.float().cpu())
-            for name, t in out.features.items():
-                view_features.setdefault(name, []).append(t.float().cpu())
-        logits.append(torch.cat(view_logits))
-        for name, chunks in view_features.items():
-            features.setdefault(name, []).append(torch.cat(chunks))
-    stacked = torch.stack(logits)
-    stacked_features = {name: torch.stack(per_view) for name, per_view in features.items()}
-    cache = TeacherOutputCache(views, image_size, num_classes, features=stacked_features)
+    def outputs(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = teacher_outputs(x)
+        return {"logits": out.logits} | {f"feature.{name}": t for name, t in out.features.items()}
+
+    stored = over_views(outputs, images, views, image_size, batch_size, device, context)
+    features = {k.removeprefix("feature."): t for k, t in stored.items() if k.startswith("feature.")}
+    return cached_logits(stored["logits"], views, image_size, num_classes, topk, temperature, features)
+
+
+def cached_logits(
+    logits: torch.Tensor,
+    views: ViewTable,
+    image_size: int | None,
+    num_classes: int,
+    topk: int | None = None,
+    temperature: float = 1.0,
+    features: dict[str, torch.Tensor] | None = None,
+) -> TeacherOutputCache:
+    """A :class:`TeacherOutputCache` of ``[V, N, C]`` logits, stored whole or as top-k."""
+    cache = TeacherOutputCache(views, image_size, num_classes, features=features or {})
     if topk is None:
-        cache.logits = stacked
+        cache.logits = logits
     else:
-        values, indices, fill = topk_compress(stacked, topk, temperature)
+        values, indices, fill = topk_compress(logits, topk, temperature)
         index_dtype = torch.int16 if num_classes <= torch.iinfo(torch.int16).max else torch.int32
         cache.topk_values, cache.topk_indices, cache.topk_fill = values, indices.to(index_dtype), fill
     return cache
+
+
+@torch.no_grad()
+def head_over_features(head: nn.Module, features: torch.Tensor, batch_size: int, device: torch.device, context: Any):
+    """``head`` over stored ``[V, N, D]`` backbone features in batches: ``[V, N, C]`` float32 logits on the CPU."""
+    head.to(device)
+    out = []
+    for view in features:
+        chunks = []
+        for start in range(0, len(view), batch_size):
+            with context() if context is not None else torch.autocast(device.type, enabled=False):
+                chunks.append(head(view[start : start + batch_size].to(device)).float().cpu())
+        out.append(torch.cat(chunks))
+    return torch.stack(out)
 
 
 class TeacherCacheSource(BatchSource):
@@ -251,10 +295,21 @@ class TeacherCache:
         topk: store only the top-k logits per sample (``None``: all).
         temperature: the KD temperature, at which top-k storage keeps the dropped mass exact.
         seed: seed of the view parameters.
+        share_backbone: also store the teacher backbone's features of every view (keyed by the
+            backbone alone) and compute the logits from them with the teacher's head. Teachers
+            that share a frozen backbone (linear probes of one pretrained network: other seeds,
+            label budgets, heads) then share one backbone pass, at ``N × views × feature_dim``
+            floats of storage. For teachers without feature taps.
     """
 
     def __init__(
-        self, store: CacheStore, num_views: int = 1, topk: int | None = None, temperature: float = 1.0, seed: int = 0
+        self,
+        store: CacheStore,
+        num_views: int = 1,
+        topk: int | None = None,
+        temperature: float = 1.0,
+        seed: int = 0,
+        share_backbone: bool = False,
     ) -> None:
         if num_views < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
@@ -263,6 +318,7 @@ class TeacherCache:
         self.topk = topk
         self.temperature = temperature
         self.seed = seed
+        self.share_backbone = share_backbone
 
     def source(
         self,
@@ -285,19 +341,22 @@ class TeacherCache:
             log.info("teacher cache: no random augmentation, so one view per sample")
         shard = rank_shard(len(datamodule.train_set), trainer.global_rank, trainer.world_size)
         images, labels = datamodule.train_set.images[shard], datamodule.train_set.labels[shard]
-        key = cache_key(
-            kind="teacher",
-            teacher=module_digest(teacher),
+        view_parts = dict(
             data=tensor_digest(images, labels),
             image_size=datamodule.image_size,
             padding=padding,
             hflip=hflip,
             num_views=num_views,
             seed=self.seed,
-            topk=self.topk,
-            topk_temperature=self.temperature if self.topk else None,
             pipeline=VIEW_PIPELINE,
             precision=str(trainer.precision),
+        )
+        key = cache_key(
+            kind="teacher",
+            teacher=teacher_digest(teacher),
+            topk=self.topk,
+            topk_temperature=self.temperature if self.topk else None,
+            **view_parts,
         )
         device = trainer.strategy.root_device
         entry = self.store.get(key, slot="teacher")
@@ -305,18 +364,59 @@ class TeacherCache:
             log.info(f"teacher cache: {num_views} view(s) of {len(images)} images (key {key})")
             views = ViewTable.sample(len(images), num_views, padding, hflip, self.seed)
             teacher.to(device)
-            cache = build_teacher_cache(
-                teacher,
-                images,
-                views,
-                datamodule.image_size,
-                num_classes,
-                datamodule.eval_batch_size,
-                device,
-                self.topk,
-                trainer.precision_plugin.forward_context,
-                self.temperature,
+            run = dict(
+                images=images,
+                views=views,
+                image_size=datamodule.image_size,
+                batch_size=datamodule.eval_batch_size,
+                device=device,
+                context=trainer.precision_plugin.forward_context,
             )
+            if self.share_backbone:
+                network = shared_backbone_network(teacher)
+                features = self._backbone_features(network, view_parts, run)
+                logits = head_over_features(network.head, features, run["batch_size"], device, run["context"])
+                cache = cached_logits(logits, views, run["image_size"], num_classes, self.topk, self.temperature)
+            else:
+                cache = build_teacher_cache(
+                    teacher, num_classes=num_classes, topk=self.topk, temperature=self.temperature, **run
+                )
             entry = self.store.put(key, cache.to_entry(), slot="teacher")
         cache = TeacherOutputCache.from_entry(entry, padding, hflip, datamodule.image_size, num_classes, device)
         return TeacherCacheSource(images, labels, shard, cache)
+
+    def _backbone_features(self, network: nn.Module, view_parts: dict[str, Any], run: dict[str, Any]) -> torch.Tensor:
+        """The teacher backbone's ``[V, N, D]`` features of every view: stored once per backbone, data and views."""
+        key = cache_key(kind="teacher-features", backbone=backbone_digest(network), **view_parts)
+        entry = self.store.get(key, slot="teacher-features")
+        if entry is None:
+            log.info(f"teacher cache: computing the teacher backbone's features (key {key})")
+            features = over_views(lambda x: {"features": network.forward_features(x)}, **run)["features"]
+            entry = self.store.put(key, {"features": features}, slot="teacher-features")
+        else:
+            log.info(f"teacher cache: reusing the teacher backbone's features (key {key})")
+        return entry["features"]
+
+
+def teacher_digest(teacher: nn.Module) -> str:
+    """What decides the teacher's outputs: its state, its network's input resize and pooled layers, its taps."""
+    network = getattr(teacher, "network", None)
+    taps = getattr(teacher, "taps", None)
+    return cache_key(
+        state=module_digest(teacher),
+        network=backbone_digest(network) if isinstance(network, Classifier) else None,
+        taps=list(taps.layers) if taps is not None else None,
+    )
+
+
+def shared_backbone_network(teacher: nn.Module) -> Classifier:
+    """The teacher's classifier, when its outputs are its head over its backbone's features alone."""
+    network = getattr(teacher, "network", None)
+    if not isinstance(network, Classifier):
+        raise ConfigError("the teacher cache can share the backbone only for a kd_lightning Classifier teacher")
+    if getattr(teacher, "taps", None) is not None:
+        raise ConfigError(
+            "the teacher cache cannot share the backbone: the losses tap the teacher's layers "
+            f"{list(teacher.taps.layers)}, which backbone features do not hold; turn cache_backbone_features off"
+        )
+    return network

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_lightning.errors import ConfigError
+from kd_lightning.models.feature_taps import resolve_module, split_io
+from kd_lightning.models.layer_pool import LayerPool
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,22 @@ class InputAdapter(nn.Module):
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
+class NormalizedLinear(nn.Linear):
+    """A linear layer over features standardised by running batch statistics (BatchNorm without affine).
+
+    MAE's linear probe (He et al., 2022) puts this normalisation before its head: features pooled
+    from several depths come at very different scales, and standardised ones train well at one
+    learning rate. It is one layer, so the head stays linear in its inputs at inference.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+        self.norm = nn.BatchNorm1d(in_features, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.norm(x))
+
+
 class Classifier(nn.Module):
     """A backbone that maps images to a feature vector, followed by a replaceable linear head.
 
@@ -84,6 +102,10 @@ class Classifier(nn.Module):
         name: registry name, recorded for checkpoints and reports.
         stages: trunk-relative names of the modules ending each stage (see ``Backbone.stages``).
         input_size: side every input is resized to inside the network (``None``: as given).
+        feature_layers: layers (names, ``stage:N``, optionally ``@input``) whose globally pooled
+            outputs, concatenated, replace the backbone's output as the head's features
+            (:class:`~kd_lightning.models.layer_pool.LayerPool`); ``feature_dim`` is then probed.
+        head_norm: standardise the features before a new head (:class:`NormalizedLinear`).
     """
 
     def __init__(
@@ -96,20 +118,45 @@ class Classifier(nn.Module):
         name: str = "",
         stages: tuple[str, ...] = (),
         input_size: int | None = None,
+        feature_layers: tuple[str, ...] = (),
+        head_norm: bool = False,
     ) -> None:
         super().__init__()
         self.name = name
-        self.feature_dim = feature_dim
         self.num_classes = num_classes
         self.input_config = input_config
         self.stages = tuple(stages)
         self.input_size = input_size
         self.input_adapter = InputAdapter(input_config, None if input_size is None else (input_size, input_size))
         self.backbone = backbone
-        self.head = head if head is not None else nn.Linear(feature_dim, num_classes)
+        self.feature_layers = tuple(feature_layers)
+        self.layer_pool = LayerPool(self._trunk_refs(self.feature_layers)) if self.feature_layers else None
+        if self.layer_pool is not None:
+            side = input_size or (input_config.input_size[0] if input_config.input_size else 64)
+            feature_dim = self.layer_pool.output_dim(backbone, torch.zeros(1, input_config.in_chans, side, side))
+        self.feature_dim = feature_dim
+        self.head_norm = head_norm
+        self.head = head if head is not None else self._new_head(num_classes)
+
+    def _new_head(self, num_classes: int) -> nn.Linear:
+        return (NormalizedLinear if self.head_norm else nn.Linear)(self.feature_dim, num_classes)
+
+    def _trunk_refs(self, layers: tuple[str, ...]) -> list[str]:
+        """Trunk-relative ``name@io`` of each layer reference; a ConfigError names one outside the trunk."""
+        refs = []
+        for layer in layers:
+            found = resolve_module(self, layer)
+            if found is None or not found[0].startswith("backbone."):
+                raise ConfigError(
+                    f"feature layer {layer!r} is not a layer of {self.name or 'the'} backbone; name a trunk module "
+                    f"or a stage (stage:0 … stage:{len(self.stages) - 1}): {list(self.stages)}"
+                )
+            refs.append(f"{found[0].removeprefix('backbone.')}@{split_io(layer)[1]}")
+        return refs
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.input_adapter(x))
+        x = self.input_adapter(x)
+        return self.backbone(x) if self.layer_pool is None else self.layer_pool(self.backbone, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
@@ -117,5 +164,5 @@ class Classifier(nn.Module):
     def reset_head(self, num_classes: int) -> None:
         """Replace the head with a freshly initialised one for a new label set."""
         device = next(self.backbone.parameters()).device
-        self.head = nn.Linear(self.feature_dim, num_classes).to(device)
+        self.head = self._new_head(num_classes).to(device)
         self.num_classes = num_classes

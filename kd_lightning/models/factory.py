@@ -27,6 +27,8 @@ def create_model(
     key_map: dict[str, str] | None = None,
     positional: bool = False,
     strict_head: bool = False,
+    feature_layers: tuple[str, ...] | list[str] = (),
+    head_norm: bool = False,
     **kwargs: Any,
 ) -> Classifier:
     """Build a classifier by name with a head of ``num_classes`` outputs.
@@ -42,6 +44,9 @@ def create_model(
         weights_path: a local state dict or Lightning checkpoint loaded over the built model.
         in_chans: input channels for networks that take it (small nets, timm).
         input_size: resize every input to ``input_size × input_size`` inside the network.
+        feature_layers: pool these layers' outputs into the head's features (see ``Classifier``);
+            the pretrained head, built for the trunk's own output, is then replaced.
+        head_norm: a new head standardises its features first (``NormalizedLinear``).
         key_map, positional, strict_head: how ``weights_path`` is matched (see :func:`load_weights`).
         **kwargs: passed to the builder (e.g. ``width`` of the small CNN).
     """
@@ -71,7 +76,7 @@ def create_model(
         raise TypeError(f"backbone {name!r} was built without its input statistics (an InputConfig)")
 
     head = built.head
-    if head is not None and getattr(head, "out_features", None) != num_classes:
+    if head is not None and (getattr(head, "out_features", None) != num_classes or feature_layers or head_norm):
         head = None
     model = Classifier(
         built.trunk,
@@ -82,6 +87,8 @@ def create_model(
         name=name,
         stages=built.stages,
         input_size=input_size,
+        feature_layers=tuple(feature_layers),
+        head_norm=head_norm,
     )
     if weights_path is not None:
         report = load_weights(model, weights_path, strict_head=strict_head, key_map=key_map, positional=positional)

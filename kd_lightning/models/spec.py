@@ -24,6 +24,11 @@ class ModelSpec:
         input_size: the resolution this network runs at: every input is resized to
             ``input_size × input_size`` inside it (e.g. a 112-px pretrained teacher beside a 28-px
             student on one batch). ``None`` takes the batch as it comes.
+        feature_layers: layers whose globally pooled outputs, concatenated, are the head's
+            features instead of the trunk's last output (``[stage:3, stage:4]``: a multi-depth
+            linear probe, which transfers better to domains far from the pretraining data).
+        head_norm: standardise the features before the head (BatchNorm without affine, as MAE's
+            linear probe), so features of different depths and scales train at one learning rate.
     """
 
     name: str
@@ -33,6 +38,8 @@ class ModelSpec:
     key_map: dict[str, str] | None = None
     positional: bool = False
     input_size: int | None = None
+    feature_layers: list[str] | None = None
+    head_norm: bool = False
 
     def build(self, num_classes: int, strict_head: bool = False) -> Classifier:
         """Build the network; ``strict_head`` refuses weights whose head has another class count."""
@@ -45,6 +52,8 @@ class ModelSpec:
             key_map=self.key_map,
             positional=self.positional,
             strict_head=strict_head,
+            feature_layers=tuple(self.feature_layers or ()),
+            head_norm=self.head_norm,
             **self.kwargs,
         )
 

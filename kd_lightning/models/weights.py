@@ -150,6 +150,12 @@ def load_weights(
             f"{path} was trained for {theirs} classes but this model has {ours}: teacher and "
             "student must share one label set (check data.num_classes and the teacher checkpoint)"
         )
+    extra_head = sorted(k for k in stripped if k.startswith("head.") and k not in target)
+    if extra_head and not skipped_head:
+        raise CheckpointError(
+            f"{path} has head tensors this model lacks ({', '.join(extra_head[:3])}): it was saved with another "
+            "head (e.g. head_norm: true); build the model with the head it was trained with"
+        )
     missing = [k for k in target if k not in stripped and k not in skipped_head]
     wrong_shape = [
         f"{k}: file {tuple(stripped[k].shape)} vs model {tuple(target[k].shape)}"

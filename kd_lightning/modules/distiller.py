@@ -14,7 +14,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from kd_lightning.cache.store import CacheStore
-from kd_lightning.cache.teacher_cache import TeacherCache
+from kd_lightning.cache.teacher_cache import TeacherCache, shared_backbone_network
 from kd_lightning.callbacks.precise_bn import training_batches
 from kd_lightning.callbacks.teacher_check import TeacherCheck
 from kd_lightning.data.base import ImageClassificationDataModule
@@ -70,6 +70,9 @@ class DistillationModule(SupervisedModule):
         cache_views: fixed augmented views per training sample (used when the DataModule augments).
         cache_topk: store only the top-k teacher logits per sample (many-class data sets).
         cache_dir: directory of the ``"disk"`` teacher cache.
+        cache_backbone_features: let the teacher cache store the teacher backbone's features too and
+            compute logits with its head, so teachers sharing one frozen backbone (linear probes:
+            seeds, label budgets) share one backbone pass (``TeacherCache(share_backbone=True)``).
         recalibrate_teacher_bn: when ``fit`` sets up, recompute the teacher's BatchNorm statistics over
             this many training batches (precise BN, :mod:`kd_lightning.models.batchnorm`) before it
             teaches; 0 keeps the checkpoint's. For teachers whose eval mode lags their weights (the
@@ -92,6 +95,7 @@ class DistillationModule(SupervisedModule):
         cache_views: int = 1,
         cache_topk: int | None = None,
         cache_dir: str = ".kd_cache/teacher",
+        cache_backbone_features: bool = False,
         recalibrate_teacher_bn: int = 0,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -134,7 +138,15 @@ class DistillationModule(SupervisedModule):
         self.val_teacher_metrics = _teacher_metrics(num_classes, "val/")
         self.test_teacher_metrics = _teacher_metrics(num_classes, "test/")
         store = CacheStore("memory" if teacher_cache is True else teacher_cache, cache_dir) if teacher_cache else None
-        self.teacher_cache = TeacherCache(store, cache_views, cache_topk, temperature) if store is not None else None
+        if cache_backbone_features:
+            if store is None:
+                raise ConfigError("cache_backbone_features needs the teacher cache: set teacher_cache: memory or disk")
+            shared_backbone_network(self.teacher)  # refuses teachers whose outputs are not head(features)
+        self.teacher_cache = (
+            TeacherCache(store, cache_views, cache_topk, temperature, share_backbone=cache_backbone_features)
+            if store is not None
+            else None
+        )
 
     def _tap_features(self, input_shape: tuple[int, int, int] | None) -> FeatureTaps | None:
         """Hook the layers the losses need, probe their shapes and build the losses' adapters."""
