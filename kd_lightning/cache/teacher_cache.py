@@ -40,6 +40,7 @@ from kd_lightning.data.sources import BatchSource
 from kd_lightning.data.transforms import crop_at, flip_where, to_float_images
 from kd_lightning.errors import ConfigError
 from kd_lightning.models.classifier import Classifier
+from kd_lightning.models.feature_taps import FeatureTaps
 from kd_lightning.outputs import ModelOutputs
 
 log = logging.getLogger(__name__)
@@ -364,38 +365,35 @@ class TeacherCache:
             log.info(f"teacher cache: {num_views} view(s) of {len(images)} images (key {key})")
             views = ViewTable.sample(len(images), num_views, padding, hflip, self.seed)
             teacher.to(device)
-            run = dict(
-                images=images,
-                views=views,
-                image_size=datamodule.image_size,
-                batch_size=datamodule.eval_batch_size,
-                device=device,
-                context=trainer.precision_plugin.forward_context,
-            )
+            size, batch_size = datamodule.image_size, datamodule.eval_batch_size
+            context = trainer.precision_plugin.forward_context
             if self.share_backbone:
                 network = shared_backbone_network(teacher)
-                features = self._backbone_features(network, view_parts, run)
-                logits = head_over_features(network.head, features, run["batch_size"], device, run["context"])
-                cache = cached_logits(logits, views, run["image_size"], num_classes, self.topk, self.temperature)
+                key_parts = dict(kind="teacher-features", backbone=backbone_digest(network), **view_parts)
+                entry = self.store.get(cache_key(**key_parts), slot="teacher-features")
+                if entry is None:
+                    log.info("teacher cache: computing the teacher backbone's features")
+                    features = over_views(
+                        lambda x: {"features": network.forward_features(x)},
+                        images,
+                        views,
+                        size,
+                        batch_size,
+                        device,
+                        context,
+                    )
+                    entry = self.store.put(cache_key(**key_parts), features, slot="teacher-features")
+                else:
+                    log.info("teacher cache: reusing the teacher backbone's features")
+                logits = head_over_features(network.head, entry["features"], batch_size, device, context)
+                cache = cached_logits(logits, views, size, num_classes, self.topk, self.temperature)
             else:
                 cache = build_teacher_cache(
-                    teacher, num_classes=num_classes, topk=self.topk, temperature=self.temperature, **run
+                    teacher, images, views, size, num_classes, batch_size, device, self.topk, context, self.temperature
                 )
             entry = self.store.put(key, cache.to_entry(), slot="teacher")
         cache = TeacherOutputCache.from_entry(entry, padding, hflip, datamodule.image_size, num_classes, device)
         return TeacherCacheSource(images, labels, shard, cache)
-
-    def _backbone_features(self, network: nn.Module, view_parts: dict[str, Any], run: dict[str, Any]) -> torch.Tensor:
-        """The teacher backbone's ``[V, N, D]`` features of every view: stored once per backbone, data and views."""
-        key = cache_key(kind="teacher-features", backbone=backbone_digest(network), **view_parts)
-        entry = self.store.get(key, slot="teacher-features")
-        if entry is None:
-            log.info(f"teacher cache: computing the teacher backbone's features (key {key})")
-            features = over_views(lambda x: {"features": network.forward_features(x)}, **run)["features"]
-            entry = self.store.put(key, {"features": features}, slot="teacher-features")
-        else:
-            log.info(f"teacher cache: reusing the teacher backbone's features (key {key})")
-        return entry["features"]
 
 
 def teacher_digest(teacher: nn.Module) -> str:
@@ -405,7 +403,7 @@ def teacher_digest(teacher: nn.Module) -> str:
     return cache_key(
         state=module_digest(teacher),
         network=backbone_digest(network) if isinstance(network, Classifier) else None,
-        taps=list(taps.layers) if taps is not None else None,
+        taps=list(taps.layers) if isinstance(taps, FeatureTaps) else None,
     )
 
 
@@ -414,9 +412,10 @@ def shared_backbone_network(teacher: nn.Module) -> Classifier:
     network = getattr(teacher, "network", None)
     if not isinstance(network, Classifier):
         raise ConfigError("the teacher cache can share the backbone only for a kd_lightning Classifier teacher")
-    if getattr(teacher, "taps", None) is not None:
+    taps = getattr(teacher, "taps", None)
+    if isinstance(taps, FeatureTaps):
         raise ConfigError(
             "the teacher cache cannot share the backbone: the losses tap the teacher's layers "
-            f"{list(teacher.taps.layers)}, which backbone features do not hold; turn cache_backbone_features off"
+            f"{list(taps.layers)}, which backbone features do not hold; turn cache_backbone_features off"
         )
     return network
