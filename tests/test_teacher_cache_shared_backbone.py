@@ -14,7 +14,7 @@ from kd_lightning.modules import DistillationModule
 from kd_lightning.modules.teacher import FrozenTeacher
 
 
-def _fit_checked(teacher: ModelSpec, cache_dir) -> ViewChecker:
+def _fit_checked(teacher: ModelSpec, cache_dir, **data) -> ViewChecker:
     module = DistillationModule(
         STUDENT,
         teacher,
@@ -25,7 +25,7 @@ def _fit_checked(teacher: ModelSpec, cache_dir) -> ViewChecker:
         cache_backbone_features=True,
     )
     checker = ViewChecker()
-    dm = DigitsDataModule(batch_size=64, crop_padding=1, hflip=True)
+    dm = DigitsDataModule(batch_size=64, crop_padding=1, hflip=True, **data)
     make_trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=0, callbacks=[checker]).fit(module, dm)
     return checker
 
@@ -58,6 +58,10 @@ def test_teachers_with_one_backbone_share_its_features_and_keep_their_own_logits
     assert second.max_error < 1e-5
     assert passes == [1]  # the second teacher's logits came from the stored features: no backbone pass
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 3  # one feature entry, two teacher entries
+
+    fewer_labels = _fit_checked(other, tmp_path / "cache", samples_per_class=5, unlabeled="rest")
+    assert fewer_labels.max_error < 1e-5
+    assert passes == [1]  # the same images with another label budget: features depend on the images only
 
 
 def test_a_teacher_with_tapped_layers_cannot_share_its_backbone(teacher_spec) -> None:

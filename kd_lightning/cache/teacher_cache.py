@@ -343,7 +343,7 @@ class TeacherCache:
         shard = rank_shard(len(datamodule.train_set), trainer.global_rank, trainer.world_size)
         images, labels = datamodule.train_set.images[shard], datamodule.train_set.labels[shard]
         view_parts = dict(
-            data=tensor_digest(images, labels),
+            images=tensor_digest(images),
             image_size=datamodule.image_size,
             padding=padding,
             hflip=hflip,
@@ -355,6 +355,7 @@ class TeacherCache:
         key = cache_key(
             kind="teacher",
             teacher=teacher_digest(teacher),
+            labels=tensor_digest(labels),
             topk=self.topk,
             topk_temperature=self.temperature if self.topk else None,
             **view_parts,
