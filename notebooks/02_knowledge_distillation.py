@@ -148,3 +148,45 @@ plt.show()
 # %% [markdown]
 # One seed per point: a tiny network on 1,797 images moves by about a point from seed to seed, so read the trend, not
 # single differences (`kd-lightning quickstart` averages seeds).
+
+# %% [markdown]
+# ## On real data: few labels, many unlabeled images (Fashion-MNIST)
+#
+# Digits are a toy. The case people bring to this library is *few labels, many unlabeled images, a pretrained
+# backbone and a device that needs a tiny model*: a linear probe on a frozen ImageNet EfficientNet-Lite0 (3.4 M
+# parameters) learns from `k` labelled images per class, then teaches a 4,370-parameter CNN through all 60,000
+# training images, most of them unlabeled (Hinton's transfer set). The runs take hours on a CPU, so this cell plots
+# the recorded results of `python benchmarks/few_labels.py` (5 seeds, full 10,000-image test set; commands and
+# paired differences in `benchmarks/RESULTS.md`) instead of training.
+
+# %%
+import json  # noqa: E402
+import statistics  # noqa: E402
+
+results_file = Path("../benchmarks/results/few_labels.json")
+if not results_file.exists():  # run from the repository root rather than notebooks/
+    results_file = Path("benchmarks/results/few_labels.json")
+few_labels = json.loads(results_file.read_text())
+fig, ax = plt.subplots(figsize=(5.5, 4))
+for model, marker in (("teacher", "o"), ("scratch", "s"), ("distilled", "D")):
+    points = sorted(
+        (
+            entry[model]["labelled"] / 10,
+            statistics.mean(entry[model]["test_acc"]),
+            statistics.stdev(entry[model]["test_acc"]),
+        )
+        for entry in few_labels.values()
+        if model in entry and len(entry[model]["test_acc"]) > 1
+    )
+    if points:
+        x, y, err = zip(*points, strict=True)
+        ax.errorbar(x, y, yerr=err, marker=marker, capsize=3, label=model)
+    for per_class, mean, std in points:
+        print(f"{model:9s} {per_class:7.0f} labels/class: {mean:.4f} ± {std:.4f}")
+ax.set_xscale("log")
+ax.set_xlabel("labelled images per class")
+ax.set_ylabel("test accuracy (10,000 images)")
+ax.set_title("Fashion-MNIST: teacher, student alone, distilled student")
+ax.grid(alpha=0.3)
+ax.legend()
+plt.show()
