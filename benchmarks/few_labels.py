@@ -460,9 +460,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", action="store_true", help="only rebuild few_labels.json, the plot and RESULTS.md")
     parser.add_argument("--smoke", action="store_true", help="tiny data and networks, one epoch: checks the pipeline")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the CPU is shared with other jobs)")
     args = parser.parse_args(argv)
-    # One thread: on this shared CPU two threads per process were several times slower than one.
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
     runs_file = args.out / "few_labels_runs.jsonl"
     if not args.report:
