@@ -1,7 +1,7 @@
 """Distillation speed against its floor (a bare PyTorch loop) and its peer (torchdistill), one process.
 
     python -m benchmarks.peer_speed                        # all 60,000 images, 4 epochs per configuration
-    python -m benchmarks.peer_speed --per-class 500 --threads 1    # shortened: 5,000 images (recorded run)
+    python -m benchmarks.peer_speed --per-class 2000 --threads 2   # 20,000 images (recorded, also --threads 1)
 
 Fashion-MNIST, teacher ``small_cnn`` width 16, student ``small_cnn`` width 4, batch 128, SGD,
 Hinton KD T=4 α=0.9, the same seed for every student (so every student starts from the same
