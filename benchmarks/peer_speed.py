@@ -1,7 +1,7 @@
 """Distillation speed against its floor (a bare PyTorch loop) and its peer (torchdistill), one process.
 
     python -m benchmarks.peer_speed                        # all 60,000 images, 4 epochs per configuration
-    python -m benchmarks.peer_speed --per-class 500 --threads 1    # shortened: 5,000 images (recorded run)
+    python -m benchmarks.peer_speed --per-class 2000 --threads 2   # 20,000 images (recorded, also --threads 1)
 
 Fashion-MNIST, teacher ``small_cnn`` width 16, student ``small_cnn`` width 4, batch 128, SGD,
 Hinton KD T=4 α=0.9, the same seed for every student (so every student starts from the same
@@ -12,8 +12,9 @@ weights). Configurations:
   * ``kd_lightning online``: :class:`~kd_lightning.modules.DistillationModule` in a Lightning fit.
   * ``kd_lightning cached``: the same with ``teacher_cache=True`` (built before the first epoch).
   * ``bare student`` / ``kd_lightning student``: the student alone on labels (the cache's floor).
-  * ``torchdistill``: torchdistill's ``DistillationBox`` with its own per-sample loader, when installed
-    (``pip install 'kd-lightning[bench]'``).
+  * ``torchdistill``: torchdistill's ``DistillationBox`` in the loop of its example script, over
+    torchvision's per-sample pipeline (PIL image, ``ToTensor``, ``Normalize``) as in its sample
+    configs, when installed (``pip install 'kd-lightning[bench]'``); see ``benchmarks/_torchdistill.py``.
   * with ``--layouts``: kd_lightning online with ``channels_last=True`` and with ``compile=True``.
 
 Every configuration trains in its own thread and they take turns, ``--steps-per-turn`` steps at a
@@ -75,7 +76,8 @@ def bare_epochs(
         for idx in order.split(BATCH):
             if clock is not None:
                 clock.step()
-            x, y = images[idx], labels[idx]
+            # index_select, as kd_lightning's datasets gather (images[idx] costs ~10x more on the CPU).
+            x, y = images.index_select(0, idx), labels.index_select(0, idx)
             logits = student(x)
             loss = F.cross_entropy(logits, y)
             if teacher is not None:
@@ -174,6 +176,7 @@ def main() -> None:
         return copy.eval()
 
     scheduler = RoundRobin(args.steps_per_turn)
+    peer_loader_seconds: list[float] = []  # torchdistill's time waiting for its loader, per epoch
     networks: dict[str, nn.Module] = {}
     configs: dict[str, Callable[[], Callable[[], None]]] = {}
 
@@ -213,7 +216,7 @@ def main() -> None:
             )
             dataset = _torchdistill.PerSampleImages(train_u8, labels)
             return lambda: scheduler.clock(TORCHDISTILL).timed(
-                _torchdistill.distill_epochs(frozen_teacher(), net, dataset, config)
+                _torchdistill.distill_epochs(frozen_teacher(), net, dataset, config, peer_loader_seconds)
             )
 
         configs[TORCHDISTILL] = peer
@@ -224,6 +227,12 @@ def main() -> None:
         scheduler.add(name, make())
     scheduler.run()
     report(scheduler.epoch_times, {name: accuracy(net, *test) for name, net in networks.items() if name in configs})
+    if peer_loader_seconds[1:]:
+        loader = statistics.median(peer_loader_seconds[1:])
+        print(
+            f"torchdistill's input pipeline (per-sample PIL image, ToTensor, Normalize): {loader:.3f} s/epoch, "
+            f"{loader / statistics.median(scheduler.epoch_times[TORCHDISTILL][1:]):.0%} of its epoch"
+        )
 
 
 def _seeded(seed: int, cls, *args, **kwargs):

@@ -151,3 +151,25 @@ def test_stage_names_and_input_taps_address_layers_across_architectures() -> Non
         FeatureTaps(create_model("resnet8x4", 10), ["stage:7"], torch.rand(2, 3, 32, 32))
     with pytest.raises(ValueError, match="'input' or 'output'"):
         FeatureTaps(create_model("resnet8x4", 10), ["layer1@inside"], torch.rand(2, 3, 32, 32))
+
+
+def test_the_datamodule_moves_every_field_of_a_batch_to_the_device() -> None:
+    """Its own transfer (no generic walk) still moves every tensor, cached teacher outputs included."""
+    from kd_lightning.outputs import ModelOutputs
+
+    batch = Batch(
+        torch.tensor([1, IGNORE_LABEL]),
+        images=torch.zeros(2, 1, 8, 8, dtype=torch.uint8),
+        indices=torch.tensor([4, 7]),
+        teacher=ModelOutputs(torch.randn(2, 10), {"stage1": torch.randn(2, 3)}),
+    )
+    datamodule = DigitsDataModule()
+    on_cpu = datamodule.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    assert on_cpu.labels is batch.labels and on_cpu.images is batch.images  # already there: no copy
+    moved = datamodule.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert moved.features is None
+    tensors = [moved.labels, moved.images, moved.indices, moved.teacher.logits, moved.teacher.features["stage1"]]
+    assert all(t.device.type == "meta" for t in tensors)
+    assert [t.shape for t in tensors] == [(2,), (2, 1, 8, 8), (2,), (2, 10), (2, 3)]
+    assert moved.images.dtype == torch.uint8
+    assert datamodule.transfer_batch_to_device([torch.ones(1)], torch.device("meta"), 0)[0].device.type == "meta"

@@ -136,13 +136,14 @@ class TeacherOutputCache:
         """What the teacher computed on :meth:`render`'s views of the samples ``index``."""
         view = self.view_of_epoch(epoch)
         if self.logits is not None:
-            logits = self.logits[view, index]
+            logits = self.logits[view].index_select(0, index)  # index_select: cheaper than t[view, index]
         elif self.topk_values is not None and self.topk_indices is not None and self.topk_fill is not None:
-            values, indices, fill = (t[view, index] for t in (self.topk_values, self.topk_indices, self.topk_fill))
+            stored = (self.topk_values, self.topk_indices, self.topk_fill)
+            values, indices, fill = (t[view].index_select(0, index) for t in stored)
             logits = topk_expand(values, indices, fill, self.num_classes)
         else:
             raise RuntimeError("the teacher cache holds neither logits nor top-k outputs")
-        return ModelOutputs(logits, {name: t[view, index] for name, t in self.features.items()})
+        return ModelOutputs(logits, {name: t[view].index_select(0, index) for name, t in self.features.items()})
 
     def to_entry(self) -> dict[str, torch.Tensor]:
         entry = {"dy": self.views.dy, "dx": self.views.dx, "flip": self.views.flip}
@@ -279,9 +280,8 @@ class TeacherCacheSource(BatchSource):
         if position is None:  # __getitems__ always sets them
             raise RuntimeError("a teacher-cache batch arrived without its sample indices")
         images = self.cache.render(batch.inputs, position, epoch)
-        return Batch(
-            batch.labels, images=images, indices=self.shard[position], teacher=self.cache.outputs(position, epoch)
-        )
+        indices = self.shard.index_select(0, position)
+        return Batch(batch.labels, images=images, indices=indices, teacher=self.cache.outputs(position, epoch))
 
 
 class TeacherCache:

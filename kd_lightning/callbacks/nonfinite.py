@@ -20,7 +20,8 @@ class NonFiniteLossGuard(Callback):
     ``check_every_n_steps`` steps the flag is read once. The step in the message is the first
     bad one; the terms listed are the non-finite ``train/<term>`` values of the step at the check
     (once a NaN reaches the weights it stays, so they name the culprit). On the CPU reading is
-    free, so the default checks every step there and every 20 steps on accelerators.
+    free, so the default checks every step there (reading the loss itself, without the flag) and
+    every 20 steps on accelerators.
 
     Args:
         check_every_n_steps: how often the flag is read on the host (``None``: 1 on CPU, else 20).
@@ -39,6 +40,11 @@ class NonFiniteLossGuard(Callback):
         if not isinstance(loss, torch.Tensor):
             return
         step = trainer.fit_loop.total_batch_idx
+        every = self.check_every_n_steps or (1 if loss.device.type == "cpu" else 20)
+        if every == 1:  # read every step: the value itself, no device-side flag to keep
+            if not torch.isfinite(loss.detach()).all():
+                self._raise(trainer, pl_module, step, batch_idx)
+            return
         if self._first_bad_step is None or self._first_bad_step.device != loss.device:
             self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
         bad_now = ~torch.isfinite(loss.detach()).all()
@@ -46,7 +52,6 @@ class NonFiniteLossGuard(Callback):
         self._first_bad_step = torch.where(
             bad_now & unset, torch.tensor(step, device=loss.device), self._first_bad_step
         )
-        every = self.check_every_n_steps or (1 if loss.device.type == "cpu" else 20)
         if (batch_idx + 1) % every == 0 or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self._check(trainer, pl_module, batch_idx)
 
@@ -54,8 +59,10 @@ class NonFiniteLossGuard(Callback):
         if self._first_bad_step is None:  # no training step has run yet
             return
         first_bad = int(self._first_bad_step.item())  # the one host sync per check
-        if first_bad < 0:
-            return
+        if first_bad >= 0:
+            self._raise(trainer, pl_module, first_bad, batch_idx)
+
+    def _raise(self, trainer: L.Trainer, pl_module: L.LightningModule, first_bad: int, batch_idx: int) -> None:
         # This step's values (kd_lightning modules keep them; they log them only on logging steps),
         # else the last logged ones.
         logged = {**trainer.callback_metrics, **getattr(pl_module, "step_values", {})}

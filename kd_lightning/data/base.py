@@ -250,6 +250,12 @@ class ImageClassificationDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, self.eval_batch_size)
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """A :class:`Batch` moves field by field (:meth:`Batch.to`); anything else as Lightning moves it."""
+        if isinstance(batch, Batch):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """uint8 images → float in [0, 1], resized and (in training) augmented, on the device.
 

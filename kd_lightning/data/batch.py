@@ -52,3 +52,25 @@ class Batch:
 
     def with_images(self, images: torch.Tensor) -> Batch:
         return replace(self, images=images)
+
+    def to(self, device: torch.device | str) -> Batch:
+        """Every tensor on ``device``, as Lightning's default transfer does it, without its generic walk.
+
+        Lightning's ``move_data_to_device`` deep-copies a dataclass field by field on every step,
+        a fixed cost of a fraction of a millisecond that a small CPU student's step notices (issue
+        12); here it is one ``Tensor.to`` per field (a no-op when the tensor is there already).
+        Copies to accelerators are non-blocking, as Lightning's (not to the CPU or MPS, as there).
+        """
+        device = torch.device(device)
+        non_blocking = device.type not in ("cpu", "mps")
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=non_blocking)
+
+        def optional(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else move(t)
+
+        teacher = self.teacher
+        if teacher is not None:
+            teacher = ModelOutputs(move(teacher.logits), {name: move(t) for name, t in teacher.features.items()})
+        return Batch(move(self.labels), optional(self.images), optional(self.indices), optional(self.features), teacher)

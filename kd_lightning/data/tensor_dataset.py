@@ -40,7 +40,13 @@ class TensorImageDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return Batch(self.labels[idx], images=self.images[idx], indices=idx if self.return_indices else None)
+        # index_select, not ``images[idx]``: the same rows, but advanced indexing of a 4-d tensor
+        # costs ~10x more on the CPU (0.15 vs 0.01 ms for 128 Fashion-MNIST images, issue 12).
+        return Batch(
+            self.labels.index_select(0, idx),
+            images=self.images.index_select(0, idx),
+            indices=idx if self.return_indices else None,
+        )
 
     def subset(self, indices: torch.Tensor) -> TensorImageDataset:
         return TensorImageDataset(self.images[indices], self.labels[indices])

@@ -25,10 +25,11 @@ def topk_hits(logits: torch.Tensor, targets: torch.Tensor, k: int = 1) -> tuple[
         raise ValueError(
             f"expected [B, C] logits and [B] targets, got {tuple(logits.shape)} and {tuple(targets.shape)}"
         )
-    labeled = targets != IGNORE_LABEL
-    top = logits.topk(k, dim=-1).indices
-    hits = (top == targets[:, None]).any(dim=-1) & labeled
-    return hits.sum(), labeled.sum()
+    # Class indices are >= 0, so an unlabeled target (IGNORE_LABEL < 0) matches none, and the k
+    # distinct indices of a row match its label at most once: counting matches counts hits.
+    # Top-1 is the argmax, as in torchmetrics' accuracy (the same choice on ties), and cheaper than topk.
+    top = logits.argmax(dim=-1, keepdim=True) if k == 1 else logits.topk(k, dim=-1).indices
+    return (top == targets[:, None]).sum(), (targets != IGNORE_LABEL).sum()
 
 
 class TopKAccuracy(Metric):
@@ -56,8 +57,10 @@ class TopKAccuracy(Metric):
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         hits, labeled = topk_hits(logits, targets, self.k)
-        self.hits += hits
-        self.labeled += labeled
+        # In place: ``self.hits += hits`` would also re-assign the attribute through nn.Module's
+        # ``__setattr__``, a Python cost per state and step larger than the additions.
+        self.hits.add_(hits)
+        self.labeled.add_(labeled)
 
     def compute(self) -> torch.Tensor:
         return self.hits.float() / self.labeled.clamp(min=1)

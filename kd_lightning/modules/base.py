@@ -191,6 +191,11 @@ def _step_values_read(trainer: L.Trainer) -> bool:
     """
     last_step = 0 < trainer.max_steps <= trainer.global_step + 1
     # Lightning's own test for "the loggers are written after this step" (every log_every_n_steps).
+    # Private, but Lightning has no public equivalent: its own LearningRateMonitor, DeviceStatsMonitor
+    # and ThroughputMonitor read this same property. Re-deriving it from public attributes
+    # (global_step % log_every_n_steps) would differ from what the loggers get with several
+    # optimizers or manual optimization, and drift whenever Lightning changes its rule; if the
+    # property goes, tests/test_training_metrics.py (CSV log identical to logging every step) fails.
     return bool(
         trainer.fast_dev_run  # type: ignore[attr-defined]  # set by Lightning at run time
         or trainer._logger_connector.should_update_logs
