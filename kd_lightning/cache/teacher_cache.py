@@ -273,7 +273,7 @@ class TeacherCacheSource(BatchSource):
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return Batch(self.labels[idx], images=self.images[idx], indices=idx)
+        return Batch(self.labels.index_select(0, idx), images=self.images.index_select(0, idx), indices=idx)
 
     def finish(self, batch: Batch, epoch: int) -> Batch:
         position = batch.indices
