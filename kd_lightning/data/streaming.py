@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from kd_lightning.data._litdata import StreamingDataLoader, StreamingDataset
 from kd_lightning.data.base import ImageClassificationDataModule
@@ -71,6 +71,13 @@ class _DecodingStreamingDataset(StreamingDataset):
 
     def __init__(self, input_dir: str, decoder: ImageDecoder, **kwargs: Any) -> None:
         super().__init__(input_dir, **kwargs)
+        # LitData reads a local folder "POSIX-fast" by default: at every switch of chunk it calls
+        # posix_fadvise on the next four chunk files and maps them anew. A seeded split is a
+        # LitData subset of hundreds of short runs of samples, each of which counts as a chunk, so
+        # that work came every ~10 samples: 450 µs a sample against 120 µs without it (measured,
+        # benchmarks/RESULTS.md, issue 13), as much as decoding the JPEG. Without it LitData reads
+        # the local files in place all the same; object storage never used it.
+        self.posix_fast = None
         self.decoder = decoder
 
     def __getitem__(self, index: Any) -> Any:
@@ -84,7 +91,9 @@ class _Collate:
         self.with_indices = with_indices
 
     def __call__(self, items: list[tuple[torch.Tensor, int, int]]) -> Batch:
-        images = torch.stack([image for image, _, _ in items])
+        # default_collate stacks straight into shared memory in a loader worker, so the batch
+        # reaches the main process without the copy that pickling a plain tensor would make.
+        images = default_collate([image for image, _, _ in items])
         labels = torch.tensor([label for _, label, _ in items], dtype=torch.long)
         indices = torch.tensor([index for _, _, index in items], dtype=torch.long) if self.with_indices else None
         return Batch(labels, images=images, indices=indices)
