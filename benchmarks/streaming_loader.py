@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> None:
     for baseline in ("folder_pil", "folder_tvio"):
         # Also the median of the per-round ratios: each round's loaders ran back to back, so a load
         # change on the shared machine cancels out of a round's ratio more than out of the medians.
-        paired = statistics.median(s / b for s, b in zip(rates["streaming"], rates[baseline]))
+        paired = statistics.median(s / b for s, b in zip(rates["streaming"], rates[baseline], strict=True))
         print(
             f"  streaming / {baseline:11s} = {medians['streaming'] / medians[baseline]:.2f} (ratio of medians), "
             f"{paired:.2f} (median of per-round ratios)"

@@ -14,7 +14,7 @@ import torch
 
 from benchmarks.streaming_loader import make_jpeg_folder
 from kd_lightning.cli import main as cli_main
-from kd_lightning.data import DigitsDataModule, StreamingImageDataModule
+from kd_lightning.data import DigitsDataModule, StreamingImageDataModule, streaming
 from kd_lightning.data.batch import IGNORE_LABEL, Batch
 from kd_lightning.data.decoding import ImageDecoder, inception_crop
 from kd_lightning.data.prepare import METADATA_FILE, prepare_dataset
@@ -182,6 +182,19 @@ def test_the_teacher_cache_refuses_a_streamed_set_in_one_line(digits_dir):
         trainer.fit(module, StreamingImageDataModule(str(digits_dir), num_workers=0))
 
 
+def test_a_ddp_world_that_would_drop_samples_is_refused_unless_accepted(digits_dir, monkeypatch):
+    monkeypatch.setattr(streaming, "_world_size", lambda: 2)
+    data = StreamingImageDataModule(str(digits_dir), batch_size=32, num_workers=0, samples_per_class=65)
+    data.setup("fit")
+    with pytest.raises(ConfigError, match=r"10 of the 650 training samples .* set drop_remainder: true"):
+        data.train_dataloader()
+    data.drop_remainder = True
+    assert data.train_dataloader() is data.train_loader
+    whole = StreamingImageDataModule(str(digits_dir), batch_size=32, num_workers=0, samples_per_class=64)
+    whole.setup("fit")
+    assert whole.train_dataloader() is whole.train_loader  # 640 = 10 global batches of 2 x 32
+
+
 @pytest.mark.slow
 def test_benchmark_smoke_mode_runs(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -220,6 +233,27 @@ def test_two_ddp_processes_see_every_sample_exactly_once_per_epoch(tmp_path, dig
         assert len(first) == len(second) == 320
         assert sorted(first + second) == list(range(640))
     assert ranks[0]["seen"][0] != ranks[0]["seen"][1]
+
+
+@pytest.mark.slow
+def test_ddp_refuses_a_training_set_that_leaves_a_partial_global_batch(tmp_path, digits_dir, teacher_path):
+    # 650 training images over 2 ranks x batch 32: LitData would leave 10 out of every epoch.
+    config = {"root": str(tmp_path), "data_dir": str(digits_dir), "teacher_path": teacher_path, "devices": 2}
+    refused = _run({**config, "batch_size": 32, "samples_per_class": 65, "max_epochs": 1})
+    assert refused.returncode != 0
+    assert "10 of the 650 training samples would be left out of every epoch" in refused.stderr
+    assert not (tmp_path / "rank0.pt").exists()
+
+    accepted = _run({**config, "batch_size": 32, "samples_per_class": 65, "drop_remainder": True})
+    assert accepted.returncode == 0, accepted.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    left_out = []
+    for epoch in (0, 1):
+        first, second = ranks[0]["seen"][epoch], ranks[1]["seen"][epoch]
+        assert len(first) == len(second) == 320
+        assert len(set(first + second)) == 640 and set(first + second) <= set(range(650))
+        left_out.append(set(range(650)) - set(first + second))
+    assert left_out[0] != left_out[1]  # the order is reshuffled, so another 10 are left out each epoch
 
 
 @pytest.mark.slow

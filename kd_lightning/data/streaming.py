@@ -113,6 +113,10 @@ class StreamingImageDataModule(ImageClassificationDataModule):
             resized to ``image_size``, evaluation images are resized to ``image_size / 0.875`` and
             centre-cropped (the ImageNet recipe); else every image is resized whole.
         num_workers: loader worker processes (decoding happens there; use several).
+        drop_remainder: under DDP, accept that LitData drops the training samples that do not fill
+            a last global batch (``world_size × batch_size``; others each epoch, as the order is
+            reshuffled). Off, a training set of another size is refused, since every sample would
+            then no longer be seen once per epoch; one process never drops any.
         cache_dir: local cache for chunks streamed from object storage (LitData's default if unset).
         storage_options: credentials/options passed to LitData for object storage.
         **kwargs: see :class:`ImageClassificationDataModule`.
@@ -124,12 +128,14 @@ class StreamingImageDataModule(ImageClassificationDataModule):
         image_size: int | None = None,
         random_resized_crop: bool = False,
         num_workers: int = 4,
+        drop_remainder: bool = False,
         cache_dir: str | None = None,
         storage_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(data_dir=data_dir, image_size=image_size, num_workers=num_workers, **kwargs)
         self.random_resized_crop = random_resized_crop
+        self.drop_remainder = drop_remainder
         self.cache_dir = cache_dir
         self.storage_options = storage_options or {}
         self.root = data_dir.rstrip("/")
@@ -180,9 +186,9 @@ class StreamingImageDataModule(ImageClassificationDataModule):
             decoder,
             shuffle=train,
             # On one process every sample is seen once per epoch. Under DDP every rank must run the
-            # same number of steps, so LitData drops the last partial global batch (fewer than
-            # world_size × batch_size samples, others each epoch since the order is reshuffled)
-            # where a DistributedSampler would repeat samples instead.
+            # same number of steps, so LitData drops the last partial global batch (LitData's
+            # drop_last=False would hand it to one rank alone, which then waits for the others
+            # forever): _check_whole_global_batches refuses that unless drop_remainder is set.
             drop_last=train and _world_size() > 1,
             seed=self._seed(),
             cache_dir=self.cache_dir,
@@ -194,6 +200,18 @@ class StreamingImageDataModule(ImageClassificationDataModule):
         )
         return dataset if split.is_whole else dataset.subset(split.positions.tolist())
 
+    def _check_whole_global_batches(self, num_samples: int, batch_size: int) -> None:
+        """Under DDP, refuse a training set LitData would not show whole each epoch, unless told to accept it."""
+        world_size = _world_size()
+        dropped = num_samples % (world_size * batch_size)
+        if world_size > 1 and dropped and not self.drop_remainder:
+            raise ConfigError(
+                f"under DDP, {dropped} of the {num_samples} training samples would be left out of every epoch: "
+                f"they do not fill a global batch of {world_size} ranks x batch_size {batch_size}; choose "
+                f"batch_size, devices or samples_per_class so that {world_size * batch_size} divides the training "
+                "set, or set drop_remainder: true to accept it"
+            )
+
     def _seed(self) -> int:
         # Seeded by seed_everything (``torch.initial_seed``), like the in-memory sampler.
         return torch.initial_seed() % 2**31
@@ -202,6 +220,8 @@ class StreamingImageDataModule(ImageClassificationDataModule):
         # The base class types its splits as in-memory datasets; here they are StreamedSplit stand-ins.
         if not isinstance(split, StreamedSplit):
             raise RuntimeError("call setup() before asking for a dataloader")
+        if train:
+            self._check_whole_global_batches(len(split), batch_size)
         return StreamingDataLoader(
             self._dataset(split, train),
             batch_size=batch_size,
