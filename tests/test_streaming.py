@@ -275,3 +275,54 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, digits_dir, te
     for key, tensor in expected["network"].items():
         assert torch.equal(actual["network"][key], tensor), key
     assert actual["metrics"] == expected["metrics"]
+
+
+@pytest.fixture(scope="module")
+def ddp_resume_runs(tmp_path_factory: pytest.TempPathFactory, digits_dir) -> tuple[list[dict], list[dict]]:
+    """Two-process DDP fits, straight and SIGKILLed mid-epoch then resumed: each rank's results, per run."""
+    # 640 training images over 2 ranks x batch 32: 10 steps per epoch; step 17 is mid-epoch 1, last checkpoint at 15.
+    root = tmp_path_factory.mktemp("ddp_resume")
+    sys.path.insert(0, str(HELPER.parent))
+    from _resume_helpers import make_teacher
+
+    make_teacher(root / "teacher.pt")
+    config = {"data_dir": str(digits_dir), "teacher_path": str(root / "teacher.pt"), "devices": 2, "batch_size": 32}
+    config["samples_per_class"] = 64
+    straight = _run({**config, "root": str(root / "straight")})
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = _run({**config, "root": str(root / "killed"), "kill_at": 17})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = _run({**config, "root": str(root / "killed"), "resume": True})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    load = lambda run: [torch.load(root / run / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]  # noqa: E731
+    return load("straight"), load("killed")
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_resume_mid_epoch_on_the_same_batches_bit_identical(ddp_resume_runs):
+    for expected, actual in zip(*ddp_resume_runs, strict=True):
+        # Each rank trained on exactly the rest of its share of epoch 1, in the same order.
+        assert len(actual["seen"][1]) == 5 * 32
+        assert actual["seen"][1] == expected["seen"][1][-len(actual["seen"][1]) :]
+        for key, tensor in expected["network"].items():
+            assert torch.equal(actual["network"][key], tensor), key
+        # The epoch's training accuracy is the next test's; everything else logged is identical.
+        training_accuracy = {key for key in expected["metrics"] if key.startswith("train/acc")}
+        assert training_accuracy
+        for key, value in expected["metrics"].items():
+            if key not in training_accuracy:
+                assert actual["metrics"][key] == value, key
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="the checkpoint holds rank 0's training-metric state only (kd_lightning/modules/base.py persists the "
+    "rank-local torchmetrics state); on resume every rank restores it, so the epoch's train/acc under DDP "
+    "counts rank 0's batches before the kill twice and rank 1's not at all",
+)
+def test_two_ddp_processes_resume_mid_epoch_with_the_same_epoch_training_accuracy(ddp_resume_runs):
+    for expected, actual in zip(*ddp_resume_runs, strict=True):
+        assert {k: v for k, v in actual["metrics"].items() if k.startswith("train/acc")} == {
+            k: v for k, v in expected["metrics"].items() if k.startswith("train/acc")
+        }
