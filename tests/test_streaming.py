@@ -201,7 +201,7 @@ def test_benchmark_smoke_mode_runs(tmp_path):
     command = [sys.executable, "-m", "benchmarks.streaming_loader", "--smoke", "--work_dir", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "streaming / folder_pil" in done.stdout and "10x/1x pss" in done.stdout
+    assert "streaming_split / folder_tvio" in done.stdout and "10x/1x pss" in done.stdout
 
 
 def _run(config: dict) -> subprocess.CompletedProcess:

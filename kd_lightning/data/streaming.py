@@ -71,13 +71,6 @@ class _DecodingStreamingDataset(StreamingDataset):
 
     def __init__(self, input_dir: str, decoder: ImageDecoder, **kwargs: Any) -> None:
         super().__init__(input_dir, **kwargs)
-        # LitData reads a local folder "POSIX-fast" by default: at every switch of chunk it calls
-        # posix_fadvise on the next four chunk files and maps them anew. A seeded split is a
-        # LitData subset of hundreds of short runs of samples, each of which counts as a chunk, so
-        # that work came every ~10 samples: 450 µs a sample against 120 µs without it (measured,
-        # benchmarks/RESULTS.md, issue 13), as much as decoding the JPEG. Without it LitData reads
-        # the local files in place all the same; object storage never used it.
-        self.posix_fast = None
         self.decoder = decoder
 
     def __getitem__(self, index: Any) -> Any:
@@ -113,12 +106,12 @@ class StreamingImageDataModule(ImageClassificationDataModule):
             resized to ``image_size``, evaluation images are resized to ``image_size / 0.875`` and
             centre-cropped (the ImageNet recipe); else every image is resized whole.
         num_workers: loader worker processes (decoding happens there; use several).
+        cache_dir: local cache for chunks streamed from object storage (LitData's default if unset).
+        storage_options: credentials/options passed to LitData for object storage.
         drop_remainder: under DDP, accept that LitData drops the training samples that do not fill
             a last global batch (``world_size × batch_size``; others each epoch, as the order is
             reshuffled). Off, a training set of another size is refused, since every sample would
             then no longer be seen once per epoch; one process never drops any.
-        cache_dir: local cache for chunks streamed from object storage (LitData's default if unset).
-        storage_options: credentials/options passed to LitData for object storage.
         **kwargs: see :class:`ImageClassificationDataModule`.
     """
 
@@ -128,9 +121,9 @@ class StreamingImageDataModule(ImageClassificationDataModule):
         image_size: int | None = None,
         random_resized_crop: bool = False,
         num_workers: int = 4,
-        drop_remainder: bool = False,
         cache_dir: str | None = None,
         storage_options: dict[str, Any] | None = None,
+        drop_remainder: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(data_dir=data_dir, image_size=image_size, num_workers=num_workers, **kwargs)
@@ -198,7 +191,17 @@ class StreamingImageDataModule(ImageClassificationDataModule):
             # the items deserialised, as much time as the JPEG decoding itself).
             batch_decode=0,
         )
-        return dataset if split.is_whole else dataset.subset(split.positions.tolist())
+        if split.is_whole:
+            return dataset
+        subset = dataset.subset(split.positions.tolist())
+        # LitData reads a local folder "POSIX-fast" by default: at every switch of chunk it calls
+        # posix_fadvise on the next four chunk files and maps them anew. A seeded split is a subset
+        # of hundreds of short runs of samples, each of which counts as a chunk, so that work came
+        # every ~10 samples: 450 µs a sample against 120 µs without it (benchmarks/RESULTS.md,
+        # issue 13). Only for subsets: without it LitData 0.2.76 reads a whole chunk file for each
+        # sample of a chunk two loader workers share, which on a whole set is most of them.
+        subset.posix_fast = None
+        return subset
 
     def _check_whole_global_batches(self, num_samples: int, batch_size: int) -> None:
         """Under DDP, refuse a training set LitData would not show whole each epoch, unless told to accept it."""
