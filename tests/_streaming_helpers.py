@@ -50,6 +50,7 @@ def main(config: dict) -> None:
         hflip=True,
         return_indices=True,
         samples_per_class=config.get("samples_per_class"),
+        drop_remainder=config.get("drop_remainder", False),
     )
     record = RecordIndices()
     callbacks = [record, ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=5, save_last=True)]

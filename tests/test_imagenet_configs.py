@@ -47,6 +47,7 @@ def test_recipe_keeps_the_published_settings(path: Path):
     assert model["lr_scheduler"]["init_args"] == {"milestones": [30, 60, 90], "gamma": 0.1}
     assert data["batch_size"] * trainer["devices"] == 512 and data["image_size"] == 224
     assert data["random_resized_crop"] and data["hflip"]
+    assert data["drop_remainder"]  # 512 does not divide ImageNet's 1,281,167 training images
     losses = {loss["name"]: loss for loss in model["losses"]}
     if path.stem == "kd":
         assert losses["ce"]["weight"] == losses["kd"]["weight"] == 0.5

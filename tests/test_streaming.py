@@ -14,7 +14,7 @@ import torch
 
 from benchmarks.streaming_loader import make_jpeg_folder
 from kd_lightning.cli import main as cli_main
-from kd_lightning.data import DigitsDataModule, StreamingImageDataModule
+from kd_lightning.data import DigitsDataModule, StreamingImageDataModule, streaming
 from kd_lightning.data.batch import IGNORE_LABEL, Batch
 from kd_lightning.data.decoding import ImageDecoder, inception_crop
 from kd_lightning.data.prepare import METADATA_FILE, prepare_dataset
@@ -182,13 +182,26 @@ def test_the_teacher_cache_refuses_a_streamed_set_in_one_line(digits_dir):
         trainer.fit(module, StreamingImageDataModule(str(digits_dir), num_workers=0))
 
 
+def test_a_ddp_world_that_would_drop_samples_is_refused_unless_accepted(digits_dir, monkeypatch):
+    monkeypatch.setattr(streaming, "_world_size", lambda: 2)
+    data = StreamingImageDataModule(str(digits_dir), batch_size=32, num_workers=0, samples_per_class=65)
+    data.setup("fit")
+    with pytest.raises(ConfigError, match=r"10 of the 650 training samples .* set drop_remainder: true"):
+        data.train_dataloader()
+    data.drop_remainder = True
+    assert data.train_dataloader() is data.train_loader
+    whole = StreamingImageDataModule(str(digits_dir), batch_size=32, num_workers=0, samples_per_class=64)
+    whole.setup("fit")
+    assert whole.train_dataloader() is whole.train_loader  # 640 = 10 global batches of 2 x 32
+
+
 @pytest.mark.slow
 def test_benchmark_smoke_mode_runs(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "benchmarks.streaming_loader", "--smoke", "--work_dir", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "streaming / folder_pil" in done.stdout and "10x/1x pss" in done.stdout
+    assert "streaming_split / folder_tvio" in done.stdout and "10x/1x pss" in done.stdout
 
 
 def _run(config: dict) -> subprocess.CompletedProcess:
@@ -223,6 +236,27 @@ def test_two_ddp_processes_see_every_sample_exactly_once_per_epoch(tmp_path, dig
 
 
 @pytest.mark.slow
+def test_ddp_refuses_a_training_set_that_leaves_a_partial_global_batch(tmp_path, digits_dir, teacher_path):
+    # 650 training images over 2 ranks x batch 32: LitData would leave 10 out of every epoch.
+    config = {"root": str(tmp_path), "data_dir": str(digits_dir), "teacher_path": teacher_path, "devices": 2}
+    refused = _run({**config, "batch_size": 32, "samples_per_class": 65, "max_epochs": 1})
+    assert refused.returncode != 0
+    assert "10 of the 650 training samples would be left out of every epoch" in refused.stderr
+    assert not (tmp_path / "rank0.pt").exists()
+
+    accepted = _run({**config, "batch_size": 32, "samples_per_class": 65, "drop_remainder": True})
+    assert accepted.returncode == 0, accepted.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    left_out = []
+    for epoch in (0, 1):
+        first, second = ranks[0]["seen"][epoch], ranks[1]["seen"][epoch]
+        assert len(first) == len(second) == 320
+        assert len(set(first + second)) == 640 and set(first + second) <= set(range(650))
+        left_out.append(set(range(650)) - set(first + second))
+    assert left_out[0] != left_out[1]  # the order is reshuffled, so another 10 are left out each epoch
+
+
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, digits_dir, teacher_path):
     # 1,294 training images, batch 64: 21 batches per epoch; step 32 is mid-epoch 1, last checkpoint at 30.
     config = {"data_dir": str(digits_dir), "teacher_path": teacher_path, "num_workers": 2}
@@ -241,3 +275,54 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, digits_dir, te
     for key, tensor in expected["network"].items():
         assert torch.equal(actual["network"][key], tensor), key
     assert actual["metrics"] == expected["metrics"]
+
+
+@pytest.fixture(scope="module")
+def ddp_resume_runs(tmp_path_factory: pytest.TempPathFactory, digits_dir) -> tuple[list[dict], list[dict]]:
+    """Two-process DDP fits, straight and SIGKILLed mid-epoch then resumed: each rank's results, per run."""
+    # 640 training images over 2 ranks x batch 32: 10 steps per epoch; step 17 is mid-epoch 1, last checkpoint at 15.
+    root = tmp_path_factory.mktemp("ddp_resume")
+    sys.path.insert(0, str(HELPER.parent))
+    from _resume_helpers import make_teacher
+
+    make_teacher(root / "teacher.pt")
+    config = {"data_dir": str(digits_dir), "teacher_path": str(root / "teacher.pt"), "devices": 2, "batch_size": 32}
+    config["samples_per_class"] = 64
+    straight = _run({**config, "root": str(root / "straight")})
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = _run({**config, "root": str(root / "killed"), "kill_at": 17})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = _run({**config, "root": str(root / "killed"), "resume": True})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    load = lambda run: [torch.load(root / run / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]  # noqa: E731
+    return load("straight"), load("killed")
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_resume_mid_epoch_on_the_same_batches_bit_identical(ddp_resume_runs):
+    for expected, actual in zip(*ddp_resume_runs, strict=True):
+        # Each rank trained on exactly the rest of its share of epoch 1, in the same order.
+        assert len(actual["seen"][1]) == 5 * 32
+        assert actual["seen"][1] == expected["seen"][1][-len(actual["seen"][1]) :]
+        for key, tensor in expected["network"].items():
+            assert torch.equal(actual["network"][key], tensor), key
+        # The epoch's training accuracy is the next test's; everything else logged is identical.
+        training_accuracy = {key for key in expected["metrics"] if key.startswith("train/acc")}
+        assert training_accuracy
+        for key, value in expected["metrics"].items():
+            if key not in training_accuracy:
+                assert actual["metrics"][key] == value, key
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="the checkpoint holds rank 0's training-metric state only (kd_lightning/modules/base.py persists the "
+    "rank-local torchmetrics state); on resume every rank restores it, so the epoch's train/acc under DDP "
+    "counts rank 0's batches before the kill twice and rank 1's not at all",
+)
+def test_two_ddp_processes_resume_mid_epoch_with_the_same_epoch_training_accuracy(ddp_resume_runs):
+    for expected, actual in zip(*ddp_resume_runs, strict=True):
+        assert {k: v for k, v in actual["metrics"].items() if k.startswith("train/acc")} == {
+            k: v for k, v in expected["metrics"].items() if k.startswith("train/acc")
+        }

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from kd_lightning.data._litdata import StreamingDataLoader, StreamingDataset
 from kd_lightning.data.base import ImageClassificationDataModule
@@ -84,7 +84,9 @@ class _Collate:
         self.with_indices = with_indices
 
     def __call__(self, items: list[tuple[torch.Tensor, int, int]]) -> Batch:
-        images = torch.stack([image for image, _, _ in items])
+        # default_collate stacks straight into shared memory in a loader worker, so the batch
+        # reaches the main process without the copy that pickling a plain tensor would make.
+        images = default_collate([image for image, _, _ in items])
         labels = torch.tensor([label for _, label, _ in items], dtype=torch.long)
         indices = torch.tensor([index for _, _, index in items], dtype=torch.long) if self.with_indices else None
         return Batch(labels, images=images, indices=indices)
@@ -106,6 +108,10 @@ class StreamingImageDataModule(ImageClassificationDataModule):
         num_workers: loader worker processes (decoding happens there; use several).
         cache_dir: local cache for chunks streamed from object storage (LitData's default if unset).
         storage_options: credentials/options passed to LitData for object storage.
+        drop_remainder: under DDP, accept that LitData drops the training samples that do not fill
+            a last global batch (``world_size × batch_size``; others each epoch, as the order is
+            reshuffled). Off, a training set of another size is refused, since every sample would
+            then no longer be seen once per epoch; one process never drops any.
         **kwargs: see :class:`ImageClassificationDataModule`.
     """
 
@@ -117,10 +123,12 @@ class StreamingImageDataModule(ImageClassificationDataModule):
         num_workers: int = 4,
         cache_dir: str | None = None,
         storage_options: dict[str, Any] | None = None,
+        drop_remainder: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(data_dir=data_dir, image_size=image_size, num_workers=num_workers, **kwargs)
         self.random_resized_crop = random_resized_crop
+        self.drop_remainder = drop_remainder
         self.cache_dir = cache_dir
         self.storage_options = storage_options or {}
         self.root = data_dir.rstrip("/")
@@ -171,9 +179,9 @@ class StreamingImageDataModule(ImageClassificationDataModule):
             decoder,
             shuffle=train,
             # On one process every sample is seen once per epoch. Under DDP every rank must run the
-            # same number of steps, so LitData drops the last partial global batch (fewer than
-            # world_size × batch_size samples, others each epoch since the order is reshuffled)
-            # where a DistributedSampler would repeat samples instead.
+            # same number of steps, so LitData drops the last partial global batch (LitData's
+            # drop_last=False would hand it to one rank alone, which then waits for the others
+            # forever): _check_whole_global_batches refuses that unless drop_remainder is set.
             drop_last=train and _world_size() > 1,
             seed=self._seed(),
             cache_dir=self.cache_dir,
@@ -183,7 +191,29 @@ class StreamingImageDataModule(ImageClassificationDataModule):
             # the items deserialised, as much time as the JPEG decoding itself).
             batch_decode=0,
         )
-        return dataset if split.is_whole else dataset.subset(split.positions.tolist())
+        if split.is_whole:
+            return dataset
+        subset = dataset.subset(split.positions.tolist())
+        # LitData reads a local folder "POSIX-fast" by default: at every switch of chunk it calls
+        # posix_fadvise on the next four chunk files and maps them anew. A seeded split is a subset
+        # of hundreds of short runs of samples, each of which counts as a chunk, so that work came
+        # every ~10 samples: 450 µs a sample against 120 µs without it (benchmarks/RESULTS.md,
+        # issue 13). Only for subsets: without it LitData 0.2.76 reads a whole chunk file for each
+        # sample of a chunk two loader workers share, which on a whole set is most of them.
+        subset.posix_fast = None
+        return subset
+
+    def _check_whole_global_batches(self, num_samples: int, batch_size: int) -> None:
+        """Under DDP, refuse a training set LitData would not show whole each epoch, unless told to accept it."""
+        world_size = _world_size()
+        dropped = num_samples % (world_size * batch_size)
+        if world_size > 1 and dropped and not self.drop_remainder:
+            raise ConfigError(
+                f"under DDP, {dropped} of the {num_samples} training samples would be left out of every epoch: "
+                f"they do not fill a global batch of {world_size} ranks x batch_size {batch_size}; choose "
+                f"batch_size, devices or samples_per_class so that {world_size * batch_size} divides the training "
+                "set, or set drop_remainder: true to accept it"
+            )
 
     def _seed(self) -> int:
         # Seeded by seed_everything (``torch.initial_seed``), like the in-memory sampler.
@@ -193,6 +223,8 @@ class StreamingImageDataModule(ImageClassificationDataModule):
         # The base class types its splits as in-memory datasets; here they are StreamedSplit stand-ins.
         if not isinstance(split, StreamedSplit):
             raise RuntimeError("call setup() before asking for a dataloader")
+        if train:
+            self._check_whole_global_batches(len(split), batch_size)
         return StreamingDataLoader(
             self._dataset(split, train),
             batch_size=batch_size,
