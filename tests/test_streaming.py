@@ -315,12 +315,6 @@ def test_two_ddp_processes_resume_mid_epoch_on_the_same_batches_bit_identical(dd
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the checkpoint holds rank 0's training-metric state only (kd_lightning/modules/base.py persists the "
-    "rank-local torchmetrics state); on resume every rank restores it, so the epoch's train/acc under DDP "
-    "counts rank 0's batches before the kill twice and rank 1's not at all",
-)
 def test_two_ddp_processes_resume_mid_epoch_with_the_same_epoch_training_accuracy(ddp_resume_runs):
     for expected, actual in zip(*ddp_resume_runs, strict=True):
         assert {k: v for k, v in actual["metrics"].items() if k.startswith("train/acc")} == {

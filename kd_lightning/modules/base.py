@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import ExitStack
+from typing import Any
 
 import lightning as L
 import torch
@@ -126,6 +128,21 @@ class SupervisedModule(L.LightningModule):
             self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         if read and terms:
             self.log_dict({f"train/{name}": value for name, value in terms.items()}, batch_size=batch_size)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the epoch's training-metric state summed over ranks: under DDP each rank holds its own
+        batches only, and the checkpoint is written from rank 0 (every rank takes part in the sum)."""
+        if self.trainer.world_size > 1:
+            with ExitStack() as synced:
+                for metric in self.train_metrics.values():
+                    synced.enter_context(metric.sync_context(should_sync=True))
+                checkpoint["state_dict"].update(self.train_metrics.state_dict(prefix="train_metrics."))
+
+    def on_train_start(self) -> None:
+        # A resumed DDP run restores the summed state on every rank; rank 0 alone keeps it, so the
+        # epoch-end sum over ranks counts each batch once. On a fresh run the state is empty anyway.
+        if self.trainer.global_rank > 0:
+            self.train_metrics.reset()
 
     def on_train_epoch_end(self) -> None:
         """Log the epoch's training metrics, accumulated by ``train_metrics.update`` in every step.

@@ -275,6 +275,7 @@ class DistillationModule(SupervisedModule):
         return (p for name, p in self.named_parameters() if p.requires_grad and not name.startswith(TEACHER_PREFIX))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         # Where the teacher came from and what it was, so evaluation can rebuild and verify it.
         checkpoint["teacher"] = self.teacher.fingerprint()
         if not self.save_teacher:
