@@ -56,10 +56,14 @@ SECTION_END = "<!-- few_labels: end -->"
 SEEDS = (0, 1, 2, 3, 4)
 # Labels per class of each regime; ``None`` keeps every label of the training split.
 REGIMES: dict[str, int | None] = {"k10": 10, "k100": 100, "full": None}
-MODELS = ("teacher", "scratch", "distilled")
+MODELS = ("teacher", "scratch", "distilled", "patient")
+# The patient schedule (Beyer et al., 2022): the distilled student trained longer on the cached teacher outputs.
+# 10 epochs chosen on validation (k=100, seed 0: val 0.7983 after 3 epochs, 0.8200 after 5 of 10).
+PATIENT = ("--trainer.max_epochs", "10", "--model.init_args.lr_scheduler.init_args.T_max", "10")
+STUDENTS_OF_A_TEACHER = ("distilled", "patient")
 # The issue's schema has no teacher for the full-label comparison; the driver trains one only as the
 # distilled student's teacher there.
-REPORTED = {"k10": MODELS, "k100": MODELS, "full": ("scratch", "distilled")}
+REPORTED = {"k10": MODELS, "k100": MODELS, "full": ("scratch", "distilled", "patient")}
 # With all labels an epoch has 58,800 labelled images instead of 1,000: shorter schedules (cosine over them).
 FULL_SCHEDULES = {
     "teacher": ("--trainer.max_epochs", "5", "--trainer.check_val_every_n_epoch", "1"),
@@ -105,6 +109,7 @@ def stages(regime: str) -> list[Stage]:
         Stage(regime, "teacher", "teacher_linear_probe.yaml", labels + FULL_SCHEDULES["teacher"] * (k is None)),
         Stage(regime, "scratch", "student_scratch.yaml", labels + FULL_SCHEDULES["scratch"] * (k is None)),
         Stage(regime, "distilled", "distill.yaml", labels + FULL_SCHEDULES["distilled"] * (k is None)),
+        Stage(regime, "patient", "distill.yaml", labels + FULL_SCHEDULES["distilled"] * (k is None) + PATIENT),
     ]
 
 
@@ -130,15 +135,17 @@ SMOKE_OVERRIDES = (
     "--trainer.check_val_every_n_epoch",
     "1",
 )
-SMOKE_TEACHER = ("--model.init_args.backbone", '{"name": "small_cnn", "pretrained": false, "kwargs": {"width": 8}}')
+# The smoke teacher pools its last stage through a standardised head, like the real one pools stages 3 and 4.
+SMOKE_NETWORK = {"name": "small_cnn", "kwargs": {"width": 8}, "feature_layers": ["stage:-1"], "head_norm": True}
+SMOKE_TEACHER = ("--model.init_args.backbone", json.dumps(SMOKE_NETWORK | {"pretrained": False}))
 
 
 def smoke_overrides(stage: Stage, seed: int, out: Path) -> tuple[str, ...]:
     extra = SMOKE_OVERRIDES
     if stage.model == "teacher":
         extra += SMOKE_TEACHER + ("--data.init_args.image_size", "16")
-    if stage.model == "distilled":
-        teacher = {"name": "small_cnn", "kwargs": {"width": 8}, "input_size": 16}
+    if stage.model in STUDENTS_OF_A_TEACHER:
+        teacher = SMOKE_NETWORK | {"input_size": 16}
         teacher["weights_path"] = str(smoke_teacher(stage, seed, out))
         extra += ("--model.init_args.teacher", json.dumps(teacher))
     return extra
@@ -152,7 +159,7 @@ def cli_args(stage: Stage, seed: int, smoke: bool, out: Path) -> list[str]:
     args = ["--config", str(CONFIGS / stage.config), *stage.overrides, "--seed_everything", str(seed)]
     if smoke:
         return args + list(smoke_overrides(stage, seed, out))
-    if stage.model == "distilled":
+    if stage.model in STUDENTS_OF_A_TEACHER:
         args += ["--model.init_args.teacher.weights_path", str(teacher_checkpoint(stage.regime, seed))]
     return args
 
@@ -160,7 +167,7 @@ def cli_args(stage: Stage, seed: int, smoke: bool, out: Path) -> list[str]:
 def command_of(stage: Stage) -> str:
     """The CLI command of one seed of ``stage`` (``N`` = the seed), and the driver command of all of them."""
     overrides = " ".join(str(Path(a).relative_to(ROOT)) if a.startswith(str(ROOT)) else a for a in stage.overrides)
-    if stage.model == "distilled":
+    if stage.model in STUDENTS_OF_A_TEACHER:
         teacher = teacher_checkpoint(stage.regime, 0).relative_to(ROOT)
         overrides += f" --model.init_args.teacher.weights_path {str(teacher).replace('seed0', 'seedN')}"
     return (
@@ -185,7 +192,7 @@ def train_and_test(stage: Stage, seed: int, smoke: bool, out: Path) -> dict:
         "--trainer.enable_progress_bar",
         "false",
     ]
-    if stage.model == "distilled":
+    if stage.model in STUDENTS_OF_A_TEACHER:
         teacher = smoke_teacher(stage, seed, out) if smoke else teacher_checkpoint(stage.regime, seed)
         if not teacher.exists():
             raise FileNotFoundError(f"{stage.name} needs its teacher {teacher}: run --models teacher first")
@@ -376,7 +383,7 @@ def report_lines(summary: dict) -> list[str]:
             lines.append(f"- {regime}: {ratio}")
     lines += ["", "Paired differences per seed (test accuracy points):", ""]
     for regime in summary:
-        for a, b in (("teacher", "scratch"), ("distilled", "scratch")):
+        for a, b in (("teacher", "scratch"), ("distilled", "scratch"), ("patient", "scratch")):
             diffs = paired(summary, regime, a, b)
             if diffs:
                 per_seed = ", ".join(f"seed {s}: {100 * d:+.2f}" for s, d in diffs)
@@ -411,7 +418,7 @@ def plot_accuracy_vs_labels(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for model, marker in zip(MODELS, "osD", strict=True):
+    for model, marker in zip(MODELS, "osDv", strict=True):
         points = []
         for models in summary.values():
             if model in models:
