@@ -23,6 +23,19 @@ torch.set_num_threads(1)
 TEACHER_SPEC = ModelSpec("small_cnn", kwargs={"width": 8})
 
 
+def count_calls(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[int]:
+    """Wrap ``module.name`` so every call appends to the returned list (how often a cache computed)."""
+    calls: list[int] = []
+    original = getattr(module, name)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
 def make_trainer(**overrides) -> L.Trainer:
     """A quiet CPU trainer for tests: no logger, no checkpoints, no progress bar."""
     options = dict(

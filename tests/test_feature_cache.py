@@ -4,7 +4,7 @@ import logging
 
 import pytest
 import torch
-from conftest import make_trainer
+from conftest import count_calls, make_trainer
 
 from kd_lightning.cache import CacheStore, cache_key, module_digest, tensor_digest
 from kd_lightning.cache import feature_cache as feature_cache_module
@@ -19,18 +19,6 @@ def _fresh_features(module: FrozenBackboneFinetuner, dm: DigitsDataModule) -> to
     module.network.eval()
     with torch.no_grad():
         return module.network.forward_features(to_float_images(dm.train_set.images, dm.image_size))
-
-
-def _count_computes(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    original = feature_cache_module.compute_features
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(feature_cache_module, "compute_features", counting)
-    return calls
 
 
 def _train_entry(module: FrozenBackboneFinetuner) -> dict[str, torch.Tensor]:
@@ -65,7 +53,7 @@ def test_a_feature_batch_is_never_mistaken_for_images(teacher_spec) -> None:
 
 
 def test_epochs_after_the_first_reuse_the_cache_and_the_backbone_never_runs(teacher_spec, monkeypatch) -> None:
-    calls = _count_computes(monkeypatch)
+    calls = count_calls(monkeypatch, feature_cache_module, "compute_features")
     module = FrozenBackboneFinetuner(teacher_spec, num_classes=10, feature_cache=True)
     backbone_calls: list[int] = []
     module.network.backbone.register_forward_hook(lambda *_: backbone_calls.append(1))
@@ -77,7 +65,7 @@ def test_epochs_after_the_first_reuse_the_cache_and_the_backbone_never_runs(teac
 
 
 def test_changed_weights_transforms_or_data_rebuild_the_cache(teacher_spec, monkeypatch) -> None:
-    calls = _count_computes(monkeypatch)
+    calls = count_calls(monkeypatch, feature_cache_module, "compute_features")
     module = FrozenBackboneFinetuner(teacher_spec, num_classes=10, feature_cache=True)
     fit = lambda dm: make_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1).fit(module, dm)  # noqa: E731
     fit(DigitsDataModule(batch_size=64))
@@ -109,7 +97,7 @@ def test_key_parts_change_the_key(teacher_spec) -> None:
 
 
 def test_disk_cache_is_reused_across_modules(teacher_spec, tmp_path, monkeypatch) -> None:
-    calls = _count_computes(monkeypatch)
+    calls = count_calls(monkeypatch, feature_cache_module, "compute_features")
     for _ in range(2):
         module = FrozenBackboneFinetuner(teacher_spec, num_classes=10, feature_cache="disk", cache_dir=str(tmp_path))
         make_trainer(max_epochs=1, num_sanity_val_steps=0).fit(module, DigitsDataModule(batch_size=64))
@@ -122,7 +110,7 @@ def test_disk_cache_is_reused_across_modules(teacher_spec, tmp_path, monkeypatch
 
 
 def test_random_augmentation_disables_the_cache_and_says_why(teacher_spec, caplog, monkeypatch) -> None:
-    calls = _count_computes(monkeypatch)
+    calls = count_calls(monkeypatch, feature_cache_module, "compute_features")
     module = FrozenBackboneFinetuner(teacher_spec, num_classes=10, feature_cache=True)
     with caplog.at_level(logging.WARNING, logger="kd_lightning.cache.feature_cache"):
         make_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1).fit(

@@ -3,7 +3,7 @@
 import lightning as L
 import pytest
 import torch
-from conftest import make_trainer
+from conftest import count_calls, make_trainer
 
 from kd_lightning.cache import teacher_cache as teacher_cache_module
 from kd_lightning.cache.teacher_cache import ViewTable, topk_compress, topk_expand
@@ -30,18 +30,6 @@ class ViewChecker(L.Callback):
         if batch_idx == 0:
             order = batch.indices.argsort()
             self.views[trainer.current_epoch] = (batch.images[order], batch.indices[order])
-
-
-def _count_builds(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    original = teacher_cache_module.build_teacher_cache
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(teacher_cache_module, "build_teacher_cache", counting)
-    return calls
 
 
 def test_cached_outputs_equal_a_fresh_teacher_forward_on_the_augmented_view(teacher_spec) -> None:
@@ -85,7 +73,7 @@ def test_student_trains_on_the_cached_views(teacher_spec) -> None:
 
 
 def test_changed_teacher_data_or_transforms_rebuild_the_cache(teacher_spec, tmp_path, monkeypatch) -> None:
-    calls = _count_builds(monkeypatch)
+    calls = count_calls(monkeypatch, teacher_cache_module, "build_teacher_cache")
 
     def fit(module, **dm_kwargs):
         trainer = make_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import make_trainer
+from conftest import count_calls, make_trainer
 from test_teacher_cache import STUDENT, ViewChecker
 
 from kd_lightning.cache import teacher_cache as teacher_cache_module
@@ -30,22 +30,10 @@ def _fit_checked(teacher: ModelSpec, cache_dir, **data) -> ViewChecker:
     return checker
 
 
-def _count_backbone_passes(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    original = teacher_cache_module.over_views
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(teacher_cache_module, "over_views", counting)
-    return calls
-
-
 def test_teachers_with_one_backbone_share_its_features_and_keep_their_own_logits(
     teacher_spec, tmp_path, monkeypatch
 ) -> None:
-    passes = _count_backbone_passes(monkeypatch)
+    passes = count_calls(monkeypatch, teacher_cache_module, "over_views")
     first = _fit_checked(teacher_spec, tmp_path / "cache")
     assert first.max_error < 1e-5 and passes == [1]  # head(stored features) is the teacher's own output
 
