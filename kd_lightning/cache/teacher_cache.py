@@ -370,8 +370,8 @@ class TeacherCache:
             context = trainer.precision_plugin.forward_context
             if self.share_backbone:
                 network = shared_backbone_network(teacher)
-                key_parts = dict(kind="teacher-features", backbone=backbone_digest(network), **view_parts)
-                entry = self.store.get(cache_key(**key_parts), slot="teacher-features")
+                features_key = cache_key(kind="teacher-features", backbone=backbone_digest(network), **view_parts)
+                entry = self.store.get(features_key, slot="teacher-features")
                 if entry is None:
                     log.info("teacher cache: computing the teacher backbone's features")
                     features = over_views(
@@ -383,7 +383,7 @@ class TeacherCache:
                         device,
                         context,
                     )
-                    entry = self.store.put(cache_key(**key_parts), features, slot="teacher-features")
+                    entry = self.store.put(features_key, features, slot="teacher-features")
                 else:
                     log.info("teacher cache: reusing the teacher backbone's features")
                 logits = head_over_features(network.head, entry["features"], batch_size, device, context)
@@ -402,8 +402,9 @@ def teacher_digest(teacher: nn.Module) -> str:
     network = getattr(teacher, "network", None)
     taps = getattr(teacher, "taps", None)
     return cache_key(
-        state=module_digest(teacher),
-        network=backbone_digest(network) if isinstance(network, Classifier) else None,
+        state=module_digest(teacher),  # already covers the network's tensors: add only its settings
+        input_size=network.input_size if isinstance(network, Classifier) else None,
+        feature_layers=list(network.feature_layers) if isinstance(network, Classifier) else None,
         taps=list(taps.layers) if isinstance(taps, FeatureTaps) else None,
     )
 
