@@ -209,7 +209,7 @@ def teacher_path(tmp_path) -> str:
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_with_the_cache_is_bit_identical(tmp_path, digits_dir, teacher_path):
     # 1,294 training images, batch 64: 21 batches per epoch; step 32 is mid-epoch 1, last checkpoint at 30.
-    cache = {"teacher_cache": "disk", "cache_dir": str(tmp_path / "cache"), "cache_views": 2, "cache_topk": 4}
+    cache = {"teacher_cache": "disk", "cache_dir": str(tmp_path / "cache"), "cache_views": 2}
     config = {"data_dir": str(digits_dir), "teacher_path": teacher_path, "num_workers": 2, "module": cache}
     straight = _run({**config, "root": str(tmp_path / "straight")})
     assert straight.returncode == 0, straight.stderr[-3000:]

@@ -115,7 +115,7 @@ class _ViewStreamingDataLoader(StreamingDataLoader):
         self.view_of_epoch = view_of_epoch
 
     def __iter__(self) -> Any:
-        self.dataset.view = self.view_of_epoch()  # type: ignore[attr-defined]  # a _DecodingStreamingDataset
+        self.dataset.view = self.view_of_epoch()  # a _DecodingStreamingDataset
         return super().__iter__()
 
 
