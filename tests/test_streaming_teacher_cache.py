@@ -110,8 +110,10 @@ def test_cached_outputs_are_the_teachers_on_the_exact_view_the_student_sees(
 
 def test_a_second_fit_reads_the_disk_cache_without_running_the_teacher(digits_dir, teacher_spec, tmp_path, monkeypatch):
     computed = count_calls(monkeypatch, _Computation, "fill")
+    crd = {"name": "crd", "weight": 0.8, "kwargs": {"feat_dim": 16, "num_negatives": 32}}
+    options = dict(teacher_cache="disk", cache_dir=str(tmp_path), cache_views=2, cache_topk=4)
     make = lambda: DistillationModule(  # noqa: E731
-        STUDENT, teacher_spec, 10, teacher_cache="disk", cache_dir=str(tmp_path), cache_views=2, cache_topk=4
+        STUDENT, teacher_spec, 10, losses=[{"name": "kd", "weight": 0.9}, crd], input_shape=(1, 8, 8), **options
     )
     fit(make(), streamed(digits_dir), epochs=2)
     assert len(computed) == 1
@@ -125,6 +127,7 @@ def test_a_second_fit_reads_the_disk_cache_without_running_the_teacher(digits_di
     assert len(entries) == 1 and entries[0].endswith(".streamed")  # published, no partial entry left behind
     layout = json.loads((tmp_path / entries[0] / "entry.json").read_text())
     assert layout["topk_values"]["shape"] == [2, 100, 4] and layout["topk_indices"]["dtype"] == "int16"
+    assert layout["feature.backbone"]["shape"][:2] == [2, 100]  # CRD's tapped teacher embedding
 
 
 def test_a_changed_teacher_data_or_view_setting_computes_a_new_entry(digits_dir, teacher_spec, tmp_path, monkeypatch):

@@ -113,18 +113,15 @@ def streamed_source(
         topk=settings.topk,
         topk_temperature=settings.temperature if settings.topk else None,
     )
-    compute = _Computation(settings, trainer, teacher, datamodule, num_views)
-    layout = _layout(num_views, len(split), num_classes, settings.topk, compute.feature_shapes())
-    size = sum(math.prod(shape) * dtype.itemsize for shape, dtype in layout.values())
-    log.info(f"teacher cache entry {key}: {num_views} view(s) of {len(split)} samples, {size / 2**30:.2f} GiB")
+    compute = _Computation(settings, trainer, teacher, datamodule, num_views, num_classes)
     if settings.store.storage == "memory":
         entry = settings.store.get(key, slot="teacher")
         if entry is None:
-            entry = {name: torch.zeros(shape, dtype=dtype) for name, (shape, dtype) in layout.items()}
+            entry = {name: torch.zeros(shape, dtype=dtype) for name, (shape, dtype) in compute.layout(key).items()}
             compute.fill(entry, key)
             entry = settings.store.put(key, entry, slot="teacher")
     else:
-        entry = _disk_entry(settings, trainer, key, layout, compute)
+        entry = _disk_entry(settings, trainer, key, compute)
     views = ViewTable(padding, entry["dy"], entry["dx"], entry["flip"], hflip)
     stored = {name: entry[name] for name in ("logits", "topk_values", "topk_indices", "topk_fill") if name in entry}
     features = {name.removeprefix(FEATURE): t for name, t in entry.items() if name.startswith(FEATURE)}
@@ -135,8 +132,8 @@ def streamed_source(
 def _refuse_unsupported(settings: TeacherCache, trainer: L.Trainer, teacher: nn.Module) -> None:
     if settings.share_backbone:
         raise ConfigError(
-            "cache_backbone_features is for in-memory data sets: on a streamed one the teacher cache stores "
-            "logits only; turn cache_backbone_features off"
+            "cache_backbone_features is for in-memory data sets: on a streamed one turn it off (the teacher cache "
+            "then stores the teacher's outputs themselves)"
         )
     if settings.store.storage == "memory" and trainer.world_size > 1:
         raise ConfigError(
@@ -173,7 +170,6 @@ def _disk_entry(
     settings: TeacherCache,
     trainer: L.Trainer,
     key: str,
-    layout: dict[str, tuple[tuple[int, ...], torch.dtype]],
     compute: _Computation,
 ) -> dict[str, torch.Tensor]:
     """The entry's memory-mapped files, filled first (by every rank, into one shared file) when missing."""
@@ -182,6 +178,7 @@ def _disk_entry(
     # Rank 0 decides, so that no rank skips the barriers the others wait at.
     if not strategy.broadcast(final.is_dir()):
         partial = settings.store.cache_dir / strategy.broadcast(f"{key}.partial-{uuid.uuid4().hex[:8]}")
+        layout = compute.layout(key)  # on every rank: LitData may synchronise the ranks when a loader starts
         if trainer.is_global_zero:
             allocate(partial, layout)
         strategy.barrier("teacher-cache-allocated")
@@ -225,11 +222,20 @@ class _Computation:
         teacher: nn.Module,
         datamodule: StreamingImageDataModule,
         num_views: int,
+        num_classes: int,
     ) -> None:
         self.settings, self.trainer, self.teacher, self.datamodule = settings, trainer, teacher, datamodule
-        self.num_views = num_views
+        self.num_views, self.num_classes = num_views, num_classes
         self.device = trainer.strategy.root_device
         self.context: Any = trainer.precision_plugin.forward_context
+
+    def layout(self, key: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """The entry's tensors (probing the tapped teacher layers' shapes on one batch), logged with their size."""
+        n = len(self.datamodule.train_set)  # type: ignore[arg-type]  # a StreamedSplit after setup
+        layout = _layout(self.num_views, n, self.num_classes, self.settings.topk, self.feature_shapes())
+        size = sum(math.prod(shape) * dtype.itemsize for shape, dtype in layout.values())
+        log.info(f"teacher cache {key}: {self.num_views} view(s) of {n} samples, {size / 2**30:.2f} GiB")
+        return layout
 
     @torch.no_grad()
     def feature_shapes(self) -> dict[str, tuple[int, ...]]:
