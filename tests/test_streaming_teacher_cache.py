@@ -232,16 +232,29 @@ def test_sigkill_mid_epoch_then_resume_with_the_cache_is_bit_identical(tmp_path,
 
 
 @pytest.mark.slow
-def test_two_ddp_processes_fill_one_shared_cache_and_each_reads_every_sample(tmp_path, digits_dir, teacher_path):
-    # 640 training images over 2 ranks x batch 32; LitData hands each sample to another rank every epoch.
+def test_two_ddp_processes_fill_one_shared_cache_read_every_sample_and_resume_bit_identical(
+    tmp_path, digits_dir, teacher_path
+):
+    # 640 training images over 2 ranks x batch 32: 10 steps per epoch; step 17 is mid-epoch 1, last checkpoint at
+    # 15. The straight run computes the cache (each rank the samples LitData streams to it); the others read it.
     cache = {"teacher_cache": "disk", "cache_dir": str(tmp_path / "cache"), "cache_views": 2}
     config = {"data_dir": str(digits_dir), "teacher_path": teacher_path, "devices": 2, "batch_size": 32}
-    config |= {"samples_per_class": 64, "module": cache, "root": str(tmp_path / "run")}
-    done = _run(config)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [torch.load(tmp_path / "run" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    for epoch in (0, 1):
-        assert sorted(ranks[0]["seen"][epoch] + ranks[1]["seen"][epoch]) == list(range(640))
-    assert set(ranks[0]["seen"][0]) != set(ranks[0]["seen"][1])  # rank 0 got other samples in epoch 1
-    assert all(rank["teacher_error"] < 1e-5 for rank in ranks)
+    config |= {"samples_per_class": 64, "module": cache}
+    straight = _run({**config, "root": str(tmp_path / "straight")})
+    assert straight.returncode == 0, straight.stderr[-3000:]
     assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".streamed"]
+    killed = _run({**config, "root": str(tmp_path / "killed"), "kill_at": 17})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = _run({**config, "root": str(tmp_path / "killed"), "resume": True})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    load = lambda run: [torch.load(tmp_path / run / f"rank{r}.pt", weights_only=True) for r in (0, 1)]  # noqa: E731
+    expected, actual = load("straight"), load("killed")
+    for epoch in (0, 1):
+        assert sorted(expected[0]["seen"][epoch] + expected[1]["seen"][epoch]) == list(range(640))
+    assert set(expected[0]["seen"][0]) != set(expected[0]["seen"][1])  # rank 0 got other samples in epoch 1
+    for before, after in zip(expected, actual, strict=True):
+        assert before["teacher_error"] < 1e-5 and after["teacher_error"] < 1e-5
+        assert len(after["seen"][1]) == 5 * 32 and after["seen"][1] == before["seen"][1][-5 * 32 :]
+        for key, tensor in before["network"].items():
+            assert torch.equal(after["network"][key], tensor), key
