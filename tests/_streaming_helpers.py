@@ -2,9 +2,11 @@
 
 ``python tests/_streaming_helpers.py CONFIG_JSON``. The config names the prepared folder
 (``data_dir``), the output folder (``root``), ``devices`` (2 = DDP on two CPU processes, gloo) and
-optionally ``kill_at`` (SIGKILL after that optimizer step) or ``resume`` (fit from ``last``).
-Each rank writes ``rank{N}.pt``: the sample indices of every training batch per epoch, the
-trained network's state dict and the last logged metrics.
+optionally ``kill_at`` (SIGKILL after that optimizer step), ``resume`` (fit from ``last``) or
+``module`` (more DistillationModule arguments, e.g. the teacher cache). Each rank writes
+``rank{N}.pt``: the sample indices of every training batch per epoch, the trained network's state
+dict, the last logged metrics and, with a teacher cache, the largest difference between a batch's
+cached teacher logits and a fresh teacher forward on the batch's images.
 """
 
 from __future__ import annotations
@@ -30,16 +32,22 @@ class RecordIndices(Callback):
 
     def __init__(self) -> None:
         self.seen: dict[int, list[int]] = {}
+        self.teacher_error: float | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.seen.setdefault(trainer.current_epoch, []).extend(batch.indices.tolist())
+        if batch.teacher is not None:
+            error = (pl_module.teacher(batch.images).logits - batch.teacher.logits).abs().max().item()
+            self.teacher_error = max(error, self.teacher_error or 0.0)
 
 
 def main(config: dict) -> None:
     root = Path(config["root"])
     L.seed_everything(0)
     teacher = {"name": "small_cnn", "kwargs": {"width": 8}, "weights_path": config["teacher_path"]}
-    module = DistillationModule({"name": "small_cnn", "kwargs": {"width": 4}}, teacher, num_classes=10)
+    module = DistillationModule(
+        {"name": "small_cnn", "kwargs": {"width": 4}}, teacher, num_classes=10, **config.get("module", {})
+    )
     data = StreamingImageDataModule(
         config["data_dir"],
         batch_size=config.get("batch_size", 64),
@@ -78,6 +86,7 @@ def main(config: dict) -> None:
             "network": module.network.state_dict(),
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
             "train_size": len(data.train_set),
+            "teacher_error": record.teacher_error,
         },
         root / f"rank{trainer.global_rank}.pt",
     )

@@ -172,11 +172,12 @@ def test_prepare_command_line(tmp_path, capsys):
     assert exit_info.value.code == 2 and "already exists" in capsys.readouterr().err
 
 
-def test_the_teacher_cache_refuses_a_streamed_set_in_one_line(digits_dir):
-    from kd_lightning.modules import DistillationModule
+def test_the_feature_cache_refuses_a_streamed_set_in_one_line(digits_dir):
+    # The teacher cache streams (tests/test_streaming_teacher_cache.py); the feature cache needs every image.
+    from kd_lightning.modules import FrozenBackboneFinetuner
 
-    teacher = {"name": "small_cnn", "kwargs": {"width": 8}}
-    module = DistillationModule({"name": "small_cnn", "kwargs": {"width": 4}}, teacher, 10, teacher_cache=True)
+    backbone = {"name": "small_cnn", "kwargs": {"width": 4}}
+    module = FrozenBackboneFinetuner(backbone, 10, strategy="linear_probe", feature_cache=True)
     trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False)
     with pytest.raises(ConfigError, match="needs the whole data set in memory"):
         trainer.fit(module, StreamingImageDataModule(str(digits_dir), num_workers=0))

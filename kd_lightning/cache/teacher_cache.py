@@ -17,6 +17,10 @@ many views, so use ``num_views`` near the epoch count when augmentation matters)
 Logits can be stored as top-k values and indices (many-class data sets); the other classes
 share the probability mass the teacher gave them at the KD temperature, spread uniformly
 (:func:`topk_compress`).
+
+A streamed training set (:class:`~kd_lightning.data.streaming.StreamingImageDataModule`) holds no
+images; its cache is :mod:`kd_lightning.cache.streamed_teacher_cache`, with the same views, keyed
+by sample index and filled as the samples stream by.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from kd_lightning.cache.store import CacheStore
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.batch import Batch
 from kd_lightning.data.sources import BatchSource
+from kd_lightning.data.tensor_dataset import TensorImageDataset
 from kd_lightning.data.transforms import crop_at, flip_where, to_float_images
 from kd_lightning.errors import ConfigError
 from kd_lightning.models.classifier import Classifier
@@ -326,7 +331,7 @@ class TeacherCache:
         trainer: L.Trainer,
         teacher: nn.Module,
         num_classes: int,
-    ) -> TeacherCacheSource | None:
+    ) -> BatchSource | None:
         """Look up or compute this rank's entry; ``None`` (with the reason logged) when caching cannot apply.
 
         Args:
@@ -336,6 +341,11 @@ class TeacherCache:
         if not isinstance(datamodule, ImageClassificationDataModule) or datamodule.train_set is None:
             log.warning("teacher cache not used: it needs a kd_lightning ImageClassificationDataModule")
             return None
+        if not isinstance(datamodule.train_set, TensorImageDataset):
+            # Imported here: streaming needs LitData, an optional extra.
+            from kd_lightning.cache.streamed_teacher_cache import streamed_source
+
+            return streamed_source(self, trainer, teacher, num_classes)
         padding, hflip = datamodule.crop_padding, datamodule.hflip
         num_views = self.num_views if padding > 0 or hflip else 1
         if num_views != self.num_views:

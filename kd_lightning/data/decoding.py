@@ -65,7 +65,8 @@ class ImageDecoder:
             (else the whole image is resized to ``S × S``, as the in-memory folders do).
         center_crop: evaluation view of an ImageNet recipe: shorter side to ``S / 0.875``,
             centre crop ``S`` (else the whole image is resized to ``S × S``).
-        seed: with ``epoch`` and the sample's position, seeds the random crop.
+        seed: with ``epoch`` and the sample's position, seeds the random crop (a teacher cache passes its
+            own seed and a fixed view number in place of the epoch, so each view's crop is fixed).
         positions: sorted positions (in the prepared set) of the samples this split holds; the
             returned index is the sample's position in this array, i.e. its index in the split.
         labels: the split's labels, in the order of ``positions`` (they may differ from the

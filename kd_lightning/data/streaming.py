@@ -1,15 +1,22 @@
 """Data sets larger than memory: LitData chunks streamed from disk or object storage, decoded in workers.
 
 :class:`StreamingImageDataModule` keeps the in-memory modules' behaviour (seeded train/val
-split, ``samples_per_class``, ``return_indices``, batched on-device augmentation, exact resume)
-and changes only where the pixels come from: a folder written once by
+split, ``samples_per_class``, ``return_indices``, batched on-device augmentation, the teacher
+cache, exact resume) and changes only where the pixels come from: a folder written once by
 :func:`~kd_lightning.data.prepare.prepare_dataset`, read chunk by chunk with LitData's
 ``StreamingDataset``/``StreamingDataLoader``, which shard the samples across ranks and loader
 workers themselves, so no ``DistributedSampler`` is involved.
+
+A cache of per-sample results (the teacher's outputs) cannot replace the stream as an in-memory
+source does: it is a :class:`StreamedBatchSource`, and the DataModule keeps streaming the images,
+decoded as the source's fixed views, for the source to finish on the device.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +27,7 @@ from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.batch import Batch
 from kd_lightning.data.decoding import ImageDecoder
 from kd_lightning.data.prepare import read_metadata
+from kd_lightning.data.sources import BatchSource
 from kd_lightning.errors import ConfigError, DataError
 
 
@@ -51,11 +59,11 @@ class StreamedSplit:
 
     @property
     def images(self) -> torch.Tensor:
-        # What needs every image in memory at once (the teacher-output and feature caches) cannot
-        # run on a streamed set: say so rather than fail on a missing attribute.
+        # What needs every image in memory at once (the frozen-backbone feature cache) cannot run on
+        # a streamed set: say so rather than fail on a missing attribute.
         raise ConfigError(
-            "this needs the whole data set in memory (teacher_cache / feature_cache); a streamed data set "
-            "cannot provide it: turn the cache off (the teacher then runs online) or use an in-memory data module"
+            "this needs the whole data set in memory (feature_cache); a streamed data set cannot provide it: "
+            "turn the cache off or use an in-memory data module"
         )
 
     def subset(self, indices: torch.Tensor) -> StreamedSplit:
@@ -66,15 +74,49 @@ class StreamedSplit:
         return StreamedSplit(self.input_dir, labels, self.positions)
 
 
+class StreamedBatchSource(BatchSource):
+    """A batch source over the streamed training samples: the DataModule streams them, the source finishes the batches.
+
+    The DataModule then changes two things: every batch carries its sample indices, and the
+    random crop drawn in the loader workers is that of the source's fixed view ``epoch mod
+    num_views``, seeded by ``view_seed`` (instead of a fresh crop every epoch), so the source can
+    attach what it computed for exactly that view. It is never indexed itself.
+    """
+
+    num_views: int = 1
+    view_seed: int = 0
+
+    def view_of_epoch(self, epoch: int) -> int:
+        return epoch % self.num_views
+
+
 class _DecodingStreamingDataset(StreamingDataset):
-    """A ``StreamingDataset`` whose items are decoded by an :class:`ImageDecoder` (in the loader worker)."""
+    """A ``StreamingDataset`` whose items are decoded by an :class:`ImageDecoder` (in the loader worker).
+
+    ``view``, when set, replaces the epoch in the decoder's crop seed: the items are then a fixed
+    view of each sample (a teacher cache's), whatever LitData's epoch counter says.
+    """
 
     def __init__(self, input_dir: str, decoder: ImageDecoder, **kwargs: Any) -> None:
         super().__init__(input_dir, **kwargs)
         self.decoder = decoder
+        self.view: int | None = None
 
     def __getitem__(self, index: Any) -> Any:
-        return self.decoder(super().__getitem__(index), self.current_epoch)
+        epoch = self.current_epoch if self.view is None else self.view
+        return self.decoder(super().__getitem__(index), epoch)
+
+
+class _ViewStreamingDataLoader(StreamingDataLoader):
+    """A ``StreamingDataLoader`` that sets its dataset's fixed view for the epoch it starts, before workers copy it."""
+
+    def __init__(self, *args: Any, view_of_epoch: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.view_of_epoch = view_of_epoch
+
+    def __iter__(self) -> Any:
+        self.dataset.view = self.view_of_epoch()  # a _DecodingStreamingDataset
+        return super().__iter__()
 
 
 class _Collate:
@@ -164,25 +206,35 @@ class StreamingImageDataModule(ImageClassificationDataModule):
     def load_val_split(self) -> StreamedSplit | None:  # type: ignore[override]
         return self._streamed("val")
 
-    def _dataset(self, split: StreamedSplit, train: bool) -> _DecodingStreamingDataset:
+    def _dataset(
+        self, split: StreamedSplit, train: bool, shuffle: bool | None = None, view_seed: int | None = None
+    ) -> _DecodingStreamingDataset:
+        """The split as a decoding ``StreamingDataset``.
+
+        Args:
+            train: training views (random crops), shuffled unless ``shuffle`` says otherwise.
+            view_seed: seed of the random crops in place of the run's (a teacher cache's fixed views).
+        """
+        shuffle = train if shuffle is None else shuffle
         decoder = ImageDecoder(
             channels=self.channels,
             image_size=self.image_size,
             random_resized_crop=self.random_resized_crop and train,
             center_crop=self.random_resized_crop and not train,
-            seed=self._seed(),
+            seed=self._seed() if view_seed is None else view_seed,
             positions=split.positions.numpy(),
             labels=split.labels.numpy(),
         )
         dataset = _DecodingStreamingDataset(
             split.input_dir,
             decoder,
-            shuffle=train,
+            shuffle=shuffle,
             # On one process every sample is seen once per epoch. Under DDP every rank must run the
             # same number of steps, so LitData drops the last partial global batch (LitData's
             # drop_last=False would hand it to one rank alone, which then waits for the others
-            # forever): _check_whole_global_batches refuses that unless drop_remainder is set.
-            drop_last=train and _world_size() > 1,
+            # forever): _check_whole_global_batches refuses that unless drop_remainder is set. An
+            # unshuffled training pass (a cache being computed) must see every sample, and has no collectives.
+            drop_last=shuffle and _world_size() > 1,
             seed=self._seed(),
             cache_dir=self.cache_dir,
             storage_options=self.storage_options,
@@ -219,27 +271,66 @@ class StreamingImageDataModule(ImageClassificationDataModule):
         # Seeded by seed_everything (``torch.initial_seed``), like the in-memory sampler.
         return torch.initial_seed() % 2**31
 
-    def _streaming_loader(self, split: object, batch_size: int, train: bool) -> StreamingDataLoader:
+    def _streaming_loader(
+        self, split: object, batch_size: int, train: bool, views: StreamedBatchSource | None = None
+    ) -> StreamingDataLoader:
         # The base class types its splits as in-memory datasets; here they are StreamedSplit stand-ins.
         if not isinstance(split, StreamedSplit):
             raise RuntimeError("call setup() before asking for a dataloader")
         if train:
             self._check_whole_global_batches(len(split), batch_size)
-        return StreamingDataLoader(
-            self._dataset(split, train),
+        options: dict[str, Any] = dict(
             batch_size=batch_size,
             num_workers=self.num_workers,
-            collate_fn=_Collate(train and split.return_indices),
+            collate_fn=_Collate(train and (split.return_indices or views is not None)),
             # Its own generator for the workers' base seed: LitData's loader creates its iterator
             # lazily, after the resume has restored the global RNG, so a draw from that RNG would
             # shift every later augmentation of a resumed run.
             generator=torch.Generator().manual_seed(self._seed()),
         )
+        if views is None:
+            return StreamingDataLoader(self._dataset(split, train), **options)
+        dataset = self._dataset(split, train, view_seed=views.view_seed)
+        return _ViewStreamingDataLoader(dataset, view_of_epoch=lambda: views.view_of_epoch(self._epoch()), **options)
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def view_loader(self, view: int, view_seed: int, batch_size: int) -> StreamingDataLoader:
+        """The training samples unshuffled, each once across all ranks, as fixed view ``view`` with their indices.
+
+        What a teacher cache computes its outputs on: the random crop of every sample is the one
+        the training loader decodes in the epochs of ``view`` under a :class:`StreamedBatchSource`
+        with this ``view_seed``. Under DDP the ranks share the samples unevenly (no collectives run).
+        """
+        split = self.train_set
+        if not isinstance(split, StreamedSplit):
+            raise RuntimeError("call setup() before asking for a dataloader")
+        dataset = self._dataset(split, train=True, shuffle=False, view_seed=view_seed)
+        dataset.view = view
+        return StreamingDataLoader(
+            dataset, batch_size=batch_size, num_workers=self.num_workers, collate_fn=_Collate(with_indices=True)
+        )
+
+    def data_digest(self, split: StreamedSplit) -> str:
+        """Digest of the prepared data a split streams: LitData's index (its chunks) and ``prepare``'s metadata.
+
+        Keys a cache of per-sample results together with the split's positions and labels.
+        LitData's index lists every chunk file with its size and sample count; a data set prepared
+        again in place from other images of exactly the same byte sizes would go unnoticed.
+        """
+        dataset = StreamingDataset(split.input_dir, cache_dir=self.cache_dir, storage_options=self.storage_options)
+        index = Path(dataset.input_dir.path or split.input_dir) / "index.json"
+        metadata = read_metadata(split.input_dir, self.storage_options)
+        h = hashlib.blake2b(index.read_bytes(), digest_size=16)
+        h.update(repr(sorted(metadata.items())).encode())
+        return h.hexdigest()
 
     def train_dataloader(self) -> StreamingDataLoader | DataLoader:
-        if "train" in self._sources:  # a module's in-memory batch source (see use_source)
-            return super().train_dataloader()
-        self.train_loader = self._streaming_loader(self.train_set, self.batch_size, train=True)
+        source = self._sources.get("train")
+        if source is not None and not isinstance(source, StreamedBatchSource):
+            return super().train_dataloader()  # a module's in-memory batch source (see use_source)
+        self.train_loader = self._streaming_loader(self.train_set, self.batch_size, train=True, views=source)
         if self._loader_state is not None:
             self.train_loader.load_state_dict(self._loader_state)
             self._loader_state = None

@@ -66,7 +66,8 @@ class DistillationModule(SupervisedModule):
         save_teacher: also store the teacher's weights in the student's checkpoints.
         teacher_cache: compute the teacher's training outputs once, when ``fit`` sets up, and reuse
             them every epoch (``True``/``"memory"``, or ``"disk"``: memory-mapped files under
-            ``cache_dir``); see :mod:`kd_lightning.cache.teacher_cache` for how augmented views stay exact.
+            ``cache_dir``); see :mod:`kd_lightning.cache.teacher_cache` for how augmented views stay exact
+            (and :mod:`kd_lightning.cache.streamed_teacher_cache` for streamed data sets).
         cache_views: fixed augmented views per training sample (used when the DataModule augments).
         cache_topk: store only the top-k teacher logits per sample (many-class data sets).
         cache_dir: directory of the ``"disk"`` teacher cache.

@@ -1,0 +1,288 @@
+"""The teacher cache of a streamed training set: outputs keyed by sample index, computed once, memory-mapped.
+
+The in-memory cache (:mod:`kd_lightning.cache.teacher_cache`) renders its fixed views from
+images it holds. A streamed set holds no images, and its random-resized crop is drawn in the
+loader workers from ``(seed, epoch, sample position)``. So here the fixed views are split in two:
+the crop of view ``v`` is the one the decoder draws with the cache's seed in place of the run's
+and ``v`` in place of the epoch (a pure function of the sample), and the pad-and-crop offsets and
+flips of view ``v`` come from the same seeded :class:`~kd_lightning.cache.teacher_cache.ViewTable`
+as in memory, looked up by sample index on the device. The teacher runs once over every view of
+every sample, streamed unshuffled; in epoch ``e`` the DataModule streams view ``e mod num_views``
+(:class:`~kd_lightning.data.streaming.StreamedBatchSource`) and each batch gets the rows of its
+sample indices, so the student trains on exactly the views the stored outputs belong to.
+
+Storage is ``[num_views, N, ...]`` tensors indexed by the sample's index in the training split
+(whose prepared positions are part of the key): whole logits, or the top-k values, class indices
+and fill logit of :func:`~kd_lightning.cache.teacher_cache.topk_compress` (ImageNet: 1000 classes,
+k = 10 takes 64 bytes a sample and view instead of 4 kB), and the teacher layers the losses tap
+(CRD's pooled embedding: 2 kB a sample and view for a 512-wide ResNet-34). ``"disk"`` entries are memory-mapped
+files (:mod:`kd_lightning.cache.mapped`); under DDP every rank computes the samples LitData
+streams to it into one file on the shared ``cache_dir``, and after a barrier every rank reads
+all of it, since LitData hands each sample to another rank every epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from kd_lightning.cache.keys import cache_key, tensor_digest
+from kd_lightning.cache.mapped import allocate, open_entry, publish
+from kd_lightning.cache.teacher_cache import (
+    VIEW_PIPELINE,
+    TeacherCache,
+    TeacherOutputCache,
+    ViewTable,
+    teacher_digest,
+    topk_compress,
+)
+from kd_lightning.data.batch import Batch
+from kd_lightning.data.streaming import StreamedBatchSource, StreamedSplit, StreamingImageDataModule
+from kd_lightning.data.transforms import to_float_images
+from kd_lightning.errors import ConfigError
+from kd_lightning.models.feature_taps import FeatureTaps
+from kd_lightning.outputs import ModelOutputs
+
+log = logging.getLogger(__name__)
+
+FEATURE = "feature."  # entry names of the tapped teacher layers
+
+# Bump when decoding or view rendering of streamed samples changes.
+STREAMED_PIPELINE = f"decode_image+inception_crop(seed/view/position)+{VIEW_PIPELINE}/v1"
+
+
+class StreamedTeacherCacheSource(StreamedBatchSource):
+    """Finishes streamed training batches: renders each sample's view of the epoch and attaches its stored outputs.
+
+    The stored outputs stay where they are (memory, or a memory-mapped file on the host); each
+    batch's rows are read by sample index (one small copy of the indices to the host) and copied
+    to the batch's device.
+    """
+
+    def __init__(self, cache: TeacherOutputCache, device: torch.device, view_seed: int) -> None:
+        self.cache = cache
+        self.views = cache.views.to(device)
+        self.num_views = cache.views.num_views
+        self.view_seed = view_seed
+
+    def finish(self, batch: Batch, epoch: int) -> Batch:
+        index = batch.indices
+        if index is None:  # the DataModule streams indices for a StreamedBatchSource
+            raise RuntimeError("a streamed teacher-cache batch arrived without its sample indices")
+        images = self.views.render(batch.inputs, index, self.view_of_epoch(epoch), self.cache.image_size)
+        stored = self.cache.outputs(index.cpu(), epoch)
+        move = lambda t: t.to(images.device, non_blocking=True)  # noqa: E731
+        teacher = ModelOutputs(move(stored.logits), {name: move(t) for name, t in stored.features.items()})
+        return Batch(batch.labels, images=images, indices=index, teacher=teacher)
+
+
+def streamed_source(
+    settings: TeacherCache, trainer: L.Trainer, teacher: nn.Module, num_classes: int
+) -> StreamedTeacherCacheSource:
+    """Look up or compute the teacher's outputs for every view of every streamed training sample."""
+    datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at run time
+    if not isinstance(datamodule, StreamingImageDataModule) or not isinstance(datamodule.train_set, StreamedSplit):
+        raise ConfigError("the teacher cache needs a kd_lightning DataModule (in-memory or StreamingImageDataModule)")
+    _refuse_unsupported(settings, trainer, teacher)
+    split = datamodule.train_set
+    padding, hflip, resized_crop = datamodule.crop_padding, datamodule.hflip, datamodule.random_resized_crop
+    num_views = settings.num_views if padding > 0 or hflip or resized_crop else 1
+    if num_views != settings.num_views:
+        log.info("teacher cache: no random augmentation, so one view per sample")
+    key = cache_key(
+        kind="streamed-teacher",
+        teacher=teacher_digest(teacher),
+        data=datamodule.data_digest(split),
+        positions=tensor_digest(split.positions),
+        labels=tensor_digest(split.labels),
+        channels=datamodule.channels,
+        image_size=datamodule.image_size,
+        random_resized_crop=resized_crop,
+        padding=padding,
+        hflip=hflip,
+        num_views=num_views,
+        seed=settings.seed,
+        pipeline=STREAMED_PIPELINE,
+        precision=str(trainer.precision),
+        topk=settings.topk,
+        topk_temperature=settings.temperature if settings.topk else None,
+    )
+    compute = _Computation(settings, trainer, teacher, datamodule, num_views, num_classes)
+    if settings.store.storage == "memory":
+        entry = settings.store.get(key, slot="teacher")
+        if entry is None:
+            entry = {name: torch.zeros(shape, dtype=dtype) for name, (shape, dtype) in compute.layout(key).items()}
+            compute.fill(entry, key)
+            entry = settings.store.put(key, entry, slot="teacher")
+    else:
+        entry = _disk_entry(settings, trainer, key, compute)
+    views = ViewTable(padding, entry["dy"], entry["dx"], entry["flip"], hflip)
+    stored = {name: entry[name] for name in ("logits", "topk_values", "topk_indices", "topk_fill") if name in entry}
+    features = {name.removeprefix(FEATURE): t for name, t in entry.items() if name.startswith(FEATURE)}
+    cache = TeacherOutputCache(views, datamodule.image_size, num_classes, features=features, **stored)
+    return StreamedTeacherCacheSource(cache, trainer.strategy.root_device, settings.seed)
+
+
+def _refuse_unsupported(settings: TeacherCache, trainer: L.Trainer, teacher: nn.Module) -> None:
+    if settings.share_backbone:
+        raise ConfigError(
+            "cache_backbone_features is for in-memory data sets: on a streamed one turn it off (the teacher cache "
+            "then stores the teacher's outputs themselves)"
+        )
+    if settings.store.storage == "memory" and trainer.world_size > 1:
+        raise ConfigError(
+            "under DDP the teacher cache of a streamed data set needs teacher_cache: disk on a cache_dir every rank "
+            "shares (LitData streams each sample to another rank every epoch, so every rank reads every output)"
+        )
+
+
+def _layout(
+    num_views: int, n: int, num_classes: int, topk: int | None, feature_shapes: dict[str, tuple[int, ...]]
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Names, shapes and dtypes of a streamed entry: the view parameters, the outputs, and which rows are filled."""
+    layout: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+        "dy": ((num_views, n), torch.int64),
+        "dx": ((num_views, n), torch.int64),
+        "flip": ((num_views, n), torch.bool),
+        "filled": ((num_views, n), torch.bool),
+    }
+    if topk is None:
+        layout["logits"] = ((num_views, n, num_classes), torch.float32)
+    else:
+        if not 0 < topk < num_classes:
+            raise ConfigError(f"cache_topk must be in 1..{num_classes - 1} (fewer than the classes), got {topk}")
+        index_dtype = torch.int16 if num_classes <= torch.iinfo(torch.int16).max else torch.int32
+        layout["topk_values"] = ((num_views, n, topk), torch.float32)
+        layout["topk_indices"] = ((num_views, n, topk), index_dtype)
+        layout["topk_fill"] = ((num_views, n, 1), torch.float32)
+    for name, shape in feature_shapes.items():
+        layout[FEATURE + name] = ((num_views, n, *shape), torch.float32)
+    return layout
+
+
+def _disk_entry(
+    settings: TeacherCache,
+    trainer: L.Trainer,
+    key: str,
+    compute: _Computation,
+) -> dict[str, torch.Tensor]:
+    """The entry's memory-mapped files, filled first (by every rank, into one shared file) when missing."""
+    strategy = trainer.strategy
+    final = settings.store.cache_dir / f"{key}.streamed"
+    # Rank 0 decides, so that no rank skips the barriers the others wait at.
+    if not strategy.broadcast(final.is_dir()):
+        partial = settings.store.cache_dir / strategy.broadcast(f"{key}.partial-{uuid.uuid4().hex[:8]}")
+        layout = compute.layout(key)  # on every rank: LitData may synchronise the ranks when a loader starts
+        if trainer.is_global_zero:
+            allocate(partial, layout)
+        strategy.barrier("teacher-cache-allocated")
+        if not partial.is_dir():
+            _not_shared(settings, trainer)
+        entry = open_entry(partial, writable=True)
+        compute.fill(entry, key, check=False)
+        del entry  # unmapped: every write is in the file
+        strategy.barrier("teacher-cache-filled")
+        if trainer.is_global_zero:
+            _check_filled(open_entry(partial)["filled"], key)
+            publish(partial, final)
+        strategy.barrier("teacher-cache-published")
+    if not final.is_dir():
+        _not_shared(settings, trainer)
+    entry = open_entry(final)
+    _check_filled(entry["filled"], key)
+    return entry
+
+
+def _not_shared(settings: TeacherCache, trainer: L.Trainer) -> None:
+    raise ConfigError(
+        f"rank {trainer.global_rank} does not see the teacher cache rank 0 wrote under {settings.store.cache_dir}: "
+        "under DDP cache_dir must be a folder all ranks share (e.g. a network file system)"
+    )
+
+
+def _check_filled(filled: torch.Tensor, key: str) -> None:
+    if not bool(filled.all()):
+        missing = int((~filled).sum())
+        raise RuntimeError(f"teacher cache {key}: {missing} sample views were streamed to no rank and have no outputs")
+
+
+class _Computation:
+    """The teacher over every view of the training samples this rank streams, written into an entry's rows."""
+
+    def __init__(
+        self,
+        settings: TeacherCache,
+        trainer: L.Trainer,
+        teacher: nn.Module,
+        datamodule: StreamingImageDataModule,
+        num_views: int,
+        num_classes: int,
+    ) -> None:
+        self.settings, self.trainer, self.teacher, self.datamodule = settings, trainer, teacher, datamodule
+        self.num_views, self.num_classes = num_views, num_classes
+        self.device = trainer.strategy.root_device
+        self.context: Any = trainer.precision_plugin.forward_context
+
+    def layout(self, key: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """The entry's tensors (probing the tapped teacher layers' shapes on one batch), logged with their size."""
+        n = len(self.datamodule.train_set)  # type: ignore[arg-type]  # a StreamedSplit after setup
+        layout = _layout(self.num_views, n, self.num_classes, self.settings.topk, self.feature_shapes())
+        size = sum(math.prod(shape) * dtype.itemsize for shape, dtype in layout.values())
+        log.info(f"teacher cache {key}: {self.num_views} view(s) of {n} samples, {size / 2**30:.2f} GiB")
+        return layout
+
+    @torch.no_grad()
+    def feature_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-sample shapes of the teacher layers the losses tap, from one streamed batch (none without taps)."""
+        taps = getattr(self.teacher, "taps", None)
+        if not isinstance(taps, FeatureTaps) or not taps.layers:
+            return {}
+        batch = next(iter(self.datamodule.view_loader(0, self.settings.seed, batch_size=2)))
+        self.teacher.to(self.device)
+        with self.context():
+            features = self.teacher(to_float_images(batch.inputs.to(self.device), self.datamodule.image_size)).features
+        return {name: tuple(t.shape[1:]) for name, t in features.items()}
+
+    @torch.no_grad()
+    def fill(self, entry: dict[str, torch.Tensor], key: str, check: bool = True) -> None:
+        """Write the view parameters (rank 0 of DDP writes them for all) and this rank's outputs into ``entry``."""
+        datamodule, settings = self.datamodule, self.settings
+        n = entry["dy"].shape[1]
+        if self.trainer.is_global_zero:
+            table = ViewTable.sample(n, self.num_views, datamodule.crop_padding, datamodule.hflip, settings.seed)
+            entry["dy"].copy_(table.dy)
+            entry["dx"].copy_(table.dx)
+            entry["flip"].copy_(table.flip)
+        self.trainer.strategy.barrier("teacher-cache-views")
+        device = self.device
+        views = ViewTable(datamodule.crop_padding, entry["dy"], entry["dx"], entry["flip"], datamodule.hflip).to(device)
+        self.teacher.to(device)
+        for view in range(self.num_views):
+            log.info(f"teacher cache: view {view + 1}/{self.num_views} of {n} streamed samples (key {key})")
+            for batch in datamodule.view_loader(view, settings.seed, datamodule.eval_batch_size):
+                index = batch.indices
+                x = views.render(batch.inputs.to(device), index.to(device), view, datamodule.image_size)
+                with self.context():
+                    outputs = self.teacher(x)
+                self._write(entry, view, index, outputs)
+        if check:
+            _check_filled(entry["filled"], key)
+
+    def _write(self, entry: dict[str, torch.Tensor], view: int, index: torch.Tensor, outputs: ModelOutputs) -> None:
+        logits = outputs.logits.float().cpu()
+        for name, t in outputs.features.items():
+            entry[FEATURE + name][view, index] = t.float().cpu()
+        if self.settings.topk is None:
+            entry["logits"][view, index] = logits
+        else:
+            values, indices, fill = topk_compress(logits, self.settings.topk, self.settings.temperature)
+            entry["topk_values"][view, index] = values
+            entry["topk_indices"][view, index] = indices.to(entry["topk_indices"].dtype)
+            entry["topk_fill"][view, index] = fill
+        entry["filled"][view, index] = True
