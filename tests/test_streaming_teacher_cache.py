@@ -13,6 +13,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import count_calls, make_trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from kd_lightning.cache import CacheStore, TeacherCache
 from kd_lightning.cache.streamed_teacher_cache import _Computation, _refuse_unsupported
@@ -75,6 +76,7 @@ def fit(module: DistillationModule, data: StreamingImageDataModule, epochs: int 
 def test_cached_outputs_are_the_teachers_on_the_exact_view_the_student_sees(
     digits_dir, teacher_spec, teacher_size, topk
 ):
+    L.seed_everything(1)  # a run seed other than the cache's (0): the fixed views must not depend on it
     teacher = ModelSpec(
         teacher_spec.name, weights_path=teacher_spec.weights_path, kwargs=teacher_spec.kwargs, input_size=teacher_size
     )
@@ -106,6 +108,44 @@ def test_cached_outputs_are_the_teachers_on_the_exact_view_the_student_sees(
             assert torch.equal(seen[epoch][i], expected), (epoch, i)
     assert all(torch.equal(seen[2][i], seen[0][i]) for i in seen[0])  # epoch 2 is view 0 again
     assert sum(not torch.equal(seen[1][i], seen[0][i]) for i in seen[0]) > len(split) // 2
+
+
+@pytest.mark.parametrize("checkpoint", ["epoch_end", "step_on_the_last_batch"])
+def test_resuming_at_an_epoch_boundary_attaches_the_outputs_of_the_view_streamed(
+    digits_dir, teacher_spec, tmp_path, checkpoint
+):
+    # Lightning builds the resumed loader and fetches its first batch before its epoch counter
+    # advances; the view must still be that of the new epoch, in the images and in the outputs.
+    # 100 training samples, batch 32: 4 batches an epoch, so a checkpoint every 4 steps is on its last batch.
+    saving = dict(save_last=True)
+    if checkpoint == "step_on_the_last_batch":
+        saving |= dict(every_n_train_steps=4, save_on_train_epoch_end=False)
+    cache = dict(teacher_cache="disk", cache_dir=str(tmp_path / "cache"), cache_views=2)
+
+    def run(epochs: int, checkpoints: bool = False, resume: bool = False) -> tuple[DistillationModule, Recorder]:
+        L.seed_everything(0)
+        module, recorder = DistillationModule(STUDENT, teacher_spec, 10, **cache), Recorder()
+        callbacks: list[L.Callback] = [recorder]
+        if checkpoints:
+            callbacks.append(ModelCheckpoint(dirpath=tmp_path / "ckpt", **saving))
+        trainer = make_trainer(
+            max_epochs=epochs, limit_val_batches=0, callbacks=callbacks, enable_checkpointing=checkpoints
+        )
+        trainer.fit(module, streamed(digits_dir), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt") if resume else None)
+        return module, recorder
+
+    straight, straight_batches = run(2)
+    run(1, checkpoints=True)
+    resumed, resumed_batches = run(2, checkpoints=True, resume=True)
+    assert straight_batches.max_error < 1e-5 and resumed_batches.max_error < 1e-5
+    second_epoch = [batch for batch in straight_batches.batches if batch[0] == 1]
+    assert len(resumed_batches.batches) == len(second_epoch) == 4
+    for (epoch, indices, images, _), (_, expected_indices, expected_images, _) in zip(
+        resumed_batches.batches, second_epoch, strict=True
+    ):
+        assert epoch == 1 and torch.equal(indices, expected_indices) and torch.equal(images, expected_images)
+    for name, tensor in straight.network.state_dict().items():
+        assert torch.equal(resumed.network.state_dict()[name], tensor), name
 
 
 def test_a_second_fit_reads_the_disk_cache_without_running_the_teacher(digits_dir, teacher_spec, tmp_path, monkeypatch):

@@ -8,8 +8,9 @@ and ``v`` in place of the epoch (a pure function of the sample), and the pad-and
 flips of view ``v`` come from the same seeded :class:`~kd_lightning.cache.teacher_cache.ViewTable`
 as in memory, looked up by sample index on the device. The teacher runs once over every view of
 every sample, streamed unshuffled; in epoch ``e`` the DataModule streams view ``e mod num_views``
-(:class:`~kd_lightning.data.streaming.StreamedBatchSource`) and each batch gets the rows of its
-sample indices, so the student trains on exactly the views the stored outputs belong to.
+(:class:`~kd_lightning.data.streaming.StreamedBatchSource`; the view follows LitData's epoch
+counter, restored with the loader, and travels in the batch) and each batch gets that view's rows
+of its sample indices, so the student trains on exactly the views the stored outputs belong to.
 
 Storage is ``[num_views, N, ...]`` tensors indexed by the sample's index in the training split
 (whose prepared positions are part of the key): whole logits, or the top-k values, class indices
@@ -72,13 +73,18 @@ class StreamedTeacherCacheSource(StreamedBatchSource):
         self.view_seed = view_seed
 
     def finish(self, batch: Batch, epoch: int) -> Batch:
-        index = batch.indices
-        if index is None:  # the DataModule streams indices for a StreamedBatchSource
-            raise RuntimeError("a streamed teacher-cache batch arrived without its sample indices")
-        images = self.views.render(batch.inputs, index, self.view_of_epoch(epoch), self.cache.image_size)
-        stored = self.cache.outputs(index.cpu(), epoch)
-        move = lambda t: t.to(images.device, non_blocking=True)  # noqa: E731
-        teacher = ModelOutputs(move(stored.logits), {name: move(t) for name, t in stored.features.items()})
+        # The view comes with the batch, from where its images were decoded, not from ``epoch``: on
+        # a resumed run the trainer's epoch advances only after the first batches are fetched.
+        index, view = batch.indices, batch.view
+        if index is None or view is None:  # the DataModule streams both for a StreamedBatchSource
+            raise RuntimeError("a streamed teacher-cache batch arrived without its sample indices or view")
+        images = self.views.render(batch.inputs, index, view, self.cache.image_size)
+        stored = self.cache.outputs(index.cpu(), view)  # (view v is the view of epoch v)
+        device = images.device
+        teacher = ModelOutputs(
+            stored.logits.to(device, non_blocking=True),
+            {name: t.to(device, non_blocking=True) for name, t in stored.features.items()},
+        )
         return Batch(batch.labels, images=images, indices=index, teacher=teacher)
 
 

@@ -28,6 +28,8 @@ class Batch:
         indices: ``[B]`` positions of the samples in the training set (CRD's memory, the caches).
         features: ``[B, D]`` pre-computed backbone features (a frozen backbone's feature cache).
         teacher: the teacher's outputs for ``images``, when a cache computed them ahead of time.
+        view: which fixed view of a teacher cache a streamed batch's ``images`` were decoded as, so
+            the cache attaches the outputs of that view (decided where the images are decoded).
     """
 
     labels: torch.Tensor
@@ -35,6 +37,7 @@ class Batch:
     indices: torch.Tensor | None = None
     features: torch.Tensor | None = None
     teacher: ModelOutputs | None = None
+    view: int | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -73,4 +76,5 @@ class Batch:
         teacher = self.teacher
         if teacher is not None:
             teacher = ModelOutputs(move(teacher.logits), {name: move(t) for name, t in teacher.features.items()})
-        return Batch(move(self.labels), optional(self.images), optional(self.indices), optional(self.features), teacher)
+        images, indices, features = optional(self.images), optional(self.indices), optional(self.features)
+        return Batch(move(self.labels), images, indices, features, teacher, self.view)

@@ -15,7 +15,6 @@ decoded as the source's fixed views, for the source to finish on the device.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,45 +77,40 @@ class StreamedBatchSource(BatchSource):
     """A batch source over the streamed training samples: the DataModule streams them, the source finishes the batches.
 
     The DataModule then changes two things: every batch carries its sample indices, and the
-    random crop drawn in the loader workers is that of the source's fixed view ``epoch mod
-    num_views``, seeded by ``view_seed`` (instead of a fresh crop every epoch), so the source can
-    attach what it computed for exactly that view. It is never indexed itself.
+    random crop drawn in the loader workers is that of one of the source's ``num_views`` fixed
+    views, seeded by ``view_seed`` (instead of a fresh crop every epoch); the batch says which
+    (:attr:`Batch.view`), so the source attaches what it computed for exactly that view. It is
+    never indexed itself.
     """
 
     num_views: int = 1
     view_seed: int = 0
 
-    def view_of_epoch(self, epoch: int) -> int:
-        return epoch % self.num_views
-
 
 class _DecodingStreamingDataset(StreamingDataset):
     """A ``StreamingDataset`` whose items are decoded by an :class:`ImageDecoder` (in the loader worker).
 
-    ``view``, when set, replaces the epoch in the decoder's crop seed: the items are then a fixed
-    view of each sample (a teacher cache's), whatever LitData's epoch counter says.
+    Items are ``(image, label, index, view)``. With ``num_views`` set (the training stream of a
+    :class:`StreamedBatchSource`), LitData's epoch ``e`` (counted from 1) is decoded as fixed view
+    ``(e - 1) mod num_views``: the view is taken from the counter LitData restores with its loader
+    state, at the moment the items are decoded, so it is exact on a resumed run too, where the
+    trainer's epoch is not yet advanced when the first batches are fetched. ``view`` fixes the view
+    instead (a teacher cache's own pass). Without either, ``view`` is ``None`` and LitData's epoch
+    seeds a fresh crop every epoch.
     """
 
-    def __init__(self, input_dir: str, decoder: ImageDecoder, **kwargs: Any) -> None:
+    def __init__(self, input_dir: str, decoder: ImageDecoder, num_views: int | None = None, **kwargs: Any) -> None:
         super().__init__(input_dir, **kwargs)
         self.decoder = decoder
+        self.num_views = num_views
         self.view: int | None = None
 
     def __getitem__(self, index: Any) -> Any:
-        epoch = self.current_epoch if self.view is None else self.view
-        return self.decoder(super().__getitem__(index), epoch)
-
-
-class _ViewStreamingDataLoader(StreamingDataLoader):
-    """A ``StreamingDataLoader`` that sets its dataset's fixed view for the epoch it starts, before workers copy it."""
-
-    def __init__(self, *args: Any, view_of_epoch: Callable[[], int], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.view_of_epoch = view_of_epoch
-
-    def __iter__(self) -> Any:
-        self.dataset.view = self.view_of_epoch()  # a _DecodingStreamingDataset
-        return super().__iter__()
+        item = super().__getitem__(index)
+        view = self.view
+        if view is None and self.num_views is not None:
+            view = (self.current_epoch - 1) % self.num_views
+        return *self.decoder(item, self.current_epoch if view is None else view), view
 
 
 class _Collate:
@@ -125,13 +119,16 @@ class _Collate:
     def __init__(self, with_indices: bool) -> None:
         self.with_indices = with_indices
 
-    def __call__(self, items: list[tuple[torch.Tensor, int, int]]) -> Batch:
+    def __call__(self, items: list[tuple[torch.Tensor, int, int, int | None]]) -> Batch:
         # default_collate stacks straight into shared memory in a loader worker, so the batch
         # reaches the main process without the copy that pickling a plain tensor would make.
-        images = default_collate([image for image, _, _ in items])
-        labels = torch.tensor([label for _, label, _ in items], dtype=torch.long)
-        indices = torch.tensor([index for _, _, index in items], dtype=torch.long) if self.with_indices else None
-        return Batch(labels, images=images, indices=indices)
+        images = default_collate([image for image, _, _, _ in items])
+        labels = torch.tensor([label for _, label, _, _ in items], dtype=torch.long)
+        indices = torch.tensor([index for _, _, index, _ in items], dtype=torch.long) if self.with_indices else None
+        views = {view for _, _, _, view in items}
+        if len(views) != 1:  # a loader iteration is one LitData epoch, so never expected
+            raise RuntimeError(f"a streamed batch mixes the fixed views {sorted(map(str, views))}")
+        return Batch(labels, images=images, indices=indices, view=views.pop())
 
 
 class StreamingImageDataModule(ImageClassificationDataModule):
@@ -207,13 +204,19 @@ class StreamingImageDataModule(ImageClassificationDataModule):
         return self._streamed("val")
 
     def _dataset(
-        self, split: StreamedSplit, train: bool, shuffle: bool | None = None, view_seed: int | None = None
+        self,
+        split: StreamedSplit,
+        train: bool,
+        shuffle: bool | None = None,
+        view_seed: int | None = None,
+        num_views: int | None = None,
     ) -> _DecodingStreamingDataset:
         """The split as a decoding ``StreamingDataset``.
 
         Args:
             train: training views (random crops), shuffled unless ``shuffle`` says otherwise.
             view_seed: seed of the random crops in place of the run's (a teacher cache's fixed views).
+            num_views: how many fixed views the epochs cycle through (a teacher cache's training stream).
         """
         shuffle = train if shuffle is None else shuffle
         decoder = ImageDecoder(
@@ -228,6 +231,7 @@ class StreamingImageDataModule(ImageClassificationDataModule):
         dataset = _DecodingStreamingDataset(
             split.input_dir,
             decoder,
+            num_views=num_views,
             shuffle=shuffle,
             # On one process every sample is seen once per epoch. Under DDP every rank must run the
             # same number of steps, so LitData drops the last partial global batch (LitData's
@@ -290,11 +294,8 @@ class StreamingImageDataModule(ImageClassificationDataModule):
         )
         if views is None:
             return StreamingDataLoader(self._dataset(split, train), **options)
-        dataset = self._dataset(split, train, view_seed=views.view_seed)
-        return _ViewStreamingDataLoader(dataset, view_of_epoch=lambda: views.view_of_epoch(self._epoch()), **options)
-
-    def _epoch(self) -> int:
-        return self.trainer.current_epoch if self.trainer is not None else 0
+        dataset = self._dataset(split, train, view_seed=views.view_seed, num_views=views.num_views)
+        return StreamingDataLoader(dataset, **options)
 
     def view_loader(self, view: int, view_seed: int, batch_size: int) -> StreamingDataLoader:
         """The training samples unshuffled, each once across all ranks, as fixed view ``view`` with their indices.
