@@ -16,7 +16,7 @@ from conftest import count_calls, make_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from kd_lightning.cache import CacheStore, TeacherCache
-from kd_lightning.cache.streamed_teacher_cache import _Computation, _refuse_unsupported
+from kd_lightning.cache.streamed_teacher_cache import _CacheFiller, _refuse_unsupported
 from kd_lightning.cache.teacher_cache import ViewTable, topk_compress, topk_expand
 from kd_lightning.data import StreamingImageDataModule
 from kd_lightning.data._litdata import StreamingDataset
@@ -149,7 +149,7 @@ def test_resuming_at_an_epoch_boundary_attaches_the_outputs_of_the_view_streamed
 
 
 def test_a_second_fit_reads_the_disk_cache_without_running_the_teacher(digits_dir, teacher_spec, tmp_path, monkeypatch):
-    computed = count_calls(monkeypatch, _Computation, "fill")
+    computed = count_calls(monkeypatch, _CacheFiller, "fill")
     crd = {"name": "crd", "weight": 0.8, "kwargs": {"feat_dim": 16, "num_negatives": 32}}
     options = dict(teacher_cache="disk", cache_dir=str(tmp_path), cache_views=2, cache_topk=4)
     make = lambda: DistillationModule(  # noqa: E731
@@ -171,7 +171,7 @@ def test_a_second_fit_reads_the_disk_cache_without_running_the_teacher(digits_di
 
 
 def test_a_changed_teacher_data_or_view_setting_computes_a_new_entry(digits_dir, teacher_spec, tmp_path, monkeypatch):
-    computed = count_calls(monkeypatch, _Computation, "fill")
+    computed = count_calls(monkeypatch, _CacheFiller, "fill")
 
     def run(module_options: dict | None = None, teacher=teacher_spec, nudge: bool = False, **data_options) -> None:
         options = dict(teacher_cache="disk", cache_dir=str(tmp_path), cache_views=2) | (module_options or {})
@@ -230,7 +230,7 @@ def test_unsupported_combinations_are_refused_in_one_line(digits_dir, teacher_sp
     with pytest.raises(
         ConfigError, match="under DDP the teacher cache of a streamed data set needs teacher_cache: disk"
     ):
-        _refuse_unsupported(settings, SimpleNamespace(world_size=2), module.teacher)
+        _refuse_unsupported(settings, SimpleNamespace(world_size=2))
 
 
 def _run(config: dict) -> subprocess.CompletedProcess:

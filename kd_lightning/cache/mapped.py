@@ -5,63 +5,124 @@ entry must fit in memory first. An entry of a streamed data set (a teacher's out
 ImageNet sample) is written as it is computed instead: one ``<name>.bin`` file per tensor, sized
 up front and mapped with ``torch.from_file(shared=True)``, so any process can fill any rows, and
 read back later with ``shared=False``: mapped, paged in on demand, never copied whole.
+
+Writes through a mapping reach the page cache of the writing machine only; :func:`sync` flushes
+them to the file system, so that processes on other nodes of a shared ``cache_dir`` (a network
+file system) read them.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
-from kd_lightning.errors import InvalidDataError
+from kd_lightning.errors import ConfigError, InvalidDataError
 
 LAYOUT = "entry.json"  # names, shapes and dtypes of the entry's tensors
 
+Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
-def allocate(directory: Path, layout: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
-    """Create ``directory`` with one zero-filled file per tensor of ``layout`` (name → shape, dtype)."""
+
+def allocate(directory: Path, layout: Layout) -> None:
+    """Create ``directory`` with one zero-filled file per tensor of ``layout`` (name → shape, dtype).
+
+    The files' blocks are reserved now (``posix_fallocate``), not when a row is first written: a
+    sparse file on a full disk would kill the process with SIGBUS in the middle of filling it.
+
+    Raises:
+        ConfigError: the disk of ``directory`` has not the room (the folder is removed again).
+    """
     directory.mkdir(parents=True)
-    for name, (shape, dtype) in layout.items():
-        torch.from_file(str(directory / f"{name}.bin"), shared=True, size=math.prod(shape), dtype=dtype)
+    try:
+        for name, (shape, dtype) in layout.items():
+            size = math.prod(shape) * dtype.itemsize
+            with open(directory / f"{name}.bin", "wb") as file:
+                if size:
+                    os.posix_fallocate(file.fileno(), 0, size)
+    except OSError as err:
+        shutil.rmtree(directory, ignore_errors=True)
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        total = sum(math.prod(shape) * dtype.itemsize for shape, dtype in layout.values())
+        raise ConfigError(
+            f"no room for a cache entry of {total / 2**30:.2f} GiB under {directory.parent} ({err.strerror}): "
+            "free space there or set cache_dir to a larger disk"
+        ) from err
     described = {
         name: {"shape": list(shape), "dtype": str(dtype).removeprefix("torch.")}
         for name, (shape, dtype) in layout.items()
     }
     (directory / LAYOUT).write_text(json.dumps(described))
+    sync(directory)
 
 
-def open_entry(directory: Path, writable: bool = False) -> dict[str, torch.Tensor]:
+def open_entry(directory: Path, names: Iterable[str], writable: bool = False) -> dict[str, torch.Tensor]:
     """The entry's tensors, memory-mapped: ``writable`` ones write through to the files (every process sees them).
 
+    Args:
+        names: the tensors the entry must hold, no more and no fewer (what the reader expects).
+
     Raises:
-        InvalidDataError: the layout is missing or a file does not have its size (a damaged entry,
-            never rebuilt silently).
+        InvalidDataError: the layout is missing, unreadable or lists other tensors, or a file does
+            not have its size (a damaged entry, never rebuilt silently).
     """
     try:
         layout = json.loads((directory / LAYOUT).read_text())
     except (OSError, ValueError) as err:
         raise InvalidDataError(f"cannot read cache entry {directory}: {err}; delete it to rebuild the cache") from err
+    expected = sorted(names)
+    if not isinstance(layout, dict) or sorted(layout) != expected:
+        found = sorted(layout) if isinstance(layout, dict) else type(layout).__name__
+        raise InvalidDataError(
+            f"cache entry {directory} lists the tensors {found}, not {expected}; delete it to rebuild the cache"
+        )
     entry = {}
     for name, spec in layout.items():
         shape, dtype = tuple(spec["shape"]), getattr(torch, spec["dtype"])
         path = directory / f"{name}.bin"
-        expected = math.prod(shape) * dtype.itemsize
-        if not path.is_file() or path.stat().st_size != expected:
+        expected_size = math.prod(shape) * dtype.itemsize
+        if not path.is_file() or path.stat().st_size != expected_size:
             raise InvalidDataError(
-                f"{path} is missing or not {expected} bytes; delete {directory} to rebuild the cache"
+                f"{path} is missing or not {expected_size} bytes; delete {directory} to rebuild the cache"
             )
         entry[name] = torch.from_file(str(path), shared=writable, size=math.prod(shape), dtype=dtype).view(shape)
     return entry
 
 
+def sync(directory: Path) -> None:
+    """Flush every file of the entry and the folder itself to the file system (``fsync``).
+
+    Call it after writing through a mapping and before telling another process (on another
+    node, maybe) to read the files: only then are the writes in the shared file system.
+    """
+    for path in sorted(directory.iterdir()):
+        _fsync(path, os.O_RDONLY)
+    _fsync(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync(path: Path, flags: int) -> None:
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def publish(partial: Path, final: Path) -> None:
     """Move a filled entry to its final name in one step; a concurrent run that got there first wins."""
+    sync(partial)
     try:
         partial.rename(final)
     except OSError:
         if not final.is_dir():
             raise
         shutil.rmtree(partial)
+        return
+    _fsync(final.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))

@@ -26,15 +26,18 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import uuid
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
 from torch import nn
 
 from kd_lightning.cache.keys import cache_key, tensor_digest
-from kd_lightning.cache.mapped import allocate, open_entry, publish
+from kd_lightning.cache.mapped import Layout, allocate, open_entry, publish, sync
 from kd_lightning.cache.teacher_cache import (
     VIEW_PIPELINE,
     TeacherCache,
@@ -46,11 +49,12 @@ from kd_lightning.cache.teacher_cache import (
 from kd_lightning.data.batch import Batch
 from kd_lightning.data.streaming import StreamedBatchSource, StreamedSplit, StreamingImageDataModule
 from kd_lightning.data.transforms import to_float_images
-from kd_lightning.errors import ConfigError
+from kd_lightning.errors import ConfigError, InvalidDataError
 from kd_lightning.models.feature_taps import FeatureTaps
 from kd_lightning.outputs import ModelOutputs
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FEATURE = "feature."  # entry names of the tapped teacher layers
 
@@ -95,7 +99,7 @@ def streamed_source(
     datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at run time
     if not isinstance(datamodule, StreamingImageDataModule) or not isinstance(datamodule.train_set, StreamedSplit):
         raise ConfigError("the teacher cache needs a kd_lightning DataModule (in-memory or StreamingImageDataModule)")
-    _refuse_unsupported(settings, trainer, teacher)
+    _refuse_unsupported(settings, trainer)
     split = datamodule.train_set
     padding, hflip, resized_crop = datamodule.crop_padding, datamodule.hflip, datamodule.random_resized_crop
     num_views = settings.num_views if padding > 0 or hflip or resized_crop else 1
@@ -119,15 +123,16 @@ def streamed_source(
         topk=settings.topk,
         topk_temperature=settings.temperature if settings.topk else None,
     )
-    compute = _Computation(settings, trainer, teacher, datamodule, num_views, num_classes)
+    filler = _CacheFiller(settings, trainer, teacher, datamodule, num_views, num_classes)
     if settings.store.storage == "memory":
         entry = settings.store.get(key, slot="teacher")
         if entry is None:
-            entry = {name: torch.zeros(shape, dtype=dtype) for name, (shape, dtype) in compute.layout(key).items()}
-            compute.fill(entry, key)
+            entry = {name: torch.zeros(shape, dtype=dtype) for name, (shape, dtype) in filler.layout(key).items()}
+            filler.fill(entry, key)
+            _check_filled(entry["filled"], key)
             entry = settings.store.put(key, entry, slot="teacher")
     else:
-        entry = _disk_entry(settings, trainer, key, compute)
+        entry = _disk_entry(settings, trainer, key, filler)
     views = ViewTable(padding, entry["dy"], entry["dx"], entry["flip"], hflip)
     stored = {name: entry[name] for name in ("logits", "topk_values", "topk_indices", "topk_fill") if name in entry}
     features = {name.removeprefix(FEATURE): t for name, t in entry.items() if name.startswith(FEATURE)}
@@ -135,7 +140,7 @@ def streamed_source(
     return StreamedTeacherCacheSource(cache, trainer.strategy.root_device, settings.seed)
 
 
-def _refuse_unsupported(settings: TeacherCache, trainer: L.Trainer, teacher: nn.Module) -> None:
+def _refuse_unsupported(settings: TeacherCache, trainer: L.Trainer) -> None:
     if settings.share_backbone:
         raise ConfigError(
             "cache_backbone_features is for in-memory data sets: on a streamed one turn it off (the teacher cache "
@@ -150,9 +155,9 @@ def _refuse_unsupported(settings: TeacherCache, trainer: L.Trainer, teacher: nn.
 
 def _layout(
     num_views: int, n: int, num_classes: int, topk: int | None, feature_shapes: dict[str, tuple[int, ...]]
-) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+) -> Layout:
     """Names, shapes and dtypes of a streamed entry: the view parameters, the outputs, and which rows are filled."""
-    layout: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+    layout: Layout = {
         "dy": ((num_views, n), torch.int64),
         "dx": ((num_views, n), torch.int64),
         "flip": ((num_views, n), torch.bool),
@@ -172,37 +177,100 @@ def _layout(
     return layout
 
 
-def _disk_entry(
-    settings: TeacherCache,
-    trainer: L.Trainer,
-    key: str,
-    compute: _Computation,
-) -> dict[str, torch.Tensor]:
-    """The entry's memory-mapped files, filled first (by every rank, into one shared file) when missing."""
-    strategy = trainer.strategy
-    final = settings.store.cache_dir / f"{key}.streamed"
-    # Rank 0 decides, so that no rank skips the barriers the others wait at.
+def _disk_entry(settings: TeacherCache, trainer: L.Trainer, key: str, filler: _CacheFiller) -> dict[str, torch.Tensor]:
+    """The entry's memory-mapped files, filled first (by every rank, into one shared file) when missing.
+
+    Each step between two synchronisations runs through :func:`_on_every_rank`: a rank that fails
+    (rank 0 allocating or publishing, any rank decoding or running the teacher) makes every rank
+    raise its error, instead of leaving the others waiting for it.
+    """
+    strategy, cache_dir = trainer.strategy, settings.store.cache_dir
+    final = cache_dir / f"{key}.streamed"
+    names = filler.names()
+    # Rank 0 decides, so that no rank skips the steps the others synchronise in.
     if not strategy.broadcast(final.is_dir()):
-        partial = settings.store.cache_dir / strategy.broadcast(f"{key}.partial-{uuid.uuid4().hex[:8]}")
-        layout = compute.layout(key)  # on every rank: LitData may synchronise the ranks when a loader starts
-        if trainer.is_global_zero:
-            allocate(partial, layout)
-        strategy.barrier("teacher-cache-allocated")
-        if not partial.is_dir():
+        partial = cache_dir / strategy.broadcast(f"{key}.partial-{uuid.uuid4().hex[:8]}")
+
+        def allocated() -> Layout:
+            layout = filler.layout(key)  # on every rank: LitData may synchronise the ranks when a loader starts
+            if trainer.is_global_zero:
+                _warn_of_stale_partials(cache_dir, key, partial)
+                allocate(partial, layout)
+                log.info(f"teacher cache: filling {partial} (a run killed before it is published leaves it behind)")
+            return layout
+
+        def filled() -> None:
+            if not partial.is_dir():
+                _not_shared(settings, trainer)
+            entry = open_entry(partial, names, writable=True)
+            filler.fill(entry, key)
+            del entry  # unmap; the writes are still in this machine's page cache only ...
+            sync(partial)  # ... until flushed, for the ranks on other nodes to read them
+
+        def published() -> None:
+            if trainer.is_global_zero:
+                _check_filled(open_entry(partial, names)["filled"], key)
+                publish(partial, final)
+
+        _on_every_rank(trainer, allocated)
+        _on_every_rank(trainer, filled)
+        _on_every_rank(trainer, published)
+
+    def opened() -> dict[str, torch.Tensor]:
+        if not final.is_dir():
             _not_shared(settings, trainer)
-        entry = open_entry(partial, writable=True)
-        compute.fill(entry, key, check=False)
-        del entry  # unmapped: every write is in the file
-        strategy.barrier("teacher-cache-filled")
-        if trainer.is_global_zero:
-            _check_filled(open_entry(partial)["filled"], key)
-            publish(partial, final)
-        strategy.barrier("teacher-cache-published")
-    if not final.is_dir():
-        _not_shared(settings, trainer)
-    entry = open_entry(final)
-    _check_filled(entry["filled"], key)
-    return entry
+        entry = open_entry(final, names)
+        if not bool(entry["filled"].all()):
+            missing = int((~entry["filled"]).sum())
+            raise InvalidDataError(
+                f"teacher cache {final} has no outputs for {missing} sample views (damaged): delete it to rebuild"
+            )
+        return entry
+
+    return _on_every_rank(trainer, opened)
+
+
+def _on_every_rank(trainer: L.Trainer, step: Callable[[], T]) -> T:
+    """Run ``step`` on this rank, then agree across ranks: if any rank failed, every rank raises its error.
+
+    The agreement is a ``min`` reduction (of the first failing rank, if any), so it synchronises the
+    ranks as a barrier would; on a failure that rank's exception is then broadcast to the others.
+    """
+    strategy = trainer.strategy
+    if trainer.world_size == 1:
+        return step()
+    error: Exception | None = None
+    try:
+        result = step()
+    except Exception as err:  # agreed on below, then raised on every rank
+        error = err
+    mine = trainer.global_rank if error is not None else trainer.world_size
+    first = int(strategy.reduce(torch.tensor(mine, device=strategy.root_device), reduce_op="min").item())
+    if first == trainer.world_size:
+        return result
+    if error is not None and first == trainer.global_rank:
+        strategy.broadcast(_portable(error), src=first)
+        raise error
+    raise strategy.broadcast(RuntimeError("replaced by the failing rank's error"), src=first)
+
+
+def _portable(error: Exception) -> Exception:
+    """``error``, or a ``RuntimeError`` with its message when it cannot be sent to the other ranks (pickled)."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # any failure to round-trip: send the message alone
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
+
+
+def _warn_of_stale_partials(cache_dir: Path, key: str, partial: Path) -> None:
+    stale = sorted(str(p) for p in cache_dir.glob(f"{key}.partial-*") if p != partial)
+    if stale:
+        log.warning(
+            f"teacher cache: {len(stale)} unpublished folder(s) of this entry already exist, left by a fill that was "
+            f"killed or is still running elsewhere (then one of the two fills is wasted); delete them once no run "
+            f"fills this cache: {', '.join(stale)}"
+        )
 
 
 def _not_shared(settings: TeacherCache, trainer: L.Trainer) -> None:
@@ -213,13 +281,14 @@ def _not_shared(settings: TeacherCache, trainer: L.Trainer) -> None:
 
 
 def _check_filled(filled: torch.Tensor, key: str) -> None:
+    """After filling: every sample view must have been streamed to some rank."""
     if not bool(filled.all()):
         missing = int((~filled).sum())
         raise RuntimeError(f"teacher cache {key}: {missing} sample views were streamed to no rank and have no outputs")
 
 
-class _Computation:
-    """The teacher over every view of the training samples this rank streams, written into an entry's rows."""
+class _CacheFiller:
+    """Fills a streamed cache entry: its layout, then the teacher over every view of the samples this rank streams."""
 
     def __init__(
         self,
@@ -235,7 +304,13 @@ class _Computation:
         self.device = trainer.strategy.root_device
         self.context: Any = trainer.precision_plugin.forward_context
 
-    def layout(self, key: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    def names(self) -> set[str]:
+        """The entry's tensor names, known without running the teacher (what a cache hit checks)."""
+        taps = getattr(self.teacher, "taps", None)
+        layers = taps.layers if isinstance(taps, FeatureTaps) else ()
+        return set(_layout(1, 0, self.num_classes, self.settings.topk, {name: () for name in layers}))
+
+    def layout(self, key: str) -> Layout:
         """The entry's tensors (probing the tapped teacher layers' shapes on one batch), logged with their size."""
         n = len(self.datamodule.train_set)  # type: ignore[arg-type]  # a StreamedSplit after setup
         layout = _layout(self.num_views, n, self.num_classes, self.settings.topk, self.feature_shapes())
@@ -256,18 +331,21 @@ class _Computation:
         return {name: tuple(t.shape[1:]) for name, t in features.items()}
 
     @torch.no_grad()
-    def fill(self, entry: dict[str, torch.Tensor], key: str, check: bool = True) -> None:
-        """Write the view parameters (rank 0 of DDP writes them for all) and this rank's outputs into ``entry``."""
+    def fill(self, entry: dict[str, torch.Tensor], key: str) -> None:
+        """Write the view parameters (rank 0 of DDP, for all) and this rank's outputs into ``entry``.
+
+        Every rank draws the same seeded view table itself rather than reading rank 0's: the ranks
+        of other nodes would otherwise need rank 0's writes flushed before they could start.
+        """
         datamodule, settings = self.datamodule, self.settings
         n = entry["dy"].shape[1]
+        table = ViewTable.sample(n, self.num_views, datamodule.crop_padding, datamodule.hflip, settings.seed)
         if self.trainer.is_global_zero:
-            table = ViewTable.sample(n, self.num_views, datamodule.crop_padding, datamodule.hflip, settings.seed)
             entry["dy"].copy_(table.dy)
             entry["dx"].copy_(table.dx)
             entry["flip"].copy_(table.flip)
-        self.trainer.strategy.barrier("teacher-cache-views")
         device = self.device
-        views = ViewTable(datamodule.crop_padding, entry["dy"], entry["dx"], entry["flip"], datamodule.hflip).to(device)
+        views = table.to(device)
         self.teacher.to(device)
         for view in range(self.num_views):
             log.info(f"teacher cache: view {view + 1}/{self.num_views} of {n} streamed samples (key {key})")
@@ -277,8 +355,6 @@ class _Computation:
                 with self.context():
                     outputs = self.teacher(x)
                 self._write(entry, view, index, outputs)
-        if check:
-            _check_filled(entry["filled"], key)
 
     def _write(self, entry: dict[str, torch.Tensor], view: int, index: torch.Tensor, outputs: ModelOutputs) -> None:
         logits = outputs.logits.float().cpu()

@@ -1,0 +1,144 @@
+"""Memory-mapped cache entries: damaged or incomplete entries and a full disk are refused in one line, never used."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from kd_lightning.cache.mapped import allocate, open_entry, publish
+from kd_lightning.cache.streamed_teacher_cache import _disk_entry, _on_every_rank
+from kd_lightning.errors import ConfigError, InvalidDataError
+
+LAYOUT = {"filled": ((2, 5), torch.bool), "logits": ((2, 5, 3), torch.float32)}
+NAMES = set(LAYOUT)
+
+
+def filled_entry(directory: Path, value: float = 1.0) -> Path:
+    allocate(directory, LAYOUT)
+    entry = open_entry(directory, NAMES, writable=True)
+    entry["logits"].fill_(value)
+    entry["filled"].fill_(True)
+    return directory
+
+
+def test_allocate_reserves_the_blocks_and_open_entry_reads_back_what_was_written(tmp_path):
+    entry_dir = filled_entry(tmp_path / "k.partial", value=2.5)
+    size = (tmp_path / "k.partial" / "logits.bin").stat()
+    assert size.st_size == 2 * 5 * 3 * 4 and size.st_blocks * 512 >= size.st_size  # not a sparse file
+    entry = open_entry(entry_dir, NAMES)
+    assert bool(entry["filled"].all()) and torch.equal(entry["logits"], torch.full((2, 5, 3), 2.5))
+
+
+def test_a_full_disk_is_refused_in_one_line_naming_the_size_and_the_folder(tmp_path, monkeypatch):
+    def no_room(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    big = {"logits": ((1000, 1281167, 10), torch.float32)}
+    with pytest.raises(ConfigError, match=rf"no room for a cache entry of 47.73 GiB under {tmp_path} .*cache_dir"):
+        allocate(tmp_path / "k.partial", big)
+    assert list(tmp_path.iterdir()) == []  # the half-made folder is gone
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: os.truncate(d / "logits.bin", 10), "logits.bin is missing or not 120 bytes"),
+        (lambda d: (d / "logits.bin").unlink(), "logits.bin is missing or not 120 bytes"),
+        (lambda d: (d / "entry.json").unlink(), "cannot read cache entry"),
+        (lambda d: (d / "entry.json").write_text('{"filled": {"shape": [2, 5], "dty'), "cannot read cache entry"),
+        (
+            lambda d: (d / "entry.json").write_text(json.dumps({"filled": {"shape": [2, 5], "dtype": "bool"}})),
+            r"lists the tensors \['filled'\], not \['filled', 'logits'\]",
+        ),
+    ],
+    ids=["truncated_file", "missing_file", "missing_layout", "truncated_layout", "layout_lost_a_tensor"],
+)
+def test_a_damaged_entry_is_refused_in_one_line_saying_to_delete_it(tmp_path, damage, message):
+    entry_dir = filled_entry(tmp_path / "k.streamed")
+    damage(entry_dir)
+    with pytest.raises(InvalidDataError, match=message) as caught:
+        open_entry(entry_dir, NAMES)
+    assert "delete" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_concurrent_publishes_keep_the_first_entry_and_remove_the_second(tmp_path):
+    final = tmp_path / "k.streamed"
+    publish(filled_entry(tmp_path / "k.partial-a", value=1.0), final)
+    publish(filled_entry(tmp_path / "k.partial-b", value=2.0), final)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.streamed"]
+    assert torch.equal(open_entry(final, NAMES)["logits"], torch.ones(2, 5, 3))
+
+
+def one_process(cache_dir: Path, fill) -> tuple[SimpleNamespace, SimpleNamespace, SimpleNamespace]:
+    """What ``_disk_entry`` reads of the settings, the trainer and the cache filler, for one process."""
+    strategy = SimpleNamespace(broadcast=lambda obj, src=0: obj)
+    trainer = SimpleNamespace(world_size=1, global_rank=0, is_global_zero=True, strategy=strategy)
+    settings = SimpleNamespace(store=SimpleNamespace(cache_dir=cache_dir))
+    filler = SimpleNamespace(names=lambda: NAMES, layout=lambda key: LAYOUT, fill=fill)
+    return settings, trainer, filler
+
+
+def fill_all_but_one(entry: dict[str, torch.Tensor], key: str) -> None:
+    entry["filled"].fill_(True)
+    entry["filled"][1, 4] = False
+
+
+def test_unfilled_rows_are_refused_while_filling_and_on_a_cache_hit(tmp_path, caplog):
+    settings, trainer, filler = one_process(tmp_path, fill_all_but_one)
+    with caplog.at_level(logging.INFO), pytest.raises(RuntimeError, match="1 sample views were streamed to no rank"):
+        _disk_entry(settings, trainer, "k", filler)
+    (partial,) = tmp_path.iterdir()  # left for inspection, and its path logged
+    assert partial.name.startswith("k.partial-") and str(partial) in caplog.text
+
+    publish(partial, tmp_path / "k.streamed")  # as if published by a run that did not check
+    with pytest.raises(InvalidDataError, match=rf"{tmp_path / 'k.streamed'} has no outputs for 1 sample views.*delete"):
+        _disk_entry(settings, trainer, "k", filler)
+
+
+def test_a_fill_warns_of_unpublished_folders_of_the_same_entry(tmp_path, caplog):
+    stale = tmp_path / "k.partial-0badf00d"
+    stale.mkdir()
+    settings, trainer, filler = one_process(tmp_path, lambda entry, key: entry["filled"].fill_(True))
+    with caplog.at_level(logging.WARNING):
+        entry = _disk_entry(settings, trainer, "k", filler)
+    assert bool(entry["filled"].all())
+    assert "1 unpublished folder(s) of this entry" in caplog.text and str(stale) in caplog.text
+
+
+class TwoRanks:
+    """Rank 0 of two, whose partner (rank 1) failed with ``partner_error`` (what the collectives report)."""
+
+    def __init__(self, partner_error: Exception | None) -> None:
+        self.partner_error, self.root_device = partner_error, torch.device("cpu")
+
+    def reduce(self, tensor: torch.Tensor, reduce_op: str) -> torch.Tensor:
+        assert reduce_op == "min"
+        return torch.minimum(tensor, torch.tensor(1 if self.partner_error else 2))
+
+    def broadcast(self, obj, src: int = 0):
+        return obj if src == 0 else self.partner_error
+
+
+def rank_zero_of_two(partner_error: Exception | None) -> SimpleNamespace:
+    return SimpleNamespace(world_size=2, global_rank=0, is_global_zero=True, strategy=TwoRanks(partner_error))
+
+
+def test_a_failure_on_any_rank_is_raised_on_every_rank():
+    trainer = rank_zero_of_two
+    assert _on_every_rank(trainer(None), lambda: 7) == 7
+    with pytest.raises(InvalidDataError, match="cannot decode a stored image"):
+        _on_every_rank(trainer(InvalidDataError("cannot decode a stored image")), lambda: 7)
+
+    def fails() -> None:
+        raise ConfigError("no room")
+
+    with pytest.raises(ConfigError, match="no room"):  # this rank failed first: its own error
+        _on_every_rank(trainer(InvalidDataError("later")), fails)
