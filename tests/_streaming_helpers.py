@@ -3,10 +3,12 @@
 ``python tests/_streaming_helpers.py CONFIG_JSON``. The config names the prepared folder
 (``data_dir``), the output folder (``root``), ``devices`` (2 = DDP on two CPU processes, gloo) and
 optionally ``kill_at`` (SIGKILL after that optimizer step), ``resume`` (fit from ``last``) or
-``module`` (more DistillationModule arguments, e.g. the teacher cache). Each rank writes
+``module`` (more DistillationModule arguments, e.g. the teacher cache), ``fail_fill_on_rank``
+(computing the teacher cache fails on that rank alone, as a bad image would). Each rank writes
 ``rank{N}.pt``: the sample indices of every training batch per epoch, the trained network's state
 dict, the last logged metrics and, with a teacher cache, the largest difference between a batch's
-cached teacher logits and a fresh teacher forward on the batch's images.
+cached teacher logits and a fresh teacher forward on the batch's images; a rank whose fit raised
+writes ``error{N}.txt`` (the exception's type and message) instead.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from kd_lightning.cache.streamed_teacher_cache import _CacheFiller
 from kd_lightning.checkpointing import SafeCheckpointIO
 from kd_lightning.data.streaming import StreamingImageDataModule
+from kd_lightning.errors import InvalidDataError
 from kd_lightning.modules import DistillationModule
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -41,8 +45,22 @@ class RecordIndices(Callback):
             self.teacher_error = max(error, self.teacher_error or 0.0)
 
 
+def fail_fill_on(rank: int) -> None:
+    """Make filling the teacher cache raise on ``rank`` alone, before it writes anything."""
+    fill = _CacheFiller.fill
+
+    def failing(self: _CacheFiller, entry: dict[str, torch.Tensor], key: str) -> None:
+        if self.trainer.global_rank == rank:
+            raise InvalidDataError(f"cannot decode a stored image (injected on rank {rank})")
+        fill(self, entry, key)
+
+    _CacheFiller.fill = failing  # type: ignore[method-assign]
+
+
 def main(config: dict) -> None:
     root = Path(config["root"])
+    if config.get("fail_fill_on_rank") is not None:
+        fail_fill_on(config["fail_fill_on_rank"])
     L.seed_everything(0)
     teacher = {"name": "small_cnn", "kwargs": {"width": 8}, "weights_path": config["teacher_path"]}
     module = DistillationModule(
@@ -79,7 +97,12 @@ def main(config: dict) -> None:
         num_sanity_val_steps=0,
         default_root_dir=root,
     )
-    trainer.fit(module, data, ckpt_path="last" if config.get("resume") else None)
+    try:
+        trainer.fit(module, data, ckpt_path="last" if config.get("resume") else None)
+    except Exception as err:  # what each rank raised, for the test to compare
+        root.mkdir(parents=True, exist_ok=True)
+        (root / f"error{trainer.global_rank}.txt").write_text(f"{type(err).__name__}: {err}")
+        raise
     torch.save(
         {
             "seen": record.seen,

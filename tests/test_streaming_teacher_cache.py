@@ -233,10 +233,15 @@ def test_unsupported_combinations_are_refused_in_one_line(digits_dir, teacher_sp
         _refuse_unsupported(settings, SimpleNamespace(world_size=2))
 
 
-def _run(config: dict) -> subprocess.CompletedProcess:
+def _run(config: dict, timeout: float | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, str(HELPER), json.dumps(config)], capture_output=True, text=True, env=env, cwd=REPO
+        [sys.executable, str(HELPER), json.dumps(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=timeout,
     )
 
 
@@ -298,3 +303,19 @@ def test_two_ddp_processes_fill_one_shared_cache_read_every_sample_and_resume_bi
         assert len(after["seen"][1]) == 5 * 32 and after["seen"][1] == before["seen"][1][-5 * 32 :]
         for key, tensor in before["network"].items():
             assert torch.equal(after["network"][key], tensor), key
+
+
+@pytest.mark.slow
+def test_a_rank_failing_to_fill_the_cache_stops_every_rank_with_its_error(tmp_path, digits_dir, teacher_path):
+    # Rank 1 fails before writing a row; rank 0 fills its share and would wait for rank 1 at the next
+    # synchronisation forever: it must raise rank 1's error instead (a hang fails on the timeout).
+    cache = {"teacher_cache": "disk", "cache_dir": str(tmp_path / "cache"), "cache_views": 2}
+    config = {"data_dir": str(digits_dir), "teacher_path": teacher_path, "devices": 2, "batch_size": 10}
+    config |= {"samples_per_class": 10, "module": cache, "root": str(tmp_path / "run"), "fail_fill_on_rank": 1}
+    failed = _run(config, timeout=240)
+    assert failed.returncode != 0
+    expected = "InvalidDataError: cannot decode a stored image (injected on rank 1)"
+    assert (tmp_path / "run" / "error0.txt").read_text() == expected  # rank 0 only knows it from rank 1
+    if (tmp_path / "run" / "error1.txt").exists():  # unless Lightning stopped rank 1 first, on rank 0's error
+        assert (tmp_path / "run" / "error1.txt").read_text() == expected
+    assert not any(p.suffix == ".streamed" for p in (tmp_path / "cache").iterdir())  # nothing published
