@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -49,10 +50,10 @@ def fail_fill_on(rank: int) -> None:
     """Make filling the teacher cache raise on ``rank`` alone, before it writes anything."""
     fill = _CacheFiller.fill
 
-    def failing(self: _CacheFiller, entry: dict[str, torch.Tensor], key: str) -> None:
+    def failing(self: _CacheFiller, *args: Any) -> None:
         if self.trainer.global_rank == rank:
             raise InvalidDataError(f"cannot decode a stored image (injected on rank {rank})")
-        fill(self, entry, key)
+        fill(self, *args)
 
     _CacheFiller.fill = failing  # type: ignore[method-assign]
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kd_lightning.cache.mapped import allocate, open_entry, publish
+from kd_lightning.cache.mapped import RowWriter, allocate, open_entry, publish
 from kd_lightning.cache.streamed_teacher_cache import _disk_entry, _on_every_rank
 from kd_lightning.errors import ConfigError, InvalidDataError
 
@@ -22,10 +22,25 @@ NAMES = set(LAYOUT)
 
 def filled_entry(directory: Path, value: float = 1.0) -> Path:
     allocate(directory, LAYOUT)
-    entry = open_entry(directory, NAMES, writable=True)
-    entry["logits"].fill_(value)
-    entry["filled"].fill_(True)
+    with RowWriter(directory, NAMES) as rows:
+        for view in (0, 1):
+            rows.write("logits", view, torch.arange(5), torch.full((5, 3), value))
+            rows.write("filled", view, torch.arange(5), torch.ones(5, dtype=torch.bool))
     return directory
+
+
+def test_rows_written_in_any_order_by_several_writers_land_byte_exact(tmp_path):
+    # Two writers (two ranks) interleave rows of the same pages; each writes only its rows' bytes.
+    allocate(tmp_path / "k", LAYOUT)
+    logits = torch.randn(2, 5, 3)
+    with RowWriter(tmp_path / "k", NAMES) as first, RowWriter(tmp_path / "k", NAMES) as second:
+        for view in (0, 1):
+            for writer, index in ((first, torch.tensor([4, 0, 2])), (second, torch.tensor([3, 1]))):
+                writer.write("logits", view, index, logits[view, index].double())  # stored as the layout's dtype
+                writer.write("filled", view, index, torch.ones(len(index), dtype=torch.bool))
+            first.write("logits", view, torch.tensor([], dtype=torch.long), torch.empty(0, 3))
+    entry = open_entry(tmp_path / "k", NAMES)
+    assert torch.equal(entry["logits"], logits) and bool(entry["filled"].all())
 
 
 def test_allocate_reserves_the_blocks_and_open_entry_reads_back_what_was_written(tmp_path):
@@ -86,9 +101,14 @@ def one_process(cache_dir: Path, fill) -> tuple[SimpleNamespace, SimpleNamespace
     return settings, trainer, filler
 
 
-def fill_all_but_one(entry: dict[str, torch.Tensor], key: str) -> None:
-    entry["filled"].fill_(True)
-    entry["filled"][1, 4] = False
+def fill_all(write, key: str, but: int | None = None) -> None:
+    for view in (0, 1):
+        index = torch.tensor([i for i in range(5) if (view, i) != (1, but)])
+        write("filled", view, index, torch.ones(len(index), dtype=torch.bool))
+
+
+def fill_all_but_one(write, key: str) -> None:
+    fill_all(write, key, but=4)
 
 
 def test_unfilled_rows_are_refused_while_filling_and_on_a_cache_hit(tmp_path, caplog):
@@ -106,7 +126,7 @@ def test_unfilled_rows_are_refused_while_filling_and_on_a_cache_hit(tmp_path, ca
 def test_a_fill_warns_of_unpublished_folders_of_the_same_entry(tmp_path, caplog):
     stale = tmp_path / "k.partial-0badf00d"
     stale.mkdir()
-    settings, trainer, filler = one_process(tmp_path, lambda entry, key: entry["filled"].fill_(True))
+    settings, trainer, filler = one_process(tmp_path, fill_all)
     with caplog.at_level(logging.WARNING):
         entry = _disk_entry(settings, trainer, "k", filler)
     assert bool(entry["filled"].all())

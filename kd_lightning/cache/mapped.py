@@ -3,12 +3,14 @@
 :class:`~kd_lightning.cache.store.CacheStore` writes an entry whole with ``torch.save``, so the
 entry must fit in memory first. An entry of a streamed data set (a teacher's outputs for every
 ImageNet sample) is written as it is computed instead: one ``<name>.bin`` file per tensor, sized
-up front and mapped with ``torch.from_file(shared=True)``, so any process can fill any rows, and
-read back later with ``shared=False``: mapped, paged in on demand, never copied whole.
+up front, into which any process writes any rows (:class:`RowWriter`), and read back with
+``torch.from_file``: mapped, paged in on demand, never copied whole.
 
-Writes through a mapping reach the page cache of the writing machine only; :func:`sync` flushes
-them to the file system, so that processes on other nodes of a shared ``cache_dir`` (a network
-file system) read them.
+Rows are written with ``pwrite``, not through a shared mapping: ranks on several nodes write
+neighbouring rows of the same pages, and a network file system writes a mapped page back whole,
+so the node that flushed a page last would overwrite the others' rows with its stale copy. Written
+bytes reach the writing machine's page cache first; :func:`sync` flushes them to the file system
+before other nodes are told to read them.
 """
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ def allocate(directory: Path, layout: Layout) -> None:
     sync(directory)
 
 
-def open_entry(directory: Path, names: Iterable[str], writable: bool = False) -> dict[str, torch.Tensor]:
-    """The entry's tensors, memory-mapped: ``writable`` ones write through to the files (every process sees them).
+def open_entry(directory: Path, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The entry's tensors, memory-mapped read-only.
 
     Args:
         names: the tensors the entry must hold, no more and no fewer (what the reader expects).
@@ -73,27 +75,68 @@ def open_entry(directory: Path, names: Iterable[str], writable: bool = False) ->
         InvalidDataError: the layout is missing, unreadable or lists other tensors, or a file does
             not have its size (a damaged entry, never rebuilt silently).
     """
+    layout = _read_layout(directory, names)
+    return {
+        name: torch.from_file(str(directory / f"{name}.bin"), size=math.prod(shape), dtype=dtype).view(shape)
+        for name, (shape, dtype) in layout.items()
+    }
+
+
+def _read_layout(directory: Path, names: Iterable[str]) -> Layout:
+    """The entry's layout, checked against the expected tensor ``names`` and the files' sizes."""
     try:
-        layout = json.loads((directory / LAYOUT).read_text())
+        described = json.loads((directory / LAYOUT).read_text())
     except (OSError, ValueError) as err:
         raise InvalidDataError(f"cannot read cache entry {directory}: {err}; delete it to rebuild the cache") from err
     expected = sorted(names)
-    if not isinstance(layout, dict) or sorted(layout) != expected:
-        found = sorted(layout) if isinstance(layout, dict) else type(layout).__name__
+    if not isinstance(described, dict) or sorted(described) != expected:
+        found = sorted(described) if isinstance(described, dict) else type(described).__name__
         raise InvalidDataError(
             f"cache entry {directory} lists the tensors {found}, not {expected}; delete it to rebuild the cache"
         )
-    entry = {}
-    for name, spec in layout.items():
+    layout: Layout = {}
+    for name, spec in described.items():
         shape, dtype = tuple(spec["shape"]), getattr(torch, spec["dtype"])
         path = directory / f"{name}.bin"
-        expected_size = math.prod(shape) * dtype.itemsize
-        if not path.is_file() or path.stat().st_size != expected_size:
-            raise InvalidDataError(
-                f"{path} is missing or not {expected_size} bytes; delete {directory} to rebuild the cache"
-            )
-        entry[name] = torch.from_file(str(path), shared=writable, size=math.prod(shape), dtype=dtype).view(shape)
-    return entry
+        size = math.prod(shape) * dtype.itemsize
+        if not path.is_file() or path.stat().st_size != size:
+            raise InvalidDataError(f"{path} is missing or not {size} bytes; delete {directory} to rebuild the cache")
+        layout[name] = (shape, dtype)
+    return layout
+
+
+class RowWriter:
+    """Writes rows ``[view, index]`` of an entry's ``[num_views, N, ...]`` tensors into its files, byte-exact.
+
+    A context manager: on exit every file is flushed (``fsync``) and closed.
+    """
+
+    def __init__(self, directory: Path, names: Iterable[str]) -> None:
+        self.layout = _read_layout(directory, names)
+        self.files = {name: os.open(directory / f"{name}.bin", os.O_WRONLY) for name in self.layout}
+
+    def __enter__(self) -> RowWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for descriptor in self.files.values():
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+
+    def write(self, name: str, view: int, index: torch.Tensor, rows: torch.Tensor) -> None:
+        """Store ``rows[i]`` as row ``index[i]`` of view ``view``; one ``pwrite`` per run of consecutive indices."""
+        if not len(index):
+            return
+        shape, dtype = self.layout[name]
+        row_bytes = math.prod(shape[2:]) * dtype.itemsize
+        index, order = index.cpu().sort()
+        raw = rows.cpu().to(dtype)[order].contiguous().view(torch.uint8).reshape(len(index), row_bytes).numpy()
+        breaks = ((index[1:] != index[:-1] + 1).nonzero().flatten() + 1).tolist()
+        for start, end in zip([0, *breaks], [*breaks, len(index)], strict=True):
+            offset = (view * shape[1] + int(index[start])) * row_bytes
+            os.pwrite(self.files[name], raw[start:end].data, offset)
 
 
 def sync(directory: Path) -> None:

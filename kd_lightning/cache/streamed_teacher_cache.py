@@ -24,6 +24,7 @@ all of it, since LitData hands each sample to another rank every epoch.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import pickle
@@ -37,7 +38,7 @@ import torch
 from torch import nn
 
 from kd_lightning.cache.keys import cache_key, tensor_digest
-from kd_lightning.cache.mapped import Layout, allocate, open_entry, publish, sync
+from kd_lightning.cache.mapped import Layout, RowWriter, allocate, open_entry, publish
 from kd_lightning.cache.teacher_cache import (
     VIEW_PIPELINE,
     TeacherCache,
@@ -55,6 +56,8 @@ from kd_lightning.outputs import ModelOutputs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Stores ``rows`` as rows ``index`` of view ``view`` of the entry's tensor ``name``.
+WriteRows = Callable[[str, int, torch.Tensor, torch.Tensor], None]
 
 FEATURE = "feature."  # entry names of the tapped teacher layers
 
@@ -128,7 +131,7 @@ def streamed_source(
         entry = settings.store.get(key, slot="teacher")
         if entry is None:
             entry = {name: torch.zeros(shape, dtype=dtype) for name, (shape, dtype) in filler.layout(key).items()}
-            filler.fill(entry, key)
+            filler.fill(functools.partial(_write_into, entry), key)
             _check_filled(entry["filled"], key)
             entry = settings.store.put(key, entry, slot="teacher")
     else:
@@ -202,10 +205,8 @@ def _disk_entry(settings: TeacherCache, trainer: L.Trainer, key: str, filler: _C
         def filled() -> None:
             if not partial.is_dir():
                 _not_shared(settings, trainer)
-            entry = open_entry(partial, names, writable=True)
-            filler.fill(entry, key)
-            del entry  # unmap; the writes are still in this machine's page cache only ...
-            sync(partial)  # ... until flushed, for the ranks on other nodes to read them
+            with RowWriter(partial, names) as rows:  # flushed on exit, for the ranks of other nodes to read
+                filler.fill(rows.write, key)
 
         def published() -> None:
             if trainer.is_global_zero:
@@ -228,6 +229,10 @@ def _disk_entry(settings: TeacherCache, trainer: L.Trainer, key: str, filler: _C
         return entry
 
     return _on_every_rank(trainer, opened)
+
+
+def _write_into(entry: dict[str, torch.Tensor], name: str, view: int, index: torch.Tensor, rows: torch.Tensor) -> None:
+    entry[name][view, index] = rows.to(entry[name].dtype)
 
 
 def _on_every_rank(trainer: L.Trainer, step: Callable[[], T]) -> T:
@@ -331,19 +336,19 @@ class _CacheFiller:
         return {name: tuple(t.shape[1:]) for name, t in features.items()}
 
     @torch.no_grad()
-    def fill(self, entry: dict[str, torch.Tensor], key: str) -> None:
-        """Write the view parameters (rank 0 of DDP, for all) and this rank's outputs into ``entry``.
+    def fill(self, write: WriteRows, key: str) -> None:
+        """Write the view parameters (rank 0 of DDP, for all) and the outputs of the samples this rank streams.
 
         Every rank draws the same seeded view table itself rather than reading rank 0's: the ranks
         of other nodes would otherwise need rank 0's writes flushed before they could start.
         """
         datamodule, settings = self.datamodule, self.settings
-        n = entry["dy"].shape[1]
+        n = len(datamodule.train_set)  # type: ignore[arg-type]  # a StreamedSplit after setup
         table = ViewTable.sample(n, self.num_views, datamodule.crop_padding, datamodule.hflip, settings.seed)
         if self.trainer.is_global_zero:
-            entry["dy"].copy_(table.dy)
-            entry["dx"].copy_(table.dx)
-            entry["flip"].copy_(table.flip)
+            for view in range(self.num_views):
+                for name, rows in (("dy", table.dy), ("dx", table.dx), ("flip", table.flip)):
+                    write(name, view, torch.arange(n), rows[view])
         device = self.device
         views = table.to(device)
         self.teacher.to(device)
@@ -354,17 +359,17 @@ class _CacheFiller:
                 x = views.render(batch.inputs.to(device), index.to(device), view, datamodule.image_size)
                 with self.context():
                     outputs = self.teacher(x)
-                self._write(entry, view, index, outputs)
+                self._write(write, view, index, outputs)
 
-    def _write(self, entry: dict[str, torch.Tensor], view: int, index: torch.Tensor, outputs: ModelOutputs) -> None:
+    def _write(self, write: WriteRows, view: int, index: torch.Tensor, outputs: ModelOutputs) -> None:
         logits = outputs.logits.float().cpu()
         for name, t in outputs.features.items():
-            entry[FEATURE + name][view, index] = t.float().cpu()
+            write(FEATURE + name, view, index, t.float().cpu())
         if self.settings.topk is None:
-            entry["logits"][view, index] = logits
+            write("logits", view, index, logits)
         else:
             values, indices, fill = topk_compress(logits, self.settings.topk, self.settings.temperature)
-            entry["topk_values"][view, index] = values
-            entry["topk_indices"][view, index] = indices.to(entry["topk_indices"].dtype)
-            entry["topk_fill"][view, index] = fill
-        entry["filled"][view, index] = True
+            write("topk_values", view, index, values)
+            write("topk_indices", view, index, indices)
+            write("topk_fill", view, index, fill)
+        write("filled", view, index, torch.ones(len(index), dtype=torch.bool))
