@@ -194,13 +194,12 @@ def _disk_entry(settings: TeacherCache, trainer: L.Trainer, key: str, filler: _C
     if not strategy.broadcast(final.is_dir()):
         partial = cache_dir / strategy.broadcast(f"{key}.partial-{uuid.uuid4().hex[:8]}")
 
-        def allocated() -> Layout:
+        def allocated() -> None:
             layout = filler.layout(key)  # on every rank: LitData may synchronise the ranks when a loader starts
             if trainer.is_global_zero:
                 _warn_of_stale_partials(cache_dir, key, partial)
                 allocate(partial, layout)
                 log.info(f"teacher cache: filling {partial} (a run killed before it is published leaves it behind)")
-            return layout
 
         def filled() -> None:
             if not partial.is_dir():
@@ -213,9 +212,14 @@ def _disk_entry(settings: TeacherCache, trainer: L.Trainer, key: str, filler: _C
                 _check_filled(open_entry(partial, names)["filled"], key)
                 publish(partial, final)
 
-        _on_every_rank(trainer, allocated)
-        _on_every_rank(trainer, filled)
-        _on_every_rank(trainer, published)
+        try:
+            _on_every_rank(trainer, allocated)
+            _on_every_rank(trainer, filled)
+            _on_every_rank(trainer, published)
+        except Exception:
+            if trainer.is_global_zero and partial.is_dir():
+                log.warning(f"teacher cache: the fill failed; delete its unpublished folder {partial}")
+            raise
 
     def opened() -> dict[str, torch.Tensor]:
         if not final.is_dir():
