@@ -86,7 +86,7 @@ class StreamedTeacherCacheSource(StreamedBatchSource):
         if index is None or view is None:  # the DataModule streams both for a StreamedBatchSource
             raise RuntimeError("a streamed teacher-cache batch arrived without its sample indices or view")
         images = self.views.render(batch.inputs, index, view, self.cache.image_size)
-        stored = self.cache.outputs(index.cpu(), view)  # (view v is the view of epoch v)
+        stored = self.cache.outputs(index.cpu(), view)  # it takes an epoch; epoch v < num_views streams view v
         device = images.device
         teacher = ModelOutputs(
             stored.logits.to(device, non_blocking=True),
