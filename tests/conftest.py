@@ -75,3 +75,12 @@ def digits_teacher_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def teacher_spec(digits_teacher_weights: Path) -> ModelSpec:
     return ModelSpec(TEACHER_SPEC.name, weights_path=str(digits_teacher_weights), kwargs=TEACHER_SPEC.kwargs)
+
+
+@pytest.fixture
+def teacher_path(tmp_path: Path) -> str:
+    """A small digits teacher's state dict on disk, for the fits that run in child processes."""
+    from _resume_helpers import make_teacher
+
+    make_teacher(tmp_path / "teacher.pt")
+    return str(tmp_path / "teacher.pt")

@@ -11,6 +11,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from _resume_helpers import make_teacher
+from _streaming_runs import run_helper, straight_and_resumed
 
 from benchmarks.streaming_loader import make_jpeg_folder
 from kd_lightning.cli import main as cli_main
@@ -21,7 +23,6 @@ from kd_lightning.data.prepare import METADATA_FILE, prepare_dataset
 from kd_lightning.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
-HELPER = REPO / "tests" / "_streaming_helpers.py"
 
 
 @pytest.fixture(scope="module")
@@ -205,27 +206,11 @@ def test_benchmark_smoke_mode_runs(tmp_path):
     assert "streaming_split / folder_tvio" in done.stdout and "10x/1x pss" in done.stdout
 
 
-def _run(config: dict) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(HELPER), json.dumps(config)], capture_output=True, text=True, env=env, cwd=REPO
-    )
-
-
-@pytest.fixture
-def teacher_path(tmp_path) -> str:
-    sys.path.insert(0, str(HELPER.parent))
-    from _resume_helpers import make_teacher
-
-    make_teacher(tmp_path / "teacher.pt")
-    return str(tmp_path / "teacher.pt")
-
-
 @pytest.mark.slow
 def test_two_ddp_processes_see_every_sample_exactly_once_per_epoch(tmp_path, digits_dir, teacher_path):
     # 640 training images (64 per class) over 2 ranks × 2 workers × batch 32: no partial global batch.
     config = {"root": str(tmp_path), "data_dir": str(digits_dir), "teacher_path": teacher_path, "devices": 2}
-    done = _run({**config, "batch_size": 32, "samples_per_class": 64})
+    done = run_helper({**config, "batch_size": 32, "samples_per_class": 64})
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0]["seen"].keys() == {0, 1}
@@ -240,12 +225,12 @@ def test_two_ddp_processes_see_every_sample_exactly_once_per_epoch(tmp_path, dig
 def test_ddp_refuses_a_training_set_that_leaves_a_partial_global_batch(tmp_path, digits_dir, teacher_path):
     # 650 training images over 2 ranks x batch 32: LitData would leave 10 out of every epoch.
     config = {"root": str(tmp_path), "data_dir": str(digits_dir), "teacher_path": teacher_path, "devices": 2}
-    refused = _run({**config, "batch_size": 32, "samples_per_class": 65, "max_epochs": 1})
+    refused = run_helper({**config, "batch_size": 32, "samples_per_class": 65, "max_epochs": 1})
     assert refused.returncode != 0
     assert "10 of the 650 training samples would be left out of every epoch" in refused.stderr
     assert not (tmp_path / "rank0.pt").exists()
 
-    accepted = _run({**config, "batch_size": 32, "samples_per_class": 65, "drop_remainder": True})
+    accepted = run_helper({**config, "batch_size": 32, "samples_per_class": 65, "drop_remainder": True})
     assert accepted.returncode == 0, accepted.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     left_out = []
@@ -261,15 +246,7 @@ def test_ddp_refuses_a_training_set_that_leaves_a_partial_global_batch(tmp_path,
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, digits_dir, teacher_path):
     # 1,294 training images, batch 64: 21 batches per epoch; step 32 is mid-epoch 1, last checkpoint at 30.
     config = {"data_dir": str(digits_dir), "teacher_path": teacher_path, "num_workers": 2}
-    straight = _run({**config, "root": str(tmp_path / "straight")})
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = _run({**config, "root": str(tmp_path / "killed"), "kill_at": 32})
-    assert killed.returncode == -9, killed.stderr[-3000:]
-    resumed = _run({**config, "root": str(tmp_path / "killed"), "resume": True})
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-
-    expected = torch.load(tmp_path / "straight" / "rank0.pt", weights_only=True)
-    actual = torch.load(tmp_path / "killed" / "rank0.pt", weights_only=True)
+    (expected,), (actual,) = straight_and_resumed(config, tmp_path, kill_at=32)
     # The resumed run trained on exactly the rest of epoch 1, in the same order.
     assert actual["seen"][1] == expected["seen"][1][-len(actual["seen"][1]) :]
     assert len(actual["seen"][1]) == 1294 - 9 * 64
@@ -283,20 +260,10 @@ def ddp_resume_runs(tmp_path_factory: pytest.TempPathFactory, digits_dir) -> tup
     """Two-process DDP fits, straight and SIGKILLed mid-epoch then resumed: each rank's results, per run."""
     # 640 training images over 2 ranks x batch 32: 10 steps per epoch; step 17 is mid-epoch 1, last checkpoint at 15.
     root = tmp_path_factory.mktemp("ddp_resume")
-    sys.path.insert(0, str(HELPER.parent))
-    from _resume_helpers import make_teacher
-
     make_teacher(root / "teacher.pt")
     config = {"data_dir": str(digits_dir), "teacher_path": str(root / "teacher.pt"), "devices": 2, "batch_size": 32}
     config["samples_per_class"] = 64
-    straight = _run({**config, "root": str(root / "straight")})
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = _run({**config, "root": str(root / "killed"), "kill_at": 17})
-    assert killed.returncode == -9, killed.stderr[-3000:]
-    resumed = _run({**config, "root": str(root / "killed"), "resume": True})
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    load = lambda run: [torch.load(root / run / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]  # noqa: E731
-    return load("straight"), load("killed")
+    return straight_and_resumed(config, root, kill_at=17, ranks=2)
 
 
 @pytest.mark.slow

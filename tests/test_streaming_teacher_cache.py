@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+from _streaming_runs import run_helper, straight_and_resumed
 from conftest import count_calls, make_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -28,8 +26,6 @@ from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule
 
 STUDENT = ModelSpec("small_cnn", kwargs={"width": 4})
-REPO = Path(__file__).resolve().parents[1]
-HELPER = REPO / "tests" / "_streaming_helpers.py"
 AUGMENTED = dict(image_size=8, random_resized_crop=True, crop_padding=1, hflip=True)
 
 
@@ -233,41 +229,12 @@ def test_unsupported_combinations_are_refused_in_one_line(digits_dir, teacher_sp
         _refuse_unsupported(settings, SimpleNamespace(world_size=2))
 
 
-def _run(config: dict, timeout: float | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(HELPER), json.dumps(config)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture
-def teacher_path(tmp_path) -> str:
-    sys.path.insert(0, str(HELPER.parent))
-    from _resume_helpers import make_teacher
-
-    make_teacher(tmp_path / "teacher.pt")
-    return str(tmp_path / "teacher.pt")
-
-
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_with_the_cache_is_bit_identical(tmp_path, digits_dir, teacher_path):
     # 1,294 training images, batch 64: 21 batches per epoch; step 32 is mid-epoch 1, last checkpoint at 30.
     cache = {"teacher_cache": "disk", "cache_dir": str(tmp_path / "cache"), "cache_views": 2}
     config = {"data_dir": str(digits_dir), "teacher_path": teacher_path, "num_workers": 2, "module": cache}
-    straight = _run({**config, "root": str(tmp_path / "straight")})
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = _run({**config, "root": str(tmp_path / "killed"), "kill_at": 32})
-    assert killed.returncode == -9, killed.stderr[-3000:]
-    resumed = _run({**config, "root": str(tmp_path / "killed"), "resume": True})
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-
-    expected = torch.load(tmp_path / "straight" / "rank0.pt", weights_only=True)
-    actual = torch.load(tmp_path / "killed" / "rank0.pt", weights_only=True)
+    (expected,), (actual,) = straight_and_resumed(config, tmp_path, kill_at=32)
     assert expected["teacher_error"] < 1e-5 and actual["teacher_error"] < 1e-5
     assert 0 < len(actual["seen"][1]) < len(expected["seen"][1])
     assert actual["seen"][1] == expected["seen"][1][-len(actual["seen"][1]) :]
@@ -285,16 +252,9 @@ def test_two_ddp_processes_fill_one_shared_cache_read_every_sample_and_resume_bi
     cache = {"teacher_cache": "disk", "cache_dir": str(tmp_path / "cache"), "cache_views": 2}
     config = {"data_dir": str(digits_dir), "teacher_path": teacher_path, "devices": 2, "batch_size": 32}
     config |= {"samples_per_class": 64, "module": cache}
-    straight = _run({**config, "root": str(tmp_path / "straight")})
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    expected, actual = straight_and_resumed(config, tmp_path, kill_at=17, ranks=2)
+    # One published entry: the killed and resumed runs read the straight run's cache, computing nothing.
     assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".streamed"]
-    killed = _run({**config, "root": str(tmp_path / "killed"), "kill_at": 17})
-    assert killed.returncode == -9, killed.stderr[-3000:]
-    resumed = _run({**config, "root": str(tmp_path / "killed"), "resume": True})
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-
-    load = lambda run: [torch.load(tmp_path / run / f"rank{r}.pt", weights_only=True) for r in (0, 1)]  # noqa: E731
-    expected, actual = load("straight"), load("killed")
     for epoch in (0, 1):
         assert sorted(expected[0]["seen"][epoch] + expected[1]["seen"][epoch]) == list(range(640))
     assert set(expected[0]["seen"][0]) != set(expected[0]["seen"][1])  # rank 0 got other samples in epoch 1
@@ -312,7 +272,7 @@ def test_a_rank_failing_to_fill_the_cache_stops_every_rank_with_its_error(tmp_pa
     cache = {"teacher_cache": "disk", "cache_dir": str(tmp_path / "cache"), "cache_views": 2}
     config = {"data_dir": str(digits_dir), "teacher_path": teacher_path, "devices": 2, "batch_size": 10}
     config |= {"samples_per_class": 10, "module": cache, "root": str(tmp_path / "run"), "fail_fill_on_rank": 1}
-    failed = _run(config, timeout=240)
+    failed = run_helper(config, timeout=240)
     assert failed.returncode != 0
     expected = "InvalidDataError: cannot decode a stored image (injected on rank 1)"
     assert (tmp_path / "run" / "error0.txt").read_text() == expected  # rank 0 only knows it from rank 1
