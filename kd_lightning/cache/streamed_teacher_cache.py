@@ -105,9 +105,7 @@ def streamed_source(
     _refuse_unsupported(settings, trainer)
     split = datamodule.train_set
     padding, hflip, resized_crop = datamodule.crop_padding, datamodule.hflip, datamodule.random_resized_crop
-    num_views = settings.num_views if padding > 0 or hflip or resized_crop else 1
-    if num_views != settings.num_views:
-        log.info("teacher cache: no random augmentation, so one view per sample")
+    num_views = settings.views_for(augments=padding > 0 or hflip or resized_crop)
     key = cache_key(
         kind="streamed-teacher",
         teacher=teacher_digest(teacher),

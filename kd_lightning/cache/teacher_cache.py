@@ -326,6 +326,13 @@ class TeacherCache:
         self.seed = seed
         self.share_backbone = share_backbone
 
+    def views_for(self, augments: bool) -> int:
+        """The fixed views to store: ``num_views``, or one when the training data is not randomly augmented."""
+        if augments or self.num_views == 1:
+            return self.num_views
+        log.info("teacher cache: no random augmentation, so one view per sample")
+        return 1
+
     def source(
         self,
         trainer: L.Trainer,
@@ -347,9 +354,7 @@ class TeacherCache:
 
             return streamed_source(self, trainer, teacher, num_classes)
         padding, hflip = datamodule.crop_padding, datamodule.hflip
-        num_views = self.num_views if padding > 0 or hflip else 1
-        if num_views != self.num_views:
-            log.info("teacher cache: no random augmentation, so one view per sample")
+        num_views = self.views_for(augments=padding > 0 or hflip)
         shard = rank_shard(len(datamodule.train_set), trainer.global_rank, trainer.world_size)
         images, labels = datamodule.train_set.images[shard], datamodule.train_set.labels[shard]
         view_parts = dict(
