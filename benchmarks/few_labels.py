@@ -65,7 +65,7 @@ STUDENTS_OF_A_TEACHER = ("distilled", "patient")
 # distilled student's teacher there.
 REPORTED = {"k10": MODELS, "k100": MODELS, "full": ("scratch", "distilled")}
 # With all labels an epoch has 58,800 labelled images instead of 1,000: shorter schedules (cosine over them).
-FULL_SCHEDULES = {
+FULL_SCHEDULES: dict[str, tuple[str, ...]] = {
     "teacher": ("--trainer.max_epochs", "5", "--trainer.check_val_every_n_epoch", "1"),
     "scratch": (
         "--trainer.max_epochs",
@@ -87,7 +87,14 @@ FULL_SCHEDULES = {
         "10",
     ),
 }
-FULL_CONFIGS = {"teacher": "teacher_linear_probe.yaml", "scratch": "student_scratch.yaml", "distilled": "distill.yaml"}
+# With k labels per class every model keeps its config's schedule; the patient student trains longer.
+BUDGET_SCHEDULES: dict[str, tuple[str, ...]] = {"teacher": (), "scratch": (), "distilled": (), "patient": PATIENT}
+MODEL_CONFIGS = {
+    "teacher": "teacher_linear_probe.yaml",
+    "scratch": "student_scratch.yaml",
+    "distilled": "distill.yaml",
+    "patient": "distill.yaml",
+}
 
 
 @dataclass(frozen=True)
@@ -108,14 +115,8 @@ def stages(regime: str) -> list[Stage]:
     """The teacher, scratch and distilled runs of ``regime``, in the order they depend on each other."""
     k = REGIMES[regime]
     labels = ("--data.init_args.samples_per_class", "null" if k is None else str(k))
-    if k is None:
-        return [Stage(regime, model, config, labels + FULL_SCHEDULES[model]) for model, config in FULL_CONFIGS.items()]
-    return [
-        Stage(regime, "teacher", "teacher_linear_probe.yaml", labels),
-        Stage(regime, "scratch", "student_scratch.yaml", labels),
-        Stage(regime, "distilled", "distill.yaml", labels),
-        Stage(regime, "patient", "distill.yaml", labels + PATIENT),
-    ]
+    schedules = FULL_SCHEDULES if k is None else BUDGET_SCHEDULES
+    return [Stage(regime, model, MODEL_CONFIGS[model], labels + schedule) for model, schedule in schedules.items()]
 
 
 def run_dir(regime: str, model: str, seed: int) -> Path:
