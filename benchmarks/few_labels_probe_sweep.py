@@ -9,11 +9,13 @@ may not look at the test set.
 
     python -m benchmarks.few_labels_probe_sweep                 # 112 and 160 px, about 5 minutes on 2 cores
     python -m benchmarks.few_labels_probe_sweep --sizes 112
+    python -m benchmarks.few_labels_probe_sweep --sizes 112 --layer-sets stage:3,stage:4 stage:2,stage:3,stage:4
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -49,16 +51,22 @@ def logistic_regression_accuracy(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", type=int, default=[112, 160], help="input sizes of the backbone")
+    parser.add_argument(
+        "--layer-sets",
+        nargs="+",
+        default=["stage:3,stage:4"],
+        help="pooled feature layers of the probe, comma-separated; one sweep per set",
+    )
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    network = create_model(
-        "efficientnet_lite0", 10, pretrained=True, feature_layers=["stage:3", "stage:4"], head_norm=True
-    ).eval()
     cpu = torch.device("cpu")
-    for size in args.sizes:
+    for layers, size in itertools.product(args.layer_sets, args.sizes):
+        network = create_model(
+            "efficientnet_lite0", 10, pretrained=True, feature_layers=layers.split(","), head_norm=True
+        ).eval()
         data = FashionMNISTDataModule(
             data_dir="data", samples_per_class=args.per_class, val_fraction=0.02, seed=0, image_size=size
         )
@@ -69,7 +77,7 @@ def main() -> None:
         flipped = compute_features(network, images.flip(-1), size, 100, cpu)
         val = compute_features(network, data.val_set.images, size, 100, cpu)
         val_labels = data.val_set.labels
-        print(f"{size} px, {len(labels)} labelled images, {len(val_labels)} validation images")
+        print(f"{layers} at {size} px, {len(labels)} labelled images, {len(val_labels)} validation images")
         for penalty in PENALTIES:
             plain = logistic_regression_accuracy(train, labels, val, val_labels, penalty)
             with_flips = logistic_regression_accuracy(
