@@ -17,8 +17,11 @@ from kd_lightning.modules import FrozenBackboneFinetuner
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-# The test networks are tiny: one thread is faster than two (no oversubscription) and repeatable.
+# The test networks are tiny: one thread is faster than two (no oversubscription) and repeatable. Child
+# processes (SIGKILL, DDP, notebook and CLI tests) inherit the setting, so the slow suite can run two tests
+# side by side on two cores without each child spinning two threads.
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 TEACHER_SPEC = ModelSpec("small_cnn", kwargs={"width": 8})
 

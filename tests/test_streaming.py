@@ -207,21 +207,6 @@ def test_benchmark_smoke_mode_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_ddp_processes_see_every_sample_exactly_once_per_epoch(tmp_path, digits_dir, teacher_path):
-    # 640 training images (64 per class) over 2 ranks × 2 workers × batch 32: no partial global batch.
-    config = {"root": str(tmp_path), "data_dir": str(digits_dir), "teacher_path": teacher_path, "devices": 2}
-    done = run_helper({**config, "batch_size": 32, "samples_per_class": 64})
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    assert ranks[0]["seen"].keys() == {0, 1}
-    for epoch in (0, 1):
-        first, second = ranks[0]["seen"][epoch], ranks[1]["seen"][epoch]
-        assert len(first) == len(second) == 320
-        assert sorted(first + second) == list(range(640))
-    assert ranks[0]["seen"][0] != ranks[0]["seen"][1]
-
-
-@pytest.mark.slow
 def test_ddp_refuses_a_training_set_that_leaves_a_partial_global_batch(tmp_path, digits_dir, teacher_path):
     # 650 training images over 2 ranks x batch 32: LitData would leave 10 out of every epoch.
     config = {"root": str(tmp_path), "data_dir": str(digits_dir), "teacher_path": teacher_path, "devices": 2}
@@ -242,19 +227,6 @@ def test_ddp_refuses_a_training_set_that_leaves_a_partial_global_batch(tmp_path,
     assert left_out[0] != left_out[1]  # the order is reshuffled, so another 10 are left out each epoch
 
 
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, digits_dir, teacher_path):
-    # 1,294 training images, batch 64: 21 batches per epoch; step 32 is mid-epoch 1, last checkpoint at 30.
-    config = {"data_dir": str(digits_dir), "teacher_path": teacher_path, "num_workers": 2}
-    (expected,), (actual,) = straight_and_resumed(config, tmp_path, kill_at=32)
-    # The resumed run trained on exactly the rest of epoch 1, in the same order.
-    assert actual["seen"][1] == expected["seen"][1][-len(actual["seen"][1]) :]
-    assert len(actual["seen"][1]) == 1294 - 9 * 64
-    for key, tensor in expected["network"].items():
-        assert torch.equal(actual["network"][key], tensor), key
-    assert actual["metrics"] == expected["metrics"]
-
-
 @pytest.fixture(scope="module")
 def ddp_resume_runs(tmp_path_factory: pytest.TempPathFactory, digits_dir) -> tuple[list[dict], list[dict]]:
     """Two-process DDP fits, straight and SIGKILLed mid-epoch then resumed: each rank's results, per run."""
@@ -264,6 +236,17 @@ def ddp_resume_runs(tmp_path_factory: pytest.TempPathFactory, digits_dir) -> tup
     config = {"data_dir": str(digits_dir), "teacher_path": str(root / "teacher.pt"), "devices": 2, "batch_size": 32}
     config["samples_per_class"] = 64
     return straight_and_resumed(config, root, kill_at=17, ranks=2)
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_see_every_sample_exactly_once_per_epoch(ddp_resume_runs):
+    # The straight run: 640 training images over 2 ranks x 2 workers x batch 32, no partial global batch.
+    first, second = ddp_resume_runs[0]
+    assert first["seen"].keys() == {0, 1}
+    for epoch in (0, 1):
+        assert len(first["seen"][epoch]) == len(second["seen"][epoch]) == 320
+        assert sorted(first["seen"][epoch] + second["seen"][epoch]) == list(range(640))
+    assert first["seen"][0] != first["seen"][1]
 
 
 @pytest.mark.slow
