@@ -40,6 +40,20 @@ def test_crd_loss_is_symmetric_nce_and_gradchecks() -> None:
     assert torch.autograd.gradcheck(lambda a: crd_loss(a, v_t, m_s, m_t, z, 50, 0.5), (v,))
 
 
+def test_crd_scores_stay_float32_under_bf16_autocast() -> None:
+    """exp(·/0.07) magnifies a bf16 rounding of the dot products to per cents of the loss; in a
+    bf16-mixed step (bf16 embeddings, autocast on) the scores are still computed in float32."""
+    v_s, v_t = _embeddings(4, 32).bfloat16(), _embeddings(4, 32).bfloat16()
+    m_s, m_t = _embeddings(4, 9, 32).bfloat16(), _embeddings(4, 9, 32).bfloat16()
+    exact = [t.double() for t in (v_s, v_t, m_s, m_t)]
+    expected = nce_loss(torch.exp(torch.einsum("bkd,bd->bk", exact[3], exact[0]) / 0.07) / 3.0, 50)
+    expected = expected + nce_loss(torch.exp(torch.einsum("bkd,bd->bk", exact[2], exact[1]) / 0.07) / 5.0, 50)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = crd_loss(v_s, v_t, m_s, m_t, (3.0, 5.0), 50)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def _crd(num_samples: int = 20) -> CRDLoss:
     loss = CRDLoss(num_samples, ["s"], ["t"], feat_dim=8, num_negatives=7)
     loss.build({"s": torch.Size([2, 6])}, {"t": torch.Size([2, 3, 2, 2])})

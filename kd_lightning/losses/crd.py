@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_lightning.losses._registry import register_loss
-from kd_lightning.losses._utils import full_precision
+from kd_lightning.losses._utils import autocast_off, full_precision
 from kd_lightning.losses.base import DistillationLoss
 from kd_lightning.outputs import ModelOutputs
 
@@ -35,8 +35,14 @@ def nce_loss(scores: torch.Tensor, num_data: int) -> torch.Tensor:
 
 
 def contrast_scores(anchor: torch.Tensor, contrast: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``exp(⟨v, m_j⟩ / τ)`` for each anchor embedding ``v`` ``[B, D]`` and its ``[B, K+1, D]`` contrast set."""
-    return torch.exp(torch.bmm(contrast, anchor.unsqueeze(2)).squeeze(2) / temperature)
+    """``exp(⟨v, m_j⟩ / τ)`` for each anchor embedding ``v`` ``[B, D]`` and its ``[B, K+1, D]`` contrast set.
+
+    In float32 at least, autocast or not: ``1/τ ≈ 14`` turns a half-precision rounding of the dot
+    product into a few per cent of the score.
+    """
+    with autocast_off(anchor):
+        scores = torch.bmm(full_precision(contrast), full_precision(anchor).unsqueeze(2)).squeeze(2)
+        return torch.exp(scores / temperature)
 
 
 def crd_loss(
@@ -62,8 +68,8 @@ def crd_loss(
         temperature: ``τ`` (0.07 in the paper).
     """
     z_s, z_t = normalisers
-    s_scores = contrast_scores(full_precision(student_embedding), full_precision(teacher_contrast), temperature)
-    t_scores = contrast_scores(full_precision(teacher_embedding), full_precision(student_contrast), temperature)
+    s_scores = contrast_scores(student_embedding, teacher_contrast, temperature)
+    t_scores = contrast_scores(teacher_embedding, student_contrast, temperature)
     return nce_loss(s_scores / z_s, num_data) + nce_loss(t_scores / z_t, num_data)
 
 

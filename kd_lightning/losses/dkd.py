@@ -10,8 +10,9 @@ from kd_lightning.losses._utils import check_logit_pair, check_temperature
 from kd_lightning.losses.base import DistillationLoss
 from kd_lightning.outputs import ModelOutputs
 
-# Subtracted from the target logit before the non-target softmax: exp(-1000/T) underflows to 0
-# in float32/64, which removes the target class as in the paper's ``p̂`` (Eq. 2).
+# Subtracted from the temperature-scaled target logit before the non-target softmax (as mdistiller
+# does): its weight exp(-1000) underflows to 0 in float32/64, which removes the target class as in
+# the paper's ``p̂`` (Eq. 2), while -inf would make the KL's 0·log 0 term NaN.
 _MASK_OFFSET = 1000.0
 
 
