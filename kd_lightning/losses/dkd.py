@@ -91,6 +91,9 @@ class DKDLoss(DistillationLoss):
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
         self.warmup_epochs = warmup_epochs
 
+    def logit_temperature(self) -> float:
+        return self.temperature
+
     def warmup_factor(self, epoch: int) -> float:
         if self.warmup_epochs == 0:
             return 1.0
