@@ -69,7 +69,8 @@ class DistillationModule(SupervisedModule):
             ``cache_dir``); see :mod:`kd_lightning.cache.teacher_cache` for how augmented views stay exact
             (and :mod:`kd_lightning.cache.streamed_teacher_cache` for streamed data sets).
         cache_views: fixed augmented views per training sample (used when the DataModule augments).
-        cache_topk: store only the top-k teacher logits per sample (many-class data sets).
+        cache_topk: store only the top-k teacher logits per sample (many-class data sets); the other
+            classes keep their total probability at the temperature of the KD/DKD/DIST term.
         cache_dir: directory of the ``"disk"`` teacher cache.
         cache_backbone_features: let the teacher cache store the teacher backbone's features too and
             compute logits with its head, so teachers sharing one frozen backbone (linear probes:
