@@ -89,11 +89,14 @@ def _row_normalised_gram(x: torch.Tensor) -> list[list[float]]:
     return [[v / _norm(row) for v in row] for row in gram]
 
 
+def _hand_sp(student: torch.Tensor, teacher: torch.Tensor) -> float:
+    g_s, g_t = _row_normalised_gram(student), _row_normalised_gram(teacher)
+    b = len(student)
+    return sum((g_s[i][j] - g_t[i][j]) ** 2 for i in range(b) for j in range(b)) / b**2
+
+
 def test_sp_loss_matches_batch_similarity_formula() -> None:
-    g_s, g_t = _row_normalised_gram(FS), _row_normalised_gram(FT)
-    b = len(FS)
-    expected = sum((g_s[i][j] - g_t[i][j]) ** 2 for i in range(b) for j in range(b)) / b**2
-    assert sp_loss(FS, FT).item() == pytest.approx(expected, rel=1e-12)
+    assert sp_loss(FS, FT).item() == pytest.approx(_hand_sp(FS, FT), rel=1e-12)
     assert _gradcheck(lambda x: sp_loss(x, FT), FS)
 
 
@@ -120,13 +123,17 @@ def _cos_angle(x: list[list[float]], i: int, j: int, k: int) -> float:
     return sum(a * b for a, b in zip(e_ij, e_kj, strict=True)) / (_norm(e_ij) * _norm(e_kj))
 
 
-def test_rkd_angle_matches_triplet_cosines() -> None:
-    s, t, b = ES.tolist(), ET.tolist(), len(ES)
+def _hand_rkd_angle(student: torch.Tensor, teacher: torch.Tensor) -> float:
+    s, t, b = student.flatten(1).tolist(), teacher.flatten(1).tolist(), len(student)
     # Over all b³ index triples (j is the apex), degenerate ones count as 0 in both networks.
     terms = [
         _huber(_cos_angle(s, i, j, k) - _cos_angle(t, i, j, k)) for j, i, k in itertools.product(range(b), repeat=3)
     ]
-    assert rkd_angle_loss(ES, ET).item() == pytest.approx(sum(terms) / b**3, rel=1e-10)
+    return sum(terms) / b**3
+
+
+def test_rkd_angle_matches_triplet_cosines() -> None:
+    assert rkd_angle_loss(ES, ET).item() == pytest.approx(_hand_rkd_angle(ES, ET), rel=1e-10)
     assert _gradcheck(lambda x: rkd_angle_loss(x, ET), ES)
 
 
@@ -144,11 +151,14 @@ def _pkt_conditional(x: torch.Tensor) -> list[list[float]]:
     return [[v / sum(row) for v in row] for row in kernel]
 
 
+def _hand_pkt(student: torch.Tensor, teacher: torch.Tensor) -> float:
+    p_s, p_t = _pkt_conditional(student), _pkt_conditional(teacher)
+    b = len(student)
+    return sum(p_t[i][j] * math.log(p_t[i][j] / p_s[i][j]) for i in range(b) for j in range(b)) / b**2
+
+
 def test_pkt_matches_cosine_kernel_divergence() -> None:
-    p_s, p_t = _pkt_conditional(ES), _pkt_conditional(ET)
-    b = len(ES)
-    terms = [p_t[i][j] * math.log(p_t[i][j] / p_s[i][j]) for i in range(b) for j in range(b)]
-    assert pkt_loss(ES, ET).item() == pytest.approx(sum(terms) / b**2, rel=1e-5)  # eps=1e-7 inside the log
+    assert pkt_loss(ES, ET).item() == pytest.approx(_hand_pkt(ES, ET), rel=1e-5)  # eps=1e-7 inside the log
     assert _gradcheck(lambda x: pkt_loss(x, ET), ES)
 
 
@@ -157,3 +167,23 @@ def test_feature_losses_reject_unpaired_layers() -> None:
         create_loss("at", student_layers=["layer1", "layer2"], teacher_layers=["layer3"])
     with pytest.raises(ValueError, match="feature maps"):
         AttentionTransferLoss(["s"], ["t"]).build({"s": ES.shape}, {"t": FT.shape})
+
+
+# Post-ReLU activations, wide enough that a half-precision Gram matrix or cosine visibly rounds.
+WIDE_S = torch.randn(6, 64, 2, 2, generator=GEN).relu()
+WIDE_T = torch.randn(6, 96, 2, 2, generator=GEN).relu()
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "hand"),
+    [(sp_loss, _hand_sp), (pkt_loss, _hand_pkt), (rkd_angle_loss, _hand_rkd_angle)],
+    ids=["sp", "pkt", "rkd_angle"],
+)
+def test_batch_relation_losses_stay_float32_under_bf16_autocast(loss_fn, hand) -> None:
+    """In a bf16-mixed step the features arrive in bf16 inside an autocast region, where a matrix
+    product would run in bf16 even on float32 inputs; the loss must still be the float32 value."""
+    student, teacher = WIDE_S.bfloat16(), WIDE_T.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss_fn(student, teacher)
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(hand(student.double(), teacher.double()), rel=1e-4)

@@ -1,5 +1,7 @@
 """Teacher-output cache: outputs equal a fresh teacher forward on the student's exact view."""
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -9,6 +11,7 @@ from kd_lightning.cache import teacher_cache as teacher_cache_module
 from kd_lightning.cache.teacher_cache import ViewTable, topk_compress, topk_expand
 from kd_lightning.data import DigitsDataModule
 from kd_lightning.data.transforms import crop_at, flip_where, to_float_images
+from kd_lightning.errors import ConfigError
 from kd_lightning.losses import kd_loss
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule
@@ -134,6 +137,26 @@ def test_topk_cache_trains_and_its_kd_error_is_small(teacher_spec) -> None:
         module, DigitsDataModule(batch_size=64)
     )
     assert len(errors) == 3 and max(errors) < 0.25  # top-5 of 10 at T = 4: ~10% (measured in benchmarks)
+
+
+def test_topk_cache_keeps_the_dropped_mass_at_the_kd_terms_temperature(teacher_spec) -> None:
+    """With ``losses`` given, the top-k fill follows the KD term's T (here 1), not the α/T default's 4."""
+    losses = [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5, "kwargs": {"temperature": 1.0}}]
+    module = DistillationModule(STUDENT, teacher_spec, 10, losses=losses, teacher_cache=True, cache_topk=2)
+    logits = [4.0, 3.0, 2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -2.0]
+    values, indices, fill = topk_compress(torch.tensor([logits]), 2, module.teacher_cache.temperature)
+    cached = topk_expand(values, indices, fill, 10)[0].tolist()
+    # Softmax at T = 1 by hand: the eight dropped classes' total probability.
+    dropped_mass = sum(math.exp(z) for z in logits[2:]) / sum(math.exp(z) for z in logits)
+    cached_mass = sum(math.exp(z) for z in cached[2:]) / sum(math.exp(z) for z in cached)
+    assert cached_mass == pytest.approx(dropped_mass, rel=1e-6)
+
+
+def test_topk_cache_refuses_logit_terms_at_two_temperatures(teacher_spec) -> None:
+    losses = [{"name": "kd", "kwargs": {"temperature": 4.0}}, {"name": "dist", "kwargs": {"temperature": 1.0}}]
+    with pytest.raises(ConfigError, match=r"at \[1.0, 4.0\]"):
+        DistillationModule(STUDENT, teacher_spec, 10, losses=losses, teacher_cache=True, cache_topk=2)
+    DistillationModule(STUDENT, teacher_spec, 10, losses=losses, teacher_cache=True)  # all logits stored: no fill
 
 
 def test_cache_matches_the_uncached_loss_without_augmentation(teacher_spec) -> None:

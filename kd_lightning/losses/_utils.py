@@ -6,8 +6,18 @@ import torch
 
 
 def full_precision(x: torch.Tensor) -> torch.Tensor:
-    """At least float32 (float64 stays float64), so losses are exact under autocast and in gradcheck."""
+    """At least float32 (float64 stays float64): exact losses in gradcheck and, inside
+    :func:`autocast_off`, under autocast."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def autocast_off(x: torch.Tensor) -> torch.autocast:
+    """A region without autocast on ``x``'s device, for loss math on :func:`full_precision` tensors.
+
+    Under bf16/fp16 autocast a matrix product runs in half precision whatever its inputs' dtype,
+    so casting up alone does not keep a Gram matrix or a contrast score in float32.
+    """
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 def check_temperature(temperature: float) -> None:

@@ -60,6 +60,11 @@ class DistillationLoss(nn.Module):
         """Take what the loss needs from the training set's labels (in dataset-index order) before
         fitting, e.g. CRD's memory size and class-excluding negatives; a no-op by default."""
 
+    def logit_temperature(self) -> float | None:
+        """The temperature at which the loss softens the teacher's logits (KD, DKD, DIST); ``None``
+        when it does not read them. A top-k teacher cache keeps the dropped classes' mass exact there."""
+        return None
+
     def trains_alone(self, epoch: int) -> bool:
         """Whether this term is the whole objective at ``epoch`` (a pretraining stage, such as
         FitNets' hint stage); then no other term is optimised. Never, by default."""

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from kd_lightning.losses._registry import register_loss
-from kd_lightning.losses._utils import full_precision
+from kd_lightning.losses._utils import autocast_off, full_precision
 from kd_lightning.losses.base import DistillationLoss
 from kd_lightning.outputs import ModelOutputs
 
@@ -35,8 +36,14 @@ def nce_loss(scores: torch.Tensor, num_data: int) -> torch.Tensor:
 
 
 def contrast_scores(anchor: torch.Tensor, contrast: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``exp(⟨v, m_j⟩ / τ)`` for each anchor embedding ``v`` ``[B, D]`` and its ``[B, K+1, D]`` contrast set."""
-    return torch.exp(torch.bmm(contrast, anchor.unsqueeze(2)).squeeze(2) / temperature)
+    """``exp(⟨v, m_j⟩ / τ)`` for each anchor embedding ``v`` ``[B, D]`` and its ``[B, K+1, D]`` contrast set.
+
+    In float32 at least, autocast or not: ``1/τ ≈ 14`` turns a half-precision rounding of the dot
+    product into a few per cent of the score.
+    """
+    with autocast_off(anchor):
+        scores = torch.bmm(full_precision(contrast), full_precision(anchor).unsqueeze(2)).squeeze(2)
+        return torch.exp(scores / temperature)
 
 
 def crd_loss(
@@ -62,8 +69,8 @@ def crd_loss(
         temperature: ``τ`` (0.07 in the paper).
     """
     z_s, z_t = normalisers
-    s_scores = contrast_scores(full_precision(student_embedding), full_precision(teacher_contrast), temperature)
-    t_scores = contrast_scores(full_precision(teacher_embedding), full_precision(student_contrast), temperature)
+    s_scores = contrast_scores(student_embedding, teacher_contrast, temperature)
+    t_scores = contrast_scores(teacher_embedding, student_contrast, temperature)
     return nce_loss(s_scores / z_s, num_data) + nce_loss(t_scores / z_t, num_data)
 
 
@@ -101,7 +108,7 @@ class CRDLoss(DistillationLoss):
     training set: the distiller passes the training labels in before fitting
     (:meth:`bind_training_labels`), which also gives ``other_classes`` its class pools. Bank and
     normalisers are buffers, saved with checkpoints, so a resumed run continues with the same
-    memory.
+    memory. Under DDP every rank keeps the whole memory and applies the rows of all ranks' batches.
 
     Args:
         num_samples: rows of the memory; leave unset to take the training set's size (a given
@@ -242,15 +249,30 @@ class CRDLoss(DistillationLoss):
 
     @torch.no_grad()
     def _estimate_normalisers(self, v_s, v_t, student_contrast, teacher_contrast) -> None:
-        """``Z = N · mean(exp(·/τ))`` over the first batch, then fixed (Wu et al. 2018's estimate)."""
+        """``Z = N · mean(exp(·/τ))`` over the first batch, then fixed (Wu et al. 2018's estimate).
+
+        Under DDP the ranks' estimates are averaged, so every rank divides by the same ``Z``.
+        """
         z_s = contrast_scores(v_s.float(), teacher_contrast.float(), self.temperature).mean() * self.num_samples
         z_t = contrast_scores(v_t.float(), student_contrast.float(), self.temperature).mean() * self.num_samples
-        self.normalisers.copy_(torch.stack([z_s, z_t]))
+        z = torch.stack([z_s, z_t])
+        if _world_size() > 1:
+            dist.all_reduce(z)
+            z /= _world_size()
+        self.normalisers.copy_(z)
 
     @torch.no_grad()
     def _update_memory(self, indices: torch.Tensor, v_s: torch.Tensor, v_t: torch.Tensor) -> None:
+        """Move the batch's rows towards the new embeddings; under DDP the rows of every rank's batch.
+
+        Each rank holds the whole memory, and DDP overwrites every rank's buffers with rank 0's at
+        each forward: updating only the local rows would lose all but rank 0's updates.
+        """
+        v_s, v_t = v_s.to(self.student_memory.dtype), v_t.to(self.teacher_memory.dtype)
+        if _world_size() > 1:
+            indices, v_s, v_t = _gather_from_ranks(indices, v_s, v_t)
         for memory, v in ((self.student_memory, v_s), (self.teacher_memory, v_t)):
-            rows = memory[indices] * self.momentum + v.to(memory.dtype) * (1 - self.momentum)
+            rows = memory[indices] * self.momentum + v * (1 - self.momentum)
             memory[indices] = F.normalize(rows, dim=1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
@@ -265,3 +287,27 @@ class CRDLoss(DistillationLoss):
             f"num_samples={self.num_samples}, feat_dim={self.feat_dim}, num_negatives={self.num_negatives}, "
             f"temperature={self.temperature}, momentum={self.momentum}, negative_sampling={self.negative_sampling}"
         )
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _gather_from_ranks(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's rows of each tensor (same leading size within a rank), in rank order.
+
+    Batches may differ in size between ranks (an uneven last batch), so rows are padded to the
+    largest batch for ``all_gather`` and trimmed after.
+    """
+    size = torch.tensor([len(tensors[0])], device=tensors[0].device)
+    sizes = [torch.zeros_like(size) for _ in range(_world_size())]
+    dist.all_gather(sizes, size)
+    counts = [int(n) for n in sizes]
+    gathered = []
+    for t in tensors:
+        padded = t.new_zeros((max(counts), *t.shape[1:]))
+        padded[: len(t)] = t
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded)
+        gathered.append(torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)]))
+    return gathered

@@ -65,5 +65,8 @@ class DISTLoss(DistillationLoss):
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor) -> torch.Tensor:
         return dist_loss(student.logits, teacher.logits, self.beta, self.gamma, self.temperature)
 
+    def logit_temperature(self) -> float:
+        return self.temperature
+
     def extra_repr(self) -> str:
         return f"beta={self.beta}, gamma={self.gamma}, temperature={self.temperature}"

@@ -10,8 +10,9 @@ from kd_lightning.losses._utils import check_logit_pair, check_temperature
 from kd_lightning.losses.base import DistillationLoss
 from kd_lightning.outputs import ModelOutputs
 
-# Subtracted from the target logit before the non-target softmax: exp(-1000/T) underflows to 0
-# in float32/64, which removes the target class as in the paper's ``p̂`` (Eq. 2).
+# Subtracted from the temperature-scaled target logit before the non-target softmax (as mdistiller
+# does): its weight exp(-1000) underflows to 0 in float32/64, which removes the target class as in
+# the paper's ``p̂`` (Eq. 2), while -inf would make the KL's 0·log 0 term NaN.
 _MASK_OFFSET = 1000.0
 
 
@@ -89,6 +90,9 @@ class DKDLoss(DistillationLoss):
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
         self.warmup_epochs = warmup_epochs
+
+    def logit_temperature(self) -> float:
+        return self.temperature
 
     def warmup_factor(self, epoch: int) -> float:
         if self.warmup_epochs == 0:

@@ -44,5 +44,8 @@ class KDLoss(DistillationLoss):
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor) -> torch.Tensor:
         return kd_loss(student.logits, teacher.logits, self.temperature)
 
+    def logit_temperature(self) -> float:
+        return self.temperature
+
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from kd_lightning.losses._registry import register_loss
-from kd_lightning.losses._utils import full_precision
+from kd_lightning.losses._utils import autocast_off, full_precision
 from kd_lightning.losses.base import DistillationLoss
 from kd_lightning.outputs import ModelOutputs
 
@@ -22,8 +22,9 @@ def pkt_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, eps
     then ``Σ_i Σ_j p^T_{j|i} log(p^T_{j|i} / p^S_{j|i})``, averaged over the ``b × b`` entries as in
     the authors' code (and with their ``eps`` inside the logarithm).
     """
-    s_prob, t_prob = _conditional(student_features, eps), _conditional(teacher_features, eps)
-    return (t_prob * torch.log((t_prob + eps) / (s_prob + eps))).mean()
+    with autocast_off(student_features):
+        s_prob, t_prob = _conditional(student_features, eps), _conditional(teacher_features, eps)
+        return (t_prob * torch.log((t_prob + eps) / (s_prob + eps))).mean()
 
 
 def _conditional(features: torch.Tensor, eps: float) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from kd_lightning.losses._registry import register_loss
-from kd_lightning.losses._utils import full_precision
+from kd_lightning.losses._utils import autocast_off, full_precision
 from kd_lightning.losses.base import DistillationLoss
 from kd_lightning.outputs import ModelOutputs
 
@@ -42,7 +42,8 @@ def rkd_angle_loss(student_features: torch.Tensor, teacher_features: torch.Tenso
     in both networks and add nothing).
     """
     s, t = _flat(student_features), _flat(teacher_features)
-    return F.smooth_l1_loss(_angles(s), _angles(t))
+    with autocast_off(s):
+        return F.smooth_l1_loss(_angles(s), _angles(t))
 
 
 def _angles(x: torch.Tensor) -> torch.Tensor:

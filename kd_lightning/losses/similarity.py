@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from kd_lightning.losses._registry import register_loss
-from kd_lightning.losses._utils import full_precision
+from kd_lightning.losses._utils import autocast_off, full_precision
 from kd_lightning.losses.base import DistillationLoss
 from kd_lightning.outputs import ModelOutputs
 
@@ -23,9 +23,10 @@ def sp_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> t
     if len(student_features) != len(teacher_features):
         raise ValueError(f"batch sizes differ: {len(student_features)} vs {len(teacher_features)}")
     b = len(student_features)
-    g_s = _similarity(student_features)
-    g_t = _similarity(teacher_features)
-    return (g_s - g_t).pow(2).sum() / b**2
+    with autocast_off(student_features):
+        g_s = _similarity(student_features)
+        g_t = _similarity(teacher_features)
+        return (g_s - g_t).pow(2).sum() / b**2
 
 
 def _similarity(features: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,8 @@ class DistillationModule(SupervisedModule):
             ``cache_dir``); see :mod:`kd_lightning.cache.teacher_cache` for how augmented views stay exact
             (and :mod:`kd_lightning.cache.streamed_teacher_cache` for streamed data sets).
         cache_views: fixed augmented views per training sample (used when the DataModule augments).
-        cache_topk: store only the top-k teacher logits per sample (many-class data sets).
+        cache_topk: store only the top-k teacher logits per sample (many-class data sets); the other
+            classes keep their total probability at the temperature of the KD/DKD/DIST term.
         cache_dir: directory of the ``"disk"`` teacher cache.
         cache_backbone_features: let the teacher cache store the teacher backbone's features too and
             compute logits with its head, so teachers sharing one frozen backbone (linear probes:
@@ -144,10 +145,27 @@ class DistillationModule(SupervisedModule):
                 raise ConfigError("cache_backbone_features needs the teacher cache: set teacher_cache: memory or disk")
             shared_backbone_network(self.teacher)  # refuses teachers whose outputs are not head(features)
         self.teacher_cache = (
-            TeacherCache(store, cache_views, cache_topk, temperature, share_backbone=cache_backbone_features)
+            TeacherCache(
+                store,
+                cache_views,
+                cache_topk,
+                self._topk_temperature(temperature) if cache_topk else temperature,
+                share_backbone=cache_backbone_features,
+            )
             if store is not None
             else None
         )
+
+    def _topk_temperature(self, default: float) -> float:
+        """The temperature the logit losses soften the teacher at, where top-k storage keeps the dropped
+        mass exact; with ``losses`` given, ``temperature`` (the α/T default's) would not be it."""
+        temperatures = {t for _, loss in self.distillation_losses() if (t := loss.logit_temperature()) is not None}
+        if len(temperatures) > 1:
+            raise ConfigError(
+                f"cache_topk keeps the teacher's dropped classes exact at one temperature, but the loss terms "
+                f"soften its logits at {sorted(temperatures)}: use one temperature or drop cache_topk"
+            )
+        return temperatures.pop() if temperatures else default
 
     def _tap_features(self, input_shape: tuple[int, int, int] | None) -> FeatureTaps | None:
         """Hook the layers the losses need, probe their shapes and build the losses' adapters."""
