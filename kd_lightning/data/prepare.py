@@ -1,8 +1,9 @@
 """Convert an image data set, once, into LitData chunks that :class:`StreamingImageDataModule` streams.
 
-Each sample is stored as ``{"image": encoded bytes, "label": int, "index": int}``: files from an
-image folder keep their original bytes (a JPEG stays that JPEG, decoded later in the loader
-workers); data sets published as arrays (MNIST, CIFAR, digits) are stored as lossless PNGs.
+Each sample is stored as ``{"image": encoded bytes, "label": int, "index": int}``: a plain JPEG
+from an image folder keeps its original bytes (decoded later in the loader workers); every other
+file, and data sets published as arrays (MNIST, CIFAR, digits), are stored as lossless PNGs of
+their RGB pixels (see :func:`stored_image_bytes`).
 Next to LitData's ``index.json`` each split gets ``kd_lightning.json`` with the class names, the
 channel count and every sample's label, so the DataModule splits and subsets without reading
 the images.
@@ -10,6 +11,7 @@ the images.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections.abc import Callable
@@ -18,14 +20,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from PIL import Image
 from torchvision.io import encode_png
 
 from kd_lightning.data._litdata import StreamingDataset, optimize
-from kd_lightning.data.image_folder import IMAGE_SUFFIXES, list_class_folders, list_images
+from kd_lightning.data.image_folder import IMAGE_SUFFIXES, list_class_folders, list_images, read_rgb
 from kd_lightning.errors import ConfigError, DataError, InvalidDataError
 
 METADATA_FILE = "kd_lightning.json"
 SPLITS = ("train", "val", "test")
+EXIF_ORIENTATION = 0x0112
 
 
 def _array_sets() -> dict[str, Callable[..., Any]]:
@@ -47,9 +51,32 @@ def _array_sets() -> dict[str, Callable[..., Any]]:
     }
 
 
+def stored_image_bytes(path: Path) -> bytes:
+    """The bytes to store for one image file, so that the loader workers decode what :func:`read_rgb` reads.
+
+    The workers decode with torchvision, which ignores EXIF orientation, drops an alpha channel
+    instead of compositing it over white, returns 16-bit PNGs as ``uint16`` and animated images
+    as a stack of frames, and cannot read BMP or TIFF. An 8-bit RGB or grayscale JPEG without a
+    rotation (the bulk of any photo collection) keeps its bytes, checked from its header alone;
+    any other file is decoded here once, by the same conversion as the in-memory folders (which
+    also refuses a damaged or animated file with its name), and stored as the PNG of its pixels.
+    """
+    data = path.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            plain_jpeg = (
+                opened.format == "JPEG"
+                and opened.mode in ("RGB", "L")
+                and opened.getexif().get(EXIF_ORIENTATION, 1) == 1
+            )
+    except Exception:  # PIL raises several types for foreign files; read_rgb names the file below
+        plain_jpeg = False
+    return data if plain_jpeg else encode_png(read_rgb(path)).numpy().tobytes()
+
+
 def _file_item(sample: tuple[int, str, int]) -> dict[str, Any]:
     index, path, label = sample
-    return {"image": Path(path).read_bytes(), "label": label, "index": index}
+    return {"image": stored_image_bytes(Path(path)), "label": label, "index": index}
 
 
 def _array_item(sample: tuple[int, torch.Tensor, int]) -> dict[str, Any]:
@@ -73,8 +100,9 @@ def prepare_dataset(
     ``train/`` and, when present, ``val/`` (a separate validation split) and ``test/``.
 
     Args:
-        source: a folder of class sub-folders (``root/<class>/<image>``; files keep their
-            bytes, JPEGs are decoded later in the loader workers), or one of ``digits``, ``mnist``,
+        source: a folder of class sub-folders (``root/<class>/<image>``; plain JPEGs keep their
+            bytes and are decoded in the loader workers, other files are stored as PNGs of their
+            RGB pixels), or one of ``digits``, ``mnist``,
             ``fashion_mnist``, ``cifar10``, ``cifar100`` (read from ``data_dir`` as the in-memory
             modules read them; stored as lossless PNGs).
         output_dir: where to write the split's folder (a local path; copy it to object storage afterwards).
