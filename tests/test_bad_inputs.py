@@ -361,6 +361,21 @@ CASES: list[tuple[str, Callable[[Earlier], list[str]], str]] = [
         lambda e: _distill(e, "--model.init_args.losses", "[{name: kdd}]"),
         "unknown distillation loss 'kdd'",
     ),
+    (
+        "loss_kwarg_misspelt",
+        lambda e: _distill(e, "--model.init_args.losses", "[{name: kd, kwargs: {temp: 4}}]"),
+        "distillation loss 'kd': got an unexpected keyword argument 'temp'; it takes temperature",
+    ),
+    (
+        "backbone_kwarg_misspelt",
+        lambda e: _fit(e, "--model.init_args.backbone.kwargs", "{widht: 4}"),
+        "backbone 'small_cnn': got an unexpected keyword argument 'widht'; it takes pretrained, in_chans, width, depth",
+    ),
+    (
+        "pretrained_for_a_net_without_weights",
+        lambda e: _fit(e, "--model.init_args.backbone.pretrained", "DEFAULT"),
+        "small_cnn has no pretrained weights",
+    ),
     ("alpha_out_of_range", lambda e: _distill(e, "--model.init_args.alpha", "1.5"), "alpha must be in [0, 1]"),
     ("temperature_0", lambda e: _distill(e, "--model.init_args.temperature", "0"), "temperature must be > 0"),
     (
