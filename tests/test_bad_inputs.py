@@ -376,6 +376,11 @@ CASES: list[tuple[str, Callable[[Earlier], list[str]], str]] = [
         lambda e: _fit(e, "--model.init_args.backbone.pretrained", "DEFAULT"),
         "small_cnn has no pretrained weights",
     ),
+    (
+        "num_classes_against_the_data",
+        lambda e: _fit(e, "--model.init_args.num_classes", "5"),
+        "model.num_classes is 5 but DigitsDataModule has 10 classes",
+    ),
     ("alpha_out_of_range", lambda e: _distill(e, "--model.init_args.alpha", "1.5"), "alpha must be in [0, 1]"),
     ("temperature_0", lambda e: _distill(e, "--model.init_args.temperature", "0"), "temperature must be > 0"),
     (
