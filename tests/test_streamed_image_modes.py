@@ -17,7 +17,7 @@ from PIL import Image
 
 from kd_lightning.data.decoding import decode_bytes
 from kd_lightning.data.image_folder import read_rgb
-from kd_lightning.data.prepare import stored_image_bytes
+from kd_lightning.data.prepare import prepare_dataset, stored_image_bytes
 from kd_lightning.errors import InvalidDataError
 
 ORIENTATION = 0x0112
@@ -117,3 +117,15 @@ def test_bytes_stored_by_an_earlier_prepare_are_refused_not_misread(tmp_path, na
         _write(tmp_path, name)
     with pytest.raises(InvalidDataError, match="prepare the data set again"):
         decode_bytes((tmp_path / name).read_bytes(), channels=3)
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_prepare_names_a_damaged_file_before_writing_anything(tmp_path, num_workers):
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(_pixels(i)).save(tmp_path / "images" / label / f"{i}.png")
+    (tmp_path / "images" / "b" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    with pytest.raises(InvalidDataError, match=r"cannot decode image .*b/1\.png"):
+        prepare_dataset(str(tmp_path / "images"), str(tmp_path / "out"), num_workers=num_workers, verbose=False)
+    assert not (tmp_path / "out" / "train").exists()

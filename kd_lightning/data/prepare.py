@@ -3,7 +3,8 @@
 Each sample is stored as ``{"image": encoded bytes, "label": int, "index": int}``: a plain JPEG
 from an image folder keeps its original bytes (decoded later in the loader workers); every other
 file, and data sets published as arrays (MNIST, CIFAR, digits), are stored as lossless PNGs of
-their RGB pixels (see :func:`stored_image_bytes`).
+their RGB pixels (see :func:`keeps_its_bytes`). Every file is checked before LitData starts, so
+a damaged or animated one is refused with its name.
 Next to LitData's ``index.json`` each split gets ``kd_lightning.json`` with the class names, the
 channel count and every sample's label, so the DataModule splits and subsets without reading
 the images.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import shutil
 from collections.abc import Callable
 from itertools import accumulate
@@ -51,27 +53,48 @@ def _array_sets() -> dict[str, Callable[..., Any]]:
     }
 
 
-def stored_image_bytes(path: Path) -> bytes:
-    """The bytes to store for one image file, so that the loader workers decode what :func:`read_rgb` reads.
+def keeps_its_bytes(source: Path | io.BytesIO) -> bool:
+    """Whether an image file is stored as it is: an 8-bit RGB or grayscale JPEG without a rotation.
 
-    The workers decode with torchvision, which ignores EXIF orientation, drops an alpha channel
-    instead of compositing it over white, returns 16-bit PNGs as ``uint16`` and animated images
-    as a stack of frames, and cannot read BMP or TIFF. An 8-bit RGB or grayscale JPEG without a
-    rotation (the bulk of any photo collection) keeps its bytes, checked from its header alone;
-    any other file is decoded here once, by the same conversion as the in-memory folders (which
-    also refuses a damaged or animated file with its name), and stored as the PNG of its pixels.
+    torchvision decodes such a file in the loader workers exactly as :func:`read_rgb` does; it
+    ignores EXIF orientation, drops an alpha channel instead of compositing it over white,
+    returns 16-bit PNGs as ``uint16`` and animated images as a stack of frames, and cannot read
+    BMP or TIFF, so every other file is stored as the PNG of its pixels. Read from the header alone.
     """
-    data = path.read_bytes()
     try:
-        with Image.open(io.BytesIO(data)) as opened:
-            plain_jpeg = (
+        with Image.open(source) as opened:
+            return (
                 opened.format == "JPEG"
                 and opened.mode in ("RGB", "L")
                 and opened.getexif().get(EXIF_ORIENTATION, 1) == 1
             )
-    except Exception:  # PIL raises several types for foreign files; read_rgb names the file below
-        plain_jpeg = False
-    return data if plain_jpeg else encode_png(read_rgb(path)).numpy().tobytes()
+    except Exception:  # PIL raises several types for foreign files; read_rgb names the file
+        return False
+
+
+def stored_image_bytes(path: Path) -> bytes:
+    """The bytes to store for one image file, so that the loader workers decode what :func:`read_rgb` reads:
+    a plain JPEG's own bytes (the bulk of any photo collection), else the PNG of its RGB pixels."""
+    data = path.read_bytes()
+    return data if keeps_its_bytes(io.BytesIO(data)) else encode_png(read_rgb(path)).numpy().tobytes()
+
+
+def check_image(path: str) -> None:
+    """Decode a file that will not keep its bytes, so that a damaged or animated one is refused with its name."""
+    if not keeps_its_bytes(Path(path)):
+        read_rgb(Path(path))
+
+
+def check_images(paths: list[str], num_workers: int) -> None:
+    """Check every file (:func:`check_image`) before LitData starts: an error raised in one of its
+    workers ends ``optimize`` in a traceback and leaves the worker process running."""
+    if num_workers <= 1:
+        for path in paths:
+            check_image(path)
+        return
+    with multiprocessing.get_context("fork").Pool(num_workers) as pool:
+        for _ in pool.imap_unordered(check_image, paths, chunksize=64):
+            pass
 
 
 def _file_item(sample: tuple[int, str, int]) -> dict[str, Any]:
@@ -125,6 +148,8 @@ def prepare_dataset(
     inputs, item_fn, class_names, channels = _collect(source, split, data_dir)
     if not inputs:
         raise InvalidDataError(f"{source} has no images for split {split!r}")
+    if item_fn is _file_item:
+        check_images([path for _, path, _ in inputs], num_workers)
     optimize(
         fn=item_fn,
         inputs=inputs,
