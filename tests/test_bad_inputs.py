@@ -182,6 +182,15 @@ def _malicious_batch(earlier: Earlier) -> bytes:
     return malicious_pickle(earlier.files / "evil.pkl", earlier.files / "cifar_ran").read_bytes()
 
 
+def _pickled_module(earlier: Earlier) -> Path:
+    """What ``torch.save(model)`` writes: the module object, not its state dict."""
+    from kd_lightning.models import create_model
+
+    path = earlier.files / "whole_model.pt"
+    torch.save(create_model("small_cnn", 10, width=4), path)
+    return path
+
+
 def _fit(earlier: Earlier, *args: str) -> list[str]:
     return ["fit", "--config", str(earlier.config), *args]
 
@@ -387,6 +396,16 @@ CASES: list[tuple[str, Callable[[Earlier], list[str]], str]] = [
         "teacher_weights_missing",
         lambda e: _distill(e, "--model.init_args.teacher.weights_path", str(e.files / "gone.pt")),
         "weights file not found",
+    ),
+    (
+        "teacher_saved_as_a_whole_module",
+        lambda e: _distill(e, "--model.init_args.teacher.weights_path", str(_pickled_module(e))),
+        "holds a pickled kd_lightning.models.classifier.Classifier, refused unread",
+    ),
+    (
+        "ckpt_saved_as_a_whole_module",
+        lambda e: _fit(e, "--ckpt_path", str(_pickled_module(e))),
+        "holds a pickled kd_lightning.models.classifier.Classifier, refused unread",
     ),
     (
         "teacher_of_another_class_count",
