@@ -386,6 +386,11 @@ CASES: list[tuple[str, Callable[[Earlier], list[str]], str]] = [
         "small_cnn has no pretrained weights",
     ),
     (
+        "test_on_another_image_size",
+        lambda e: ["test", "--config", str(e.config), "--ckpt_path", str(e.best), "--data.init_args.image_size", "16"],
+        "was trained on 1×8×8 images but the data gives 16×16",
+    ),
+    (
         "num_classes_against_the_data",
         lambda e: _fit(e, "--model.init_args.num_classes", "5"),
         "model.num_classes is 5 but DigitsDataModule has 10 classes",
