@@ -41,7 +41,7 @@ class ExactResume(Callback):
         self._input_shape: list[int] | None = None
         self._hook: torch.utils.hooks.RemovableHandle | None = None
         # Evaluating a checkpoint: the input shape it was trained on, and the file, to check the data against.
-        self._trained_shape: tuple[int, int, int] | None = None
+        self._trained_shape: tuple[int, ...] | None = None
         self._ckpt_path: str | Path | None = None
 
     def state_dict(self) -> dict[str, Any]:
