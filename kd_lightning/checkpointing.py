@@ -28,7 +28,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from kd_lightning.errors import ConfigError, NonFiniteError
-from kd_lightning.models.weights import CheckpointError
+from kd_lightning.models.weights import CheckpointError, refused_object
 
 # ``atomic_torch_save``'s temp files: ``.<name>.<random>.tmp`` next to the target.
 TEMP_SUFFIX = ".tmp"
@@ -92,6 +92,9 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
 
 
 def _unreadable(path: str | Path, err: Exception) -> CheckpointError:
+    refused = refused_object(f"checkpoint {path}", err)
+    if refused is not None:
+        return refused
     first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return CheckpointError(
         f"cannot read checkpoint {path}: {first_line}. The file is truncated, corrupt, or holds "

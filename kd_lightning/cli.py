@@ -107,6 +107,19 @@ class KDLightningCLI(LightningCLI):
         check_checkpoint_class(checkpoint, self.config[subcommand].model.class_path, ckpt_path)
         super()._parse_ckpt_path()
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        # The link overwrites model.num_classes with the data's count on instantiation, so a value
+        # given for it would be dropped without a word; it may only repeat the data's count.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        given = config.model.init_args.get("num_classes")
+        classes = getattr(self.datamodule, "num_classes", None)
+        if given is not None and classes is not None and given != classes:
+            raise ConfigError(
+                f"model.num_classes is {given} but {type(self.datamodule).__name__} has {classes} classes: "
+                "the model takes the data's class count (data.num_classes), so leave model.num_classes out"
+            )
+
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         use_safe_checkpoint_io(trainer)

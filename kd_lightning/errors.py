@@ -9,7 +9,8 @@ already catch (``ValueError``, ``FileNotFoundError``), so existing ``except`` cl
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -47,6 +48,22 @@ def unknown_name_error(kind: str, name: str, known: list[str]) -> ConfigError:
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return ConfigError(f"unknown {kind} {name!r}.{hint}")
+
+
+def check_keyword_arguments(fn: Callable, kwargs: dict, what: str) -> None:
+    """Refuse keyword arguments that ``fn`` does not take, naming the ones it does.
+
+    A misspelt key in a config's ``kwargs`` would otherwise surface as a ``TypeError`` deep in
+    the model or loss construction (a traceback, not one line). A ``fn`` that takes ``**kwargs``
+    accepts every key, so nothing can be checked for it here.
+    """
+    signature = inspect.signature(fn)
+    try:
+        signature.bind_partial(**kwargs)
+    except TypeError as err:
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        accepted = ", ".join(name for name, p in signature.parameters.items() if p.kind in named)
+        raise ConfigError(f"{what}: {err}; it takes {accepted}") from err
 
 
 @contextmanager

@@ -182,6 +182,15 @@ def _malicious_batch(earlier: Earlier) -> bytes:
     return malicious_pickle(earlier.files / "evil.pkl", earlier.files / "cifar_ran").read_bytes()
 
 
+def _pickled_module(earlier: Earlier) -> Path:
+    """What ``torch.save(model)`` writes: the module object, not its state dict."""
+    from kd_lightning.models import create_model
+
+    path = earlier.files / "whole_model.pt"
+    torch.save(create_model("small_cnn", 10, width=4), path)
+    return path
+
+
 def _fit(earlier: Earlier, *args: str) -> list[str]:
     return ["fit", "--config", str(earlier.config), *args]
 
@@ -361,12 +370,47 @@ CASES: list[tuple[str, Callable[[Earlier], list[str]], str]] = [
         lambda e: _distill(e, "--model.init_args.losses", "[{name: kdd}]"),
         "unknown distillation loss 'kdd'",
     ),
+    (
+        "loss_kwarg_misspelt",
+        lambda e: _distill(e, "--model.init_args.losses", "[{name: kd, kwargs: {temp: 4}}]"),
+        "distillation loss 'kd': got an unexpected keyword argument 'temp'; it takes temperature",
+    ),
+    (
+        "backbone_kwarg_misspelt",
+        lambda e: _fit(e, "--model.init_args.backbone.kwargs", "{widht: 4}"),
+        "backbone 'small_cnn': got an unexpected keyword argument 'widht'; it takes pretrained, in_chans, width, depth",
+    ),
+    (
+        "pretrained_for_a_net_without_weights",
+        lambda e: _fit(e, "--model.init_args.backbone.pretrained", "DEFAULT"),
+        "small_cnn has no pretrained weights",
+    ),
+    (
+        "test_on_another_image_size",
+        lambda e: ["test", "--config", str(e.config), "--ckpt_path", str(e.best), "--data.init_args.image_size", "16"],
+        "was trained on 1×8×8 images but the data gives 16×16",
+    ),
+    (
+        "num_classes_against_the_data",
+        lambda e: _fit(e, "--model.init_args.num_classes", "5"),
+        "model.num_classes is 5 but DigitsDataModule has 10 classes",
+    ),
     ("alpha_out_of_range", lambda e: _distill(e, "--model.init_args.alpha", "1.5"), "alpha must be in [0, 1]"),
     ("temperature_0", lambda e: _distill(e, "--model.init_args.temperature", "0"), "temperature must be > 0"),
     (
         "teacher_weights_missing",
         lambda e: _distill(e, "--model.init_args.teacher.weights_path", str(e.files / "gone.pt")),
         "weights file not found",
+    ),
+    (
+        "teacher_saved_as_a_whole_module",
+        lambda e: _distill(e, "--model.init_args.teacher.weights_path", str(_pickled_module(e))),
+        "holds a pickled kd_lightning.models.classifier.Classifier, refused unread",
+    ),
+    (
+        "ckpt_saved_as_a_whole_module",
+        lambda e: _fit(e, "--ckpt_path", str(_pickled_module(e))),
+        "holds a pickled kd_lightning.models.classifier.Classifier, refused unread",
     ),
     (
         "teacher_of_another_class_count",

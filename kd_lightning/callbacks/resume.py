@@ -40,6 +40,9 @@ class ExactResume(Callback):
         self._rng_to_restore: dict[str, Any] | None = None
         self._input_shape: list[int] | None = None
         self._hook: torch.utils.hooks.RemovableHandle | None = None
+        # Evaluating a checkpoint: the input shape it was trained on, and the file, to check the data against.
+        self._trained_shape: tuple[int, ...] | None = None
+        self._ckpt_path: str | Path | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": collect_rng_states()}
@@ -51,6 +54,33 @@ class ExactResume(Callback):
         if trainer.state.fn == "fit":
             datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at run time
             check_checkpoint_config(checkpoint, pl_module, datamodule, trainer.ckpt_path, "fit")
+        else:
+            shape = checkpoint.get(INPUT_SHAPE_KEY)
+            self._trained_shape = tuple(int(v) for v in shape) if isinstance(shape, list | tuple) else None
+            self._ckpt_path = trainer.ckpt_path
+
+    def _check_evaluated_input(self, pl_module: L.LightningModule) -> None:
+        # A network with global pooling runs on any image size, so evaluating a checkpoint on images
+        # of another size (or channel count) than it was trained on would give numbers, just wrong ones.
+        network = getattr(pl_module, "network", None)
+        if self._trained_shape is not None and isinstance(network, torch.nn.Module) and self._hook is None:
+            self._hook = network.register_forward_pre_hook(self._refuse_other_input_shape)
+
+    def _refuse_other_input_shape(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        if not (args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4) or self._trained_shape is None:
+            return
+        self._remove_hook()
+        check_input_shape(self._trained_shape, tuple(int(v) for v in args[0].shape[1:]), module, self._ckpt_path)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn != "fit":
+            self._check_evaluated_input(pl_module)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check_evaluated_input(pl_module)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check_evaluated_input(pl_module)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # What the trained network itself receives (after resizing, or rendered from a cache),
@@ -157,12 +187,33 @@ def check_checkpoint_config(
     changes = _diff(checkpoint.get("hyper_parameters", {}), dict(module.hparams), "model.")
     if stage == "fit" and datamodule is not None:
         changes += _diff(checkpoint.get("datamodule_hyper_parameters", {}), dict(datamodule.hparams), "data.")
+    shape = checkpoint.get(INPUT_SHAPE_KEY)
+    size = getattr(datamodule, "image_size", None)
+    if stage != "fit" and isinstance(shape, list | tuple) and len(shape) == 3 and isinstance(size, int):
+        # Checked here, before the run writes anything; the channels only once a batch shows them.
+        check_input_shape(tuple(shape), (None, size, size), getattr(module, "network", None), path)
     if changes:
         fix = "use the config it was saved with"
         if adopt_flag:
             fix += f", or add --{adopt_flag} true to take the checkpoint's model settings"
         raise ConfigError(
             f"--ckpt_path {path} was saved with another config: " + "; ".join(changes) + f". To {stage} it, {fix}."
+        )
+
+
+def check_input_shape(
+    trained: tuple[int, ...], given: tuple[int | None, ...], network: Any, path: str | Path | None
+) -> None:
+    """Refuse evaluation data of another channel count or image size than the checkpoint was trained
+    on (``None`` in ``given``: not known yet). A network that resizes its input itself takes any size."""
+    resizes = getattr(getattr(network, "input_adapter", None), "resize_to", None) is not None
+    channels_differ = given[0] is not None and given[0] != trained[0]
+    size_differs = not resizes and any(g is not None and g != t for t, g in zip(trained[1:], given[1:], strict=True))
+    if channels_differ or size_differs:
+        shown = ["×".join(str(v) for v in shape if v is not None) for shape in (trained, given)]
+        raise ConfigError(
+            f"--ckpt_path {path} was trained on {shown[0]} images but the data gives {shown[1]}: "
+            "evaluate it with the data settings it was trained with (channels, image_size)"
         )
 
 

@@ -32,9 +32,17 @@ def decode_bytes(data: bytes, channels: int) -> torch.Tensor:
     """Encoded image → ``uint8`` ``[channels, H, W]`` (``channels`` is 1 or 3)."""
     try:
         mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
     except (RuntimeError, ValueError) as err:
         raise InvalidDataError(f"cannot decode a stored image ({len(data)} bytes): {err}") from err
+    if image.dtype != torch.uint8 or image.dim() != 3:
+        # A 16-bit PNG or an animated image stored as-is by a prepare from before stored_image_bytes:
+        # read on, it would be trained on as 0-65535 values or as a stack of frames.
+        raise InvalidDataError(
+            f"a stored image decodes to a {image.dtype} tensor of shape {tuple(image.shape)}, not 8-bit "
+            "[C, H, W]: prepare the data set again (kd-lightning prepare ... --overwrite true)"
+        )
+    return image
 
 
 def inception_crop(height: int, width: int, rng: random.Random) -> tuple[int, int, int, int]:

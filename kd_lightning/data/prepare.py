@@ -1,8 +1,10 @@
 """Convert an image data set, once, into LitData chunks that :class:`StreamingImageDataModule` streams.
 
-Each sample is stored as ``{"image": encoded bytes, "label": int, "index": int}``: files from an
-image folder keep their original bytes (a JPEG stays that JPEG, decoded later in the loader
-workers); data sets published as arrays (MNIST, CIFAR, digits) are stored as lossless PNGs.
+Each sample is stored as ``{"image": encoded bytes, "label": int, "index": int}``: a plain JPEG
+from an image folder keeps its original bytes (decoded later in the loader workers); every other
+file, and data sets published as arrays (MNIST, CIFAR, digits), are stored as lossless PNGs of
+their RGB pixels (see :func:`keeps_its_bytes`). Every file is checked before LitData starts, so
+a damaged or animated one is refused with its name.
 Next to LitData's ``index.json`` each split gets ``kd_lightning.json`` with the class names, the
 channel count and every sample's label, so the DataModule splits and subsets without reading
 the images.
@@ -10,7 +12,9 @@ the images.
 
 from __future__ import annotations
 
+import io
 import json
+import multiprocessing
 import shutil
 from collections.abc import Callable
 from itertools import accumulate
@@ -18,14 +22,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from PIL import Image
 from torchvision.io import encode_png
 
 from kd_lightning.data._litdata import StreamingDataset, optimize
-from kd_lightning.data.image_folder import IMAGE_SUFFIXES, list_class_folders, list_images
+from kd_lightning.data.image_folder import IMAGE_SUFFIXES, list_class_folders, list_images, read_rgb
 from kd_lightning.errors import ConfigError, DataError, InvalidDataError
 
 METADATA_FILE = "kd_lightning.json"
 SPLITS = ("train", "val", "test")
+EXIF_ORIENTATION = 0x0112
 
 
 def _array_sets() -> dict[str, Callable[..., Any]]:
@@ -47,9 +53,53 @@ def _array_sets() -> dict[str, Callable[..., Any]]:
     }
 
 
+def keeps_its_bytes(source: Path | io.BytesIO) -> bool:
+    """Whether an image file is stored as it is: an 8-bit RGB or grayscale JPEG without a rotation.
+
+    torchvision decodes such a file in the loader workers exactly as :func:`read_rgb` does; it
+    ignores EXIF orientation, drops an alpha channel instead of compositing it over white,
+    returns 16-bit PNGs as ``uint16`` and animated images as a stack of frames, and cannot read
+    BMP or TIFF, so every other file is stored as the PNG of its pixels. Read from the header alone.
+    """
+    try:
+        with Image.open(source) as opened:
+            return (
+                opened.format == "JPEG"
+                and opened.mode in ("RGB", "L")
+                and opened.getexif().get(EXIF_ORIENTATION, 1) == 1
+            )
+    except Exception:  # PIL raises several types for foreign files; read_rgb names the file
+        return False
+
+
+def stored_image_bytes(path: Path) -> bytes:
+    """The bytes to store for one image file, so that the loader workers decode what :func:`read_rgb` reads:
+    a plain JPEG's own bytes (the bulk of any photo collection), else the PNG of its RGB pixels."""
+    data = path.read_bytes()
+    return data if keeps_its_bytes(io.BytesIO(data)) else encode_png(read_rgb(path)).numpy().tobytes()
+
+
+def check_image(path: str) -> None:
+    """Decode a file that will not keep its bytes, so that a damaged or animated one is refused with its name."""
+    if not keeps_its_bytes(Path(path)):
+        read_rgb(Path(path))
+
+
+def check_images(paths: list[str], num_workers: int) -> None:
+    """Check every file (:func:`check_image`) before LitData starts: an error raised in one of its
+    workers ends ``optimize`` in a traceback and leaves the worker process running."""
+    if num_workers <= 1:
+        for path in paths:
+            check_image(path)
+        return
+    with multiprocessing.get_context("fork").Pool(num_workers) as pool:
+        for _ in pool.imap_unordered(check_image, paths, chunksize=64):
+            pass
+
+
 def _file_item(sample: tuple[int, str, int]) -> dict[str, Any]:
     index, path, label = sample
-    return {"image": Path(path).read_bytes(), "label": label, "index": index}
+    return {"image": stored_image_bytes(Path(path)), "label": label, "index": index}
 
 
 def _array_item(sample: tuple[int, torch.Tensor, int]) -> dict[str, Any]:
@@ -73,8 +123,9 @@ def prepare_dataset(
     ``train/`` and, when present, ``val/`` (a separate validation split) and ``test/``.
 
     Args:
-        source: a folder of class sub-folders (``root/<class>/<image>``; files keep their
-            bytes, JPEGs are decoded later in the loader workers), or one of ``digits``, ``mnist``,
+        source: a folder of class sub-folders (``root/<class>/<image>``; plain JPEGs keep their
+            bytes and are decoded in the loader workers, other files are stored as PNGs of their
+            RGB pixels), or one of ``digits``, ``mnist``,
             ``fashion_mnist``, ``cifar10``, ``cifar100`` (read from ``data_dir`` as the in-memory
             modules read them; stored as lossless PNGs).
         output_dir: where to write the split's folder (a local path; copy it to object storage afterwards).
@@ -97,6 +148,8 @@ def prepare_dataset(
     inputs, item_fn, class_names, channels = _collect(source, split, data_dir)
     if not inputs:
         raise InvalidDataError(f"{source} has no images for split {split!r}")
+    if item_fn is _file_item:
+        check_images([path for _, path, _ in inputs], num_workers)
     optimize(
         fn=item_fn,
         inputs=inputs,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from kd_lightning.errors import unknown_name_error
+from kd_lightning.errors import check_keyword_arguments, unknown_name_error
 from kd_lightning.losses.base import DistillationLoss
 
 _LOSSES: dict[str, type[DistillationLoss]] = {}
@@ -32,4 +32,5 @@ def create_loss(name: str, **kwargs: Any) -> DistillationLoss:
     """Instantiate a registered loss by name with its hyper-parameters."""
     if name not in _LOSSES:
         raise unknown_name_error("distillation loss", name, list_losses())
+    check_keyword_arguments(_LOSSES[name], kwargs, f"distillation loss {name!r}")
     return _LOSSES[name](**kwargs)

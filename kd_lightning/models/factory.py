@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from kd_lightning.errors import ConfigError, unknown_name_error
+from kd_lightning.errors import ConfigError, as_config_error, check_keyword_arguments, unknown_name_error
 from kd_lightning.models import _timm, _torchvision
 from kd_lightning.models._registry import get_backbone_entry, list_backbones
 from kd_lightning.models.classifier import Classifier, InputConfig
@@ -58,17 +58,22 @@ def create_model(
         options["in_chans"] = in_chans
     input_config: InputConfig | None
     if entry is not None:
-        built = entry.builder(pretrained=pretrained, **options)
+        check_keyword_arguments(entry.builder, options, f"backbone {name!r}")
+        # A builder's ValueError (no such pretrained weights, a depth it cannot build) is the config's to fix.
+        with as_config_error():
+            built = entry.builder(pretrained=pretrained, **options)
         input_config = built.input_config or entry.input_config
         if in_chans is not None and input_config.in_chans != in_chans:
             input_config = _with_channels(input_config, in_chans)
     elif name.startswith(TIMM_PREFIX) or (
         not name.startswith(TORCHVISION_PREFIX) and not _torchvision.has_model(name) and _timm.has_model(name)
     ):
-        built = _timm.build(name.removeprefix(TIMM_PREFIX), pretrained=pretrained, **options)
+        with as_config_error():
+            built = _timm.build(name.removeprefix(TIMM_PREFIX), pretrained=pretrained, **options)
         input_config = built.input_config
     elif _torchvision.has_model(name.removeprefix(TORCHVISION_PREFIX)):
-        built = _torchvision.build(name.removeprefix(TORCHVISION_PREFIX), pretrained=pretrained, **options)
+        with as_config_error():
+            built = _torchvision.build(name.removeprefix(TORCHVISION_PREFIX), pretrained=pretrained, **options)
         input_config = built.input_config
     else:
         raise unknown_name_error("backbone", name, list_backbones() + _torchvision.model_names())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,22 @@ class LoadReport:
         return f"loaded {self.loaded} tensors from {self.path} (prefix {self.prefix!r}){head}{extra}"
 
 
+def refused_object(path: str | Path, err: Exception) -> CheckpointError | None:
+    """The error for a file that ``weights_only=True`` refused because it pickles an object, if it does.
+
+    ``torch.save(model)`` writes the module object itself; torch's own message for it is a
+    paragraph (with terminal escape codes) that suggests loading it unsafely. This names the
+    class and the safe fix instead.
+    """
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    if found is None:
+        return None
+    return CheckpointError(
+        f"cannot read {path}: it holds a pickled {found.group(1)}, refused unread (unpickling an object "
+        "could run code); save the weights alone, torch.save(model.state_dict(), path), or a Trainer checkpoint"
+    )
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from a plain state-dict file or a Lightning checkpoint.
 
@@ -52,7 +69,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated/corrupt/unsafe files
-        raise CheckpointError(
+        raise refused_object(path, err) or CheckpointError(
             f"cannot read {path}: {str(err).splitlines()[0]}. The file is truncated, corrupt, or "
             "holds objects other than tensors; re-export it as a plain state dict."
         ) from err
