@@ -12,7 +12,7 @@ import yaml
 from lightning.pytorch.cli import instantiate_class
 
 from kd_lightning import data as data_modules
-from kd_lightning.callbacks.resume import INPUT_SHAPE_KEY
+from kd_lightning.callbacks.resume import INPUT_SHAPE_KEY, input_shape_differs
 from kd_lightning.checkpointing import read_checkpoint
 from kd_lightning.data import ImageClassificationDataModule
 from kd_lightning.errors import ConfigError, DataError, KDLightningError
@@ -97,10 +97,8 @@ def check_fits_data(trained: TrainedNetwork, datamodule: ImageClassificationData
             "give --data the data set the checkpoint was trained on"
         )
     shape = tuple(images.shape[1:])
-    # A network that resizes its input itself (a per-model input size) takes any image size.
-    resizes = getattr(getattr(network, "input_adapter", None), "resize_to", None) is not None
     if trained.input_shape is not None:
-        if shape[0] != trained.input_shape[0] or (not resizes and shape != trained.input_shape):
+        if input_shape_differs(trained.input_shape, shape, network):
             raise ConfigError(
                 f"{path} was trained on {_shape(trained.input_shape)} images but {data_name} gives {_shape(shape)}: "
                 "give --data the data config the checkpoint was trained with (channels, image_size)"

@@ -205,16 +205,25 @@ def check_input_shape(
     trained: tuple[int, ...], given: tuple[int | None, ...], network: Any, path: str | Path | None
 ) -> None:
     """Refuse evaluation data of another channel count or image size than the checkpoint was trained
-    on (``None`` in ``given``: not known yet). A network that resizes its input itself takes any size."""
-    resizes = getattr(getattr(network, "input_adapter", None), "resize_to", None) is not None
-    channels_differ = given[0] is not None and given[0] != trained[0]
-    size_differs = not resizes and any(g is not None and g != t for t, g in zip(trained[1:], given[1:], strict=True))
-    if channels_differ or size_differs:
+    on (``None`` in ``given``: not known yet)."""
+    if input_shape_differs(trained, given, network):
         shown = ["×".join(str(v) for v in shape if v is not None) for shape in (trained, given)]
         raise ConfigError(
             f"--ckpt_path {path} was trained on {shown[0]} images but the data gives {shown[1]}: "
             "evaluate it with the data settings it was trained with (channels, image_size)"
         )
+
+
+def input_shape_differs(trained: tuple[int, ...], given: tuple[int | None, ...], network: Any) -> bool:
+    """Whether ``[C, H, W]`` data ``given`` (``None``: not known yet) is not what ``network`` was trained on.
+
+    A network that resizes its input itself (a per-model input size) takes any image size, not
+    another channel count.
+    """
+    resizes = getattr(getattr(network, "input_adapter", None), "resize_to", None) is not None
+    channels_differ = given[0] is not None and given[0] != trained[0]
+    size_differs = not resizes and any(g is not None and g != t for t, g in zip(trained[1:], given[1:], strict=True))
+    return channels_differ or size_differs
 
 
 def _diff(saved: dict[str, Any], current: dict[str, Any], prefix: str) -> list[str]:
