@@ -185,7 +185,7 @@ def test_the_feature_cache_refuses_a_streamed_set_in_one_line(digits_dir):
 
 
 def test_a_ddp_world_that_would_drop_samples_is_refused_unless_accepted(digits_dir, monkeypatch):
-    monkeypatch.setattr(streaming, "_world_size", lambda: 2)
+    monkeypatch.setattr(streaming, "world_size", lambda: 2)
     data = StreamingImageDataModule(str(digits_dir), batch_size=32, num_workers=0, samples_per_class=65)
     data.setup("fit")
     with pytest.raises(ConfigError, match=r"10 of the 650 training samples .* set drop_remainder: true"):

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, default_collate
 
+from kd_lightning._distributed import world_size
 from kd_lightning.data._litdata import StreamingDataLoader, StreamingDataset
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.batch import Batch
@@ -28,10 +29,6 @@ from kd_lightning.data.decoding import ImageDecoder
 from kd_lightning.data.prepare import read_metadata
 from kd_lightning.data.sources import BatchSource
 from kd_lightning.errors import ConfigError, DataError
-
-
-def _world_size() -> int:
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
 class StreamedSplit:
@@ -238,7 +235,7 @@ class StreamingImageDataModule(ImageClassificationDataModule):
             # drop_last=False would hand it to one rank alone, which then waits for the others
             # forever): _check_whole_global_batches refuses that unless drop_remainder is set. An
             # unshuffled training pass (a cache being computed) must see every sample, and has no collectives.
-            drop_last=shuffle and _world_size() > 1,
+            drop_last=shuffle and world_size() > 1,
             seed=self._seed(),
             cache_dir=self.cache_dir,
             storage_options=self.storage_options,
@@ -261,13 +258,13 @@ class StreamingImageDataModule(ImageClassificationDataModule):
 
     def _check_whole_global_batches(self, num_samples: int, batch_size: int) -> None:
         """Under DDP, refuse a training set LitData would not show whole each epoch, unless told to accept it."""
-        world_size = _world_size()
-        dropped = num_samples % (world_size * batch_size)
-        if world_size > 1 and dropped and not self.drop_remainder:
+        ranks = world_size()
+        dropped = num_samples % (ranks * batch_size)
+        if ranks > 1 and dropped and not self.drop_remainder:
             raise ConfigError(
                 f"under DDP, {dropped} of the {num_samples} training samples would be left out of every epoch: "
-                f"they do not fill a global batch of {world_size} ranks x batch_size {batch_size}; choose "
-                f"batch_size, devices or samples_per_class so that {world_size * batch_size} divides the training "
+                f"they do not fill a global batch of {ranks} ranks x batch_size {batch_size}; choose "
+                f"batch_size, devices or samples_per_class so that {ranks * batch_size} divides the training "
                 "set, or set drop_remainder: true to accept it"
             )
 

@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from kd_lightning._distributed import world_size
 from kd_lightning.losses._registry import register_loss
 from kd_lightning.losses._utils import autocast_off, full_precision
 from kd_lightning.losses.base import DistillationLoss
@@ -256,9 +257,9 @@ class CRDLoss(DistillationLoss):
         z_s = contrast_scores(v_s.float(), teacher_contrast.float(), self.temperature).mean() * self.num_samples
         z_t = contrast_scores(v_t.float(), student_contrast.float(), self.temperature).mean() * self.num_samples
         z = torch.stack([z_s, z_t])
-        if _world_size() > 1:
+        if world_size() > 1:
             dist.all_reduce(z)
-            z /= _world_size()
+            z /= world_size()
         self.normalisers.copy_(z)
 
     @torch.no_grad()
@@ -269,7 +270,7 @@ class CRDLoss(DistillationLoss):
         each forward: updating only the local rows would lose all but rank 0's updates.
         """
         v_s, v_t = v_s.to(self.student_memory.dtype), v_t.to(self.teacher_memory.dtype)
-        if _world_size() > 1:
+        if world_size() > 1:
             indices, v_s, v_t = _gather_from_ranks(indices, v_s, v_t)
         for memory, v in ((self.student_memory, v_s), (self.teacher_memory, v_t)):
             rows = memory[indices] * self.momentum + v * (1 - self.momentum)
@@ -289,10 +290,6 @@ class CRDLoss(DistillationLoss):
         )
 
 
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def _gather_from_ranks(*tensors: torch.Tensor) -> list[torch.Tensor]:
     """Every rank's rows of each tensor (same leading size within a rank), in rank order.
 
@@ -300,7 +297,7 @@ def _gather_from_ranks(*tensors: torch.Tensor) -> list[torch.Tensor]:
     largest batch for ``all_gather`` and trimmed after.
     """
     size = torch.tensor([len(tensors[0])], device=tensors[0].device)
-    sizes = [torch.zeros_like(size) for _ in range(_world_size())]
+    sizes = [torch.zeros_like(size) for _ in range(world_size())]
     dist.all_gather(sizes, size)
     counts = [int(n) for n in sizes]
     gathered = []
