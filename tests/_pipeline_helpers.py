@@ -6,11 +6,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from conftest import make_trainer
 
 from kd_lightning.data import DigitsDataModule
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner, SupervisedModule
+from tests.conftest import make_trainer
 
 
 def _fit(module: SupervisedModule, path: Path, epochs: int) -> Path:

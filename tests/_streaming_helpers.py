@@ -27,9 +27,7 @@ from kd_lightning.checkpointing import SafeCheckpointIO
 from kd_lightning.data.streaming import StreamingImageDataModule
 from kd_lightning.errors import InvalidDataError
 from kd_lightning.modules import DistillationModule
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _resume_helpers import KillAt  # noqa: E402
+from tests._resume_helpers import KillAt
 
 
 class RecordIndices(Callback):

@@ -83,7 +83,7 @@ def teacher_spec(digits_teacher_weights: Path) -> ModelSpec:
 @pytest.fixture
 def teacher_path(tmp_path: Path) -> str:
     """A small digits teacher's state dict on disk, for the fits that run in child processes."""
-    from _resume_helpers import make_teacher
+    from tests._resume_helpers import make_teacher
 
     make_teacher(tmp_path / "teacher.pt")
     return str(tmp_path / "teacher.pt")

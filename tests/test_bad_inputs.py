@@ -21,7 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _bad_input_helpers import (
+from PIL import Image
+
+from kd_lightning.cli import main
+from kd_lightning.errors import KDLightningError
+from tests._bad_input_helpers import (
     cifar_folder,
     malicious_pickle,
     malicious_torch_file,
@@ -30,10 +34,6 @@ from _bad_input_helpers import (
     user_error_line,
     write_yaml,
 )
-from PIL import Image
-
-from kd_lightning.cli import main
-from kd_lightning.errors import KDLightningError
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}

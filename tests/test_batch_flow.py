@@ -4,7 +4,6 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_trainer
 
 from kd_lightning.data import DigitsDataModule
 from kd_lightning.data.batch import IGNORE_LABEL, Batch
@@ -13,6 +12,7 @@ from kd_lightning.losses import kd_loss
 from kd_lightning.models import ModelSpec, create_model
 from kd_lightning.models.feature_taps import FeatureTaps
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
+from tests.conftest import make_trainer
 
 STUDENT = ModelSpec("small_cnn", kwargs={"width": 4})
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from _extras import require_extra
 
 from kd_lightning.cli import lightning_main
 from kd_lightning.models import ModelSpec
+from tests._extras import require_extra
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # The ImageNet recipes ask for 8 GPUs and a prepared data set: tests/test_imagenet_configs.py runs them on a

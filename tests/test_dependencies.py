@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from _extras import EXTRA_MODULES, REQUIRE_EXTRAS_VARIABLE, require_extra
+
+from tests._extras import EXTRA_MODULES, REQUIRE_EXTRAS_VARIABLE, require_extra
 
 if sys.version_info >= (3, 11):
     import tomllib

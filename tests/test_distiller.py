@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_trainer
 
 from kd_lightning.data.batch import Batch
 from kd_lightning.losses import kd_loss
 from kd_lightning.models import CheckpointError, ModelSpec
 from kd_lightning.modules import DistillationModule
+from tests.conftest import make_trainer
 
 STUDENT = ModelSpec("small_cnn", kwargs={"width": 4})
 

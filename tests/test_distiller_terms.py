@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_trainer
 
 from kd_lightning.data import DigitsDataModule
 from kd_lightning.data.batch import Batch
 from kd_lightning.losses import LossTerm, at_loss, kd_loss
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule
+from tests.conftest import make_trainer
 
 STUDENT = ModelSpec("small_cnn", kwargs={"width": 4})
 DIGITS_SHAPE = (1, 8, 8)

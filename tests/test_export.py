@@ -1,12 +1,12 @@
 import pytest
 import torch
-from _extras import require_extra
-from _pipeline_helpers import digits_checkpoints
 
 from kd_lightning.cli import main
 from kd_lightning.export import DEFAULT_ATOL, export_network
 from kd_lightning.loading import evaluation_batches, load_datamodule, load_network
 from kd_lightning.models import CheckpointError
+from tests._extras import require_extra
+from tests._pipeline_helpers import digits_checkpoints
 
 require_extra("export")
 import onnx  # noqa: E402  (after the check: without the extra the module is skipped, not an import error)

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from conftest import make_trainer
 
 from kd_lightning.data import DigitsDataModule
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
+from tests.conftest import make_trainer
 
 STUDENT = ModelSpec("small_cnn", kwargs={"width": 4})
 

@@ -4,7 +4,6 @@ import logging
 
 import pytest
 import torch
-from conftest import count_calls, make_trainer
 
 from kd_lightning.cache import CacheStore, cache_key, module_digest, tensor_digest
 from kd_lightning.cache import feature_cache as feature_cache_module
@@ -13,6 +12,7 @@ from kd_lightning.data import DigitsDataModule
 from kd_lightning.data.batch import Batch
 from kd_lightning.data.transforms import to_float_images
 from kd_lightning.modules import FrozenBackboneFinetuner
+from tests.conftest import count_calls, make_trainer
 
 
 def _fresh_features(module: FrozenBackboneFinetuner, dm: DigitsDataModule) -> torch.Tensor:

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from conftest import make_trainer
 
 from kd_lightning.callbacks import BackboneUnfreeze
 from kd_lightning.modules import FrozenBackboneFinetuner
+from tests.conftest import make_trainer
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -13,8 +13,9 @@ from pathlib import Path
 import jupytext
 import nbformat
 import pytest
-from _extras import require_extra
 from nbclient import NotebookClient
+
+from tests._extras import require_extra
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["01_transfer_learning", "02_knowledge_distillation", "03_teacher_to_deployment"]

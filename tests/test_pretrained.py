@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from _extras import require_extra
 from torch import nn
 
 from kd_lightning.models import (
@@ -22,6 +21,7 @@ from kd_lightning.models import (
     remap_prefixes,
 )
 from kd_lightning.models.classifier import IMAGENET_INPUT
+from tests._extras import require_extra
 
 
 def test_torchvision_weights_metadata_sets_the_input_config() -> None:

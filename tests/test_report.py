@@ -3,10 +3,10 @@ import math
 
 import pytest
 import torch
-from _pipeline_helpers import digits_checkpoints
 
 from kd_lightning.cli import main
 from kd_lightning.report.measure import count_macs, cpu_latency_ms, quality
+from tests._pipeline_helpers import digits_checkpoints
 
 
 @pytest.fixture(scope="module")

@@ -120,8 +120,7 @@ def _run(root: Path, config: dict) -> subprocess.CompletedProcess:
     ids=lambda c: c["strategy"] or c["kind"],
 )
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, config):
-    sys.path.insert(0, str(HELPER.parent))
-    from _resume_helpers import make_teacher
+    from tests._resume_helpers import make_teacher
 
     make_teacher(tmp_path / "teacher.pt")
     # 21 batches per epoch: step 32 is mid-epoch 1; the last checkpoint is at step 30.

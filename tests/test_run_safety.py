@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _bad_input_helpers import malicious_torch_file, snapshot, user_error_line
 
 from kd_lightning.cache.store import CacheStore
 from kd_lightning.checkpointing import atomic_torch_save, check_finite_metrics, remove_temp_files
 from kd_lightning.cli import lightning_main, main
 from kd_lightning.errors import InvalidDataError, NonFiniteError, RunFolderBusyError
 from kd_lightning.run_lock import RunFolderLock, lock_path, read_owner
+from tests._bad_input_helpers import malicious_torch_file, snapshot, user_error_line
 
 SCRATCH = {
     "class_path": "kd_lightning.modules.FrozenBackboneFinetuner",

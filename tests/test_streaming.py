@@ -11,8 +11,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from _resume_helpers import make_teacher
-from _streaming_runs import run_helper, straight_and_resumed
 
 from benchmarks.streaming_loader import make_jpeg_folder
 from kd_lightning.cli import main as cli_main
@@ -21,6 +19,8 @@ from kd_lightning.data.batch import IGNORE_LABEL, Batch
 from kd_lightning.data.decoding import ImageDecoder, inception_crop
 from kd_lightning.data.prepare import METADATA_FILE, prepare_dataset
 from kd_lightning.errors import ConfigError, DataError
+from tests._resume_helpers import make_teacher
+from tests._streaming_runs import run_helper, straight_and_resumed
 
 REPO = Path(__file__).resolve().parents[1]
 

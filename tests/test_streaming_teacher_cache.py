@@ -9,8 +9,6 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from _streaming_runs import run_helper, straight_and_resumed
-from conftest import count_calls, make_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from kd_lightning.cache import CacheStore, TeacherCache
@@ -24,6 +22,8 @@ from kd_lightning.data.prepare import prepare_dataset
 from kd_lightning.errors import ConfigError
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule
+from tests._streaming_runs import run_helper, straight_and_resumed
+from tests.conftest import count_calls, make_trainer
 
 STUDENT = ModelSpec("small_cnn", kwargs={"width": 4})
 AUGMENTED = dict(image_size=8, random_resized_crop=True, crop_padding=1, hflip=True)

@@ -5,7 +5,6 @@ import math
 import lightning as L
 import pytest
 import torch
-from conftest import count_calls, make_trainer
 
 from kd_lightning.cache import teacher_cache as teacher_cache_module
 from kd_lightning.cache.teacher_cache import ViewTable, topk_compress, topk_expand
@@ -15,6 +14,7 @@ from kd_lightning.errors import ConfigError
 from kd_lightning.losses import kd_loss
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule
+from tests.conftest import count_calls, make_trainer
 
 STUDENT = ModelSpec("small_cnn", kwargs={"width": 4})
 

@@ -2,8 +2,6 @@
 
 import pytest
 import torch
-from conftest import count_calls, make_trainer
-from test_teacher_cache import STUDENT, ViewChecker
 
 from kd_lightning.cache import teacher_cache as teacher_cache_module
 from kd_lightning.cache.teacher_cache import teacher_digest
@@ -12,6 +10,8 @@ from kd_lightning.errors import ConfigError
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule
 from kd_lightning.modules.teacher import FrozenTeacher
+from tests.conftest import count_calls, make_trainer
+from tests.test_teacher_cache import STUDENT, ViewChecker
 
 
 def _fit_checked(teacher: ModelSpec, cache_dir, **data) -> ViewChecker:

@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _wandb_helpers import offline_run
 
 from kd_lightning.cli import WANDB_LOGGER, expand_wandb_flag, lightning_main
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import FrozenBackboneFinetuner
+from tests._wandb_helpers import offline_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
