@@ -1,5 +1,5 @@
-"""One loss interface: every registered loss takes ``(student, teacher, context)``; one declared
-logit temperature that the top-k teacher cache reads."""
+"""One loss interface: every registered loss takes ``(student, teacher, context)``; one objective;
+one declared logit temperature that the top-k teacher cache reads."""
 
 from __future__ import annotations
 
@@ -95,6 +95,24 @@ def test_distiller_hands_every_term_the_same_context(teacher_spec) -> None:
     assert [(c is context, kw) for c, kw in seen] == [(True, {}), (True, {})]
     dkd = create_loss("dkd", warmup_epochs=4)(student, module.teacher(x), StepContext(torch.arange(4)))
     torch.testing.assert_close(components["dkd"], dkd * 2)  # epoch 1 of 4: factor 0.5, against epoch 0's 0.25
+
+
+@pytest.mark.parametrize(
+    "given", [{"alpha": 0.5}, {"temperature": 2.0}, {"alpha": 0.9, "temperature": 4.0}], ids=["alpha", "T", "both"]
+)
+def test_alpha_or_temperature_next_to_losses_is_refused(teacher_spec, given: dict) -> None:
+    named = " and ".join(f"{k}: {v}" for k, v in given.items())
+    with pytest.raises(ConfigError, match=f"^{named} would be ignored next to losses.*drop them"):
+        DistillationModule(STUDENT, teacher_spec, num_classes=10, losses=[{"name": "kd"}], **given)
+
+
+def test_without_losses_the_objective_is_hintons_and_says_so(teacher_spec) -> None:
+    module = DistillationModule(STUDENT, teacher_spec, num_classes=10)
+    assert module.loss_weights == pytest.approx({"ce": 0.1, "kd": 0.9})
+    assert module.loss_terms["kd"].temperature == 4.0 and module.logit_temperature() == 4.0
+    assert (module.hparams["alpha"], module.hparams["temperature"], module.hparams["losses"]) == (0.9, 4.0, None)
+    written = DistillationModule(STUDENT, teacher_spec, num_classes=10, losses=[AT], input_shape=(1, 8, 8))
+    assert (written.hparams["alpha"], written.hparams["temperature"]) == (None, None)
 
 
 @pytest.fixture

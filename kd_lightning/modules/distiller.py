@@ -59,11 +59,12 @@ class DistillationModule(SupervisedModule):
         teacher: the trained network to learn from: a registry name with ``pretrained`` weights,
             or ``weights_path`` to a kd_lightning Lightning checkpoint or a state-dict file.
         num_classes: classes of the task; the teacher must have as many.
-        temperature: softening temperature ``T`` of the KD term (used when ``losses`` is not given).
-        alpha: weight of the KD term; the cross-entropy on labels gets ``1 − α`` (used when
-            ``losses`` is not given).
-        losses: weighted loss terms replacing the α/T default; ``ce`` is the label
-            cross-entropy (weight 0 when not listed).
+        temperature: softening temperature ``T`` of the KD term; 4 when not given. Only without
+            ``losses`` (a KD term in ``losses`` takes its own ``kwargs: {temperature: T}``).
+        alpha: weight of the KD term, the cross-entropy on labels getting ``1 − α``; 0.9 when not
+            given. Only without ``losses`` (which weights each term itself).
+        losses: weighted loss terms, the objective in place of the α/T one (giving both is an
+            error); ``ce`` is the label cross-entropy (weight 0 when not listed).
         input_shape: ``[C, H, W]`` of one input, for probing tapped feature shapes; defaults
             to the student's registered input config. Only needed by feature losses.
         save_teacher: also store the teacher's weights in the student's checkpoints.
@@ -91,8 +92,8 @@ class DistillationModule(SupervisedModule):
         student: ModelSpec,
         teacher: ModelSpec,
         num_classes: int,
-        temperature: float = HINTON_TEMPERATURE,
-        alpha: float = HINTON_ALPHA,
+        temperature: float | None = None,
+        alpha: float | None = None,
         save_teacher: bool = False,
         losses: list[LossTerm] | None = None,
         input_shape: tuple[int, int, int] | None = None,
@@ -109,7 +110,14 @@ class DistillationModule(SupervisedModule):
         compile: bool = False,
     ) -> None:
         super().__init__(num_classes, optimizer, lr_scheduler, label_smoothing, channels_last, compile)
-        terms = hinton_terms(alpha, temperature) if losses is None else [as_term(term) for term in losses]
+        if losses is None:
+            # Recorded as the values trained with, so the hyper-parameters say what the objective was.
+            alpha = HINTON_ALPHA if alpha is None else alpha
+            temperature = HINTON_TEMPERATURE if temperature is None else temperature
+            terms = hinton_terms(alpha, temperature)
+        else:
+            _refuse_two_objectives(alpha, temperature)
+            terms = [as_term(term) for term in losses]
         student_spec, teacher_spec = as_spec(student), as_spec(teacher)
         # save_hyperparameters reads these locals: plain dicts keep checkpoints loadable with
         # weights_only=True and show up as fields, not object reprs, in loggers such as W&B.
@@ -311,6 +319,19 @@ def hinton_terms(alpha: float, temperature: float) -> list[LossTerm]:
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha must be in [0, 1] (the KD share of the loss), got {alpha}")
     return [LossTerm(CROSS_ENTROPY, 1.0 - alpha), LossTerm("kd", alpha, {"temperature": temperature})]
+
+
+def _refuse_two_objectives(alpha: float | None, temperature: float | None) -> None:
+    """``alpha``/``temperature`` write the α/T objective that ``losses`` replaces: giving both is ambiguous."""
+    given = [
+        f"{name}: {value}" for name, value in (("alpha", alpha), ("temperature", temperature)) if value is not None
+    ]
+    if given:
+        raise ConfigError(
+            f"{' and '.join(given)} would be ignored next to losses, which replaces the alpha/temperature "
+            "objective: drop them and set each term's weight and temperature in losses, e.g. "
+            "[{name: ce, weight: 0.1}, {name: kd, weight: 0.9, kwargs: {temperature: 4.0}}]"
+        )
 
 
 def _build_terms(terms: list[LossTerm]) -> tuple[nn.ModuleDict, dict[str, float]]:
