@@ -23,6 +23,7 @@ import torch
 from benchmarks._common import StepTimer, fashion_mnist, header, median_time, quiet, trainer
 from kd_lightning.cache.teacher_cache import TeacherOutputCache, ViewTable, build_teacher_cache
 from kd_lightning.data.transforms import to_float_images
+from kd_lightning.losses import StepContext
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
 
@@ -59,7 +60,7 @@ def bare_steps(
     def distill_step(cached: bool) -> None:
         view = cache.render(images, index, 0) if cached else x
         teacher = cache.outputs(index, 0) if cached else distill.teacher(view)
-        terms = distill.loss_components(distill.student_outputs(view), teacher, labels)
+        terms = distill.loss_components(distill.student_outputs(view), teacher, StepContext(labels))
         sum(distill.loss_weights[name] * value for name, value in terms.items()).backward()
 
     fns = {

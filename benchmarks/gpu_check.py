@@ -20,6 +20,7 @@ import torch
 
 from benchmarks._common import StepTimer, fashion_mnist, quiet, trainer
 from kd_lightning.data.transforms import to_float_images
+from kd_lightning.losses import StepContext
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
 
@@ -37,9 +38,9 @@ def loss_agreement(module: DistillationModule, dm, device: str) -> dict[str, tup
     x = to_float_images(dm.train_set.images[: dm.batch_size].to(device))
     y = dm.train_set.labels[: dm.batch_size].to(device)
     with torch.no_grad():
-        fp32 = module.loss_components(module.student_outputs(x), module.teacher(x), y)
+        fp32 = module.loss_components(module.student_outputs(x), module.teacher(x), StepContext(y))
         with torch.autocast(device_type=device, dtype=torch.bfloat16):
-            bf16 = module.loss_components(module.student_outputs(x), module.teacher(x), y)
+            bf16 = module.loss_components(module.student_outputs(x), module.teacher(x), StepContext(y))
     return {name: (fp32[name].float().item(), bf16[name].float().item()) for name in fp32}
 
 

@@ -398,6 +398,11 @@ CASES: list[tuple[str, Callable[[Earlier], list[str]], str]] = [
     ("alpha_out_of_range", lambda e: _distill(e, "--model.init_args.alpha", "1.5"), "alpha must be in [0, 1]"),
     ("temperature_0", lambda e: _distill(e, "--model.init_args.temperature", "0"), "temperature must be > 0"),
     (
+        "temperature_next_to_losses",
+        lambda e: _distill(e, "--model.init_args.temperature", "2", "--model.init_args.losses", "[{name: kd}]"),
+        "temperature: 2.0 would be ignored next to losses",
+    ),
+    (
         "teacher_weights_missing",
         lambda e: _distill(e, "--model.init_args.teacher.weights_path", str(e.files / "gone.pt")),
         "weights file not found",

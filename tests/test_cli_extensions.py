@@ -28,7 +28,7 @@ class LogitMSE(DistillationLoss):
         super().__init__()
         self.scale = scale
 
-    def forward(self, student, teacher, targets, **kwargs):
+    def forward(self, student, teacher, context):
         CALLS["loss"] += 1
         return self.scale * F.mse_loss(student.logits, teacher.logits)
 

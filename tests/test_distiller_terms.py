@@ -86,7 +86,7 @@ def test_dkd_warmup_is_given_the_trainer_epoch(digits, teacher_spec) -> None:
     module = DistillationModule(STUDENT, teacher_spec, num_classes=10, losses=terms)
     epochs: list[int] = []
     module.loss_terms["dkd"].register_forward_pre_hook(
-        lambda loss, args, kwargs: epochs.append(kwargs["epoch"]), with_kwargs=True
+        lambda loss, args: epochs.append(args[2].epoch)  # (student, teacher, context)
     )
     make_trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1).fit(module, digits)
     assert epochs == [0, 0, 1, 1]

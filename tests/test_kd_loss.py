@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kd_lightning.losses import KDLoss, ModelOutputs, create_loss, kd_loss
+from kd_lightning.losses import KDLoss, ModelOutputs, StepContext, create_loss, kd_loss
 
 
 def _softmax(row: list[float], t: float) -> list[float]:
@@ -78,7 +78,7 @@ def test_kd_module_is_registered_and_wraps_the_function() -> None:
     loss = create_loss("kd", temperature=2.0)
     assert isinstance(loss, KDLoss)
     s, t = torch.tensor(STUDENT), torch.tensor(TEACHER)
-    assert loss(ModelOutputs(s), ModelOutputs(t), torch.tensor([0, 2])).item() == pytest.approx(
+    assert loss(ModelOutputs(s), ModelOutputs(t), StepContext(torch.tensor([0, 2]))).item() == pytest.approx(
         _hand_kd(STUDENT, TEACHER, 2.0), rel=1e-6
     )
     with pytest.raises(ValueError, match="Did you mean: kd"):

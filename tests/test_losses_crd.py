@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from kd_lightning.losses import CRDLoss, ModelOutputs, crd_loss, nce_loss
+from kd_lightning.losses import CRDLoss, ModelOutputs, StepContext, crd_loss, nce_loss
 
 GEN = torch.Generator().manual_seed(0)
 
@@ -70,7 +70,7 @@ def test_crd_updates_the_memory_of_the_batch_only_and_fixes_normalisers() -> Non
     teacher = ModelOutputs(torch.zeros(4, 10), {"t": torch.randn(4, 3, 2, 2)})
     indices = torch.tensor([0, 5, 6, 19])
     before = loss.student_memory.clone()
-    value = loss(student, teacher, torch.zeros(4), indices=indices)
+    value = loss(student, teacher, StepContext(torch.zeros(4), indices))
     value.backward()
     assert torch.isfinite(value) and loss.student_embed.linear.weight.grad is not None
     v_s = loss.student_embed(student.features["s"]).detach()
@@ -81,7 +81,7 @@ def test_crd_updates_the_memory_of_the_batch_only_and_fixes_normalisers() -> Non
     torch.testing.assert_close(loss.student_memory[untouched], before[untouched])
     normalisers = loss.normalisers.clone()
     assert (normalisers > 0).all()
-    loss(student, teacher, torch.zeros(4), indices=indices)
+    loss(student, teacher, StepContext(torch.zeros(4), indices))
     torch.testing.assert_close(loss.normalisers, normalisers)
     assert {"student_memory", "teacher_memory", "normalisers"} <= set(loss.state_dict())
 
@@ -91,9 +91,9 @@ def test_crd_needs_indices_within_the_bank() -> None:
     student = ModelOutputs(torch.zeros(2, 10), {"s": torch.randn(2, 6)})
     teacher = ModelOutputs(torch.zeros(2, 10), {"t": torch.randn(2, 3, 2, 2)})
     with pytest.raises(ValueError, match="return_indices"):
-        loss(student, teacher, torch.zeros(2))
+        loss(student, teacher, StepContext(torch.zeros(2)))
     with pytest.raises(ValueError, match="outside"):
-        loss(student, teacher, torch.zeros(2), indices=torch.tensor([0, 20]))
+        loss(student, teacher, StepContext(torch.zeros(2), torch.tensor([0, 20])))
 
 
 def _rank_batch(rank: int, step: int) -> tuple[ModelOutputs, ModelOutputs, torch.Tensor]:
@@ -113,7 +113,7 @@ def _ddp_rank(rank: int, init_file: str, out: str) -> None:
     model = DistributedDataParallel(loss)  # broadcasts rank 0's buffers before every forward
     for step in range(2):
         student, teacher, indices = _rank_batch(rank, step)
-        model(student, teacher, torch.zeros(len(indices)), indices=indices).backward()
+        model(student, teacher, StepContext(torch.zeros(len(indices)), indices)).backward()
     torch.save([loss.student_memory, loss.teacher_memory, loss.normalisers], Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -129,7 +129,7 @@ def test_crd_memory_under_ddp_takes_every_ranks_rows(tmp_path: Path) -> None:
         parts = [_rank_batch(rank, step) for rank in range(2)]
         student = ModelOutputs(torch.zeros(5, 10), {"s": torch.cat([p[0].features["s"] for p in parts])})
         teacher = ModelOutputs(torch.zeros(5, 10), {"t": torch.cat([p[1].features["t"] for p in parts])})
-        single(student, teacher, torch.zeros(5), indices=torch.cat([p[2] for p in parts]))
+        single(student, teacher, StepContext(torch.zeros(5), torch.cat([p[2] for p in parts])))
     for student_memory, teacher_memory, normalisers in ranks:
         torch.testing.assert_close(student_memory, single.student_memory)
         torch.testing.assert_close(teacher_memory, single.teacher_memory)

@@ -12,6 +12,7 @@ from kd_lightning.losses import (
     AttentionTransferLoss,
     FitNetLoss,
     ModelOutputs,
+    StepContext,
     at_loss,
     create_loss,
     hint_loss,
@@ -51,7 +52,7 @@ def test_hint_loss_is_the_mean_squared_error() -> None:
 def test_fitnet_regressor_maps_student_width_to_teacher_width() -> None:
     loss = FitNetLoss(["s"], ["t"])
     loss.build({"s": FS.shape}, {"t": FT.shape})
-    value = loss(ModelOutputs(ES, {"s": FS.float()}), ModelOutputs(ET, {"t": FT.float()}), torch.zeros(3))
+    value = loss(ModelOutputs(ES, {"s": FS.float()}), ModelOutputs(ET, {"t": FT.float()}), StepContext(torch.zeros(3)))
     value.backward()
     assert all(p.grad is not None for p in loss.parameters())
     with pytest.raises(ValueError, match="same spatial size"):
@@ -79,7 +80,9 @@ def test_at_pools_the_larger_map_and_sums_layers() -> None:
     pooled = torch.nn.functional.avg_pool2d(big, 2)
     assert at_loss(big, FT).item() == pytest.approx(at_loss(pooled, FT).item(), rel=1e-12)
     module = AttentionTransferLoss(["a", "b"], ["c", "d"])
-    total = module(ModelOutputs(ES, {"a": FS, "b": big}), ModelOutputs(ET, {"c": FT, "d": FT}), torch.zeros(3))
+    total = module(
+        ModelOutputs(ES, {"a": FS, "b": big}), ModelOutputs(ET, {"c": FT, "d": FT}), StepContext(torch.zeros(3))
+    )
     assert total.item() == pytest.approx(at_loss(FS, FT).item() + at_loss(big, FT).item(), rel=1e-12)
 
 
@@ -141,7 +144,7 @@ def test_rkd_weights_and_module() -> None:
     expected = 25 * rkd_distance_loss(ES, ET) + 50 * rkd_angle_loss(ES, ET)
     assert rkd_loss(ES, ET).item() == pytest.approx(expected.item(), rel=1e-12)
     module = create_loss("rkd", distance_weight=1.0, angle_weight=0.0)
-    got = module(ModelOutputs(ES, {"backbone": ES}), ModelOutputs(ET, {"backbone": ET}), torch.zeros(4))
+    got = module(ModelOutputs(ES, {"backbone": ES}), ModelOutputs(ET, {"backbone": ET}), StepContext(torch.zeros(4)))
     assert got.item() == pytest.approx(rkd_distance_loss(ES, ET).item(), rel=1e-12)
 
 

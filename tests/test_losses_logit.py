@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kd_lightning.losses import DISTLoss, DKDLoss, ModelOutputs, create_loss, dist_loss, dkd_loss, kd_loss
+from kd_lightning.losses import DISTLoss, DKDLoss, ModelOutputs, StepContext, create_loss, dist_loss, dkd_loss, kd_loss
 
 S = torch.tensor([[2.0, -1.0, 0.5, 0.0], [0.3, 0.2, -0.4, 1.5], [-1.0, 2.5, 0.0, 0.7]], dtype=torch.float64)
 T = torch.tensor([[3.0, 0.0, 1.0, -1.0], [0.0, 0.5, -1.0, 2.0], [0.5, 3.0, -0.5, 0.0]], dtype=torch.float64)
@@ -62,9 +62,9 @@ def test_dkd_warmup_is_linear_over_the_first_epochs() -> None:
     full = dkd_loss(S, T, Y)
     factors = []
     for epoch in range(6):
-        factors.append((module(student, teacher, Y, epoch=epoch) / full).item())
+        factors.append((module(student, teacher, StepContext(Y, epoch=epoch)) / full).item())
     assert factors == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
-    assert DKDLoss()(student, teacher, Y).item() == pytest.approx(full.item())
+    assert DKDLoss()(student, teacher, StepContext(Y)).item() == pytest.approx(full.item())
 
 
 def _pearson(a: list[float], b: list[float], eps: float = 1e-8) -> float:

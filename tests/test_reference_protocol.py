@@ -11,7 +11,7 @@ from torch import nn
 from kd_lightning.callbacks import LastAndBestAccuracy
 from kd_lightning.data import DigitsDataModule
 from kd_lightning.errors import ConfigError
-from kd_lightning.losses import CRDLoss, FitNetLoss, ModelOutputs
+from kd_lightning.losses import CRDLoss, FitNetLoss, ModelOutputs, StepContext
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule
 from tests.conftest import make_trainer
@@ -73,7 +73,8 @@ def test_hint_stage_trains_only_up_to_the_guided_layer_then_drops_the_hint(digit
     loss = module.loss_terms["fitnet"]
     student = ModelOutputs(torch.zeros(2, 10), {"2": torch.ones(2, 4, 8, 8)})
     teacher = ModelOutputs(torch.zeros(2, 10), {"2": torch.ones(2, 8, 8, 8)})
-    assert loss(student, teacher, torch.zeros(2), epoch=0) > 0 and loss(student, teacher, torch.zeros(2), epoch=1) == 0
+    assert loss(student, teacher, StepContext(torch.zeros(2), epoch=0)) > 0
+    assert loss(student, teacher, StepContext(torch.zeros(2), epoch=1)) == 0
 
 
 def test_single_stage_fitnet_trains_the_whole_student(digits, teacher_spec) -> None:
@@ -135,7 +136,7 @@ def test_crd_without_a_size_says_how_to_get_one() -> None:
     loss = _crd()
     features = ModelOutputs(torch.zeros(2, 3), {"s": torch.randn(2, 6), "t": torch.randn(2, 6)})
     with pytest.raises(ValueError, match="memory has no size"):
-        loss(features, features, torch.zeros(2), indices=torch.tensor([0, 1]))
+        loss(features, features, StepContext(torch.zeros(2), torch.tensor([0, 1])))
 
 
 def test_last_and_best_reports_both_and_survives_a_checkpoint(digits, teacher_spec) -> None:

@@ -11,7 +11,7 @@ from kd_lightning.cache.teacher_cache import ViewTable, topk_compress, topk_expa
 from kd_lightning.data import DigitsDataModule
 from kd_lightning.data.transforms import crop_at, flip_where, to_float_images
 from kd_lightning.errors import ConfigError
-from kd_lightning.losses import kd_loss
+from kd_lightning.losses import StepContext, kd_loss
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule
 from tests.conftest import count_calls, make_trainer
@@ -168,8 +168,8 @@ def test_cache_matches_the_uncached_loss_without_augmentation(teacher_spec) -> N
             x, y = batch.images, batch.labels
             assert torch.equal(x, to_float_images(trainer.datamodule.train_set.images[batch.indices]))
             student = pl_module.student_outputs(x)
-            cached = pl_module.loss_components(student, batch.teacher, y)
-            fresh = pl_module.loss_components(student, pl_module.teacher(x), y)
+            cached = pl_module.loss_components(student, batch.teacher, StepContext(y))
+            fresh = pl_module.loss_components(student, pl_module.teacher(x), StepContext(y))
             losses.append((cached["kd"].item(), fresh["kd"].item()))
 
     make_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, callbacks=[Compare()]).fit(

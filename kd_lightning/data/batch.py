@@ -6,11 +6,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from kd_lightning.outputs import ModelOutputs
-
-# The label of a sample without one (an unlabeled transfer-set image): ``F.cross_entropy``'s
-# default ``ignore_index``, so label losses skip it and distillation terms still see it.
-IGNORE_LABEL = -100
+from kd_lightning.outputs import IGNORE_LABEL, ModelOutputs
 
 
 @dataclass

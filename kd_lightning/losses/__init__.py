@@ -3,7 +3,8 @@
 from kd_lightning.losses._registry import create_loss, list_losses, register_loss
 from kd_lightning.losses._utils import check_temperature
 from kd_lightning.losses.attention import AttentionTransferLoss, at_loss, attention_map
-from kd_lightning.losses.base import DistillationLoss
+from kd_lightning.losses.base import DistillationLoss, LogitLoss
+from kd_lightning.losses.context import StepContext
 from kd_lightning.losses.crd import CRDLoss, crd_loss, nce_loss
 from kd_lightning.losses.dist import DISTLoss, dist_loss
 from kd_lightning.losses.dkd import DKDLoss, dkd_loss
@@ -23,11 +24,13 @@ __all__ = [
     "DistillationLoss",
     "FitNetLoss",
     "KDLoss",
+    "LogitLoss",
     "LossTerm",
     "ModelOutputs",
     "PKTLoss",
     "RKDLoss",
     "SimilarityPreservingLoss",
+    "StepContext",
     "as_term",
     "at_loss",
     "attention_map",

@@ -14,8 +14,9 @@ def full_precision(x: torch.Tensor) -> torch.Tensor:
 def autocast_off(x: torch.Tensor) -> torch.autocast:
     """A region without autocast on ``x``'s device, for loss math on :func:`full_precision` tensors.
 
-    Under bf16/fp16 autocast a matrix product runs in half precision whatever its inputs' dtype,
-    so casting up alone does not keep a Gram matrix or a contrast score in float32.
+    The one way the losses leave autocast: under bf16/fp16 autocast a matrix product runs in half
+    precision whatever its inputs' dtype, so casting up alone does not keep a Gram matrix or a
+    contrast score in float32.
     """
     return torch.autocast(device_type=x.device.type, enabled=False)
 

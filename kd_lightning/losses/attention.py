@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from kd_lightning.losses._registry import register_loss
 from kd_lightning.losses._utils import full_precision
 from kd_lightning.losses.base import DistillationLoss
+from kd_lightning.losses.context import StepContext
 from kd_lightning.outputs import ModelOutputs
 
 
@@ -68,7 +69,7 @@ class AttentionTransferLoss(DistillationLoss):
                     f"teacher {t!r} gives {tuple(teacher_shapes[t][1:])}"
                 )
 
-    def forward(self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, context: StepContext) -> torch.Tensor:
         return torch.stack([at_loss(s, t, self.p) for s, t in self.feature_pairs(student, teacher)]).sum()
 
     def extra_repr(self) -> str:

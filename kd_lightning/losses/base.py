@@ -1,4 +1,4 @@
-"""The interface every distillation loss module implements."""
+"""The interface every distillation loss module implements, and the base of the logit losses."""
 
 from __future__ import annotations
 
@@ -7,34 +7,44 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from kd_lightning.losses._utils import check_temperature
+from kd_lightning.losses.context import StepContext
 from kd_lightning.outputs import ModelOutputs
 
-__all__ = ["DistillationLoss", "ModelOutputs"]
+__all__ = ["DistillationLoss", "LogitLoss", "ModelOutputs", "StepContext"]
 
 
 class DistillationLoss(nn.Module):
     """A loss between student and teacher outputs; a thin module holding hyper-parameters.
 
-    The math lives in a pure function next to each subclass so it can be tested on tensors
-    alone. Feature losses list the layers they need in ``student_layers``/``teacher_layers``
-    and may create trainable adapters in :meth:`build` once the tapped shapes are known.
+    Every loss is called the same way, ``loss(student, teacher, context)``, and reads what it
+    needs: the outputs' ``logits`` and tapped ``features``, the context's ``labels`` (with its
+    ``labeled`` mask), ``indices`` and ``epoch`` (see :class:`StepContext`). A new method is one file:
+
+    1. a pure function of tensors holding the math, tested against hand-computed values and by
+       ``gradcheck``; it keeps float32 under autocast with ``_utils.autocast_off`` and
+       ``_utils.full_precision`` where half precision would change the result;
+    2. a module registered with ``@register_loss("name")`` whose constructor takes the
+       hyper-parameters (they come from a config's ``kwargs``) and whose :meth:`forward` calls the
+       function. A loss on logits softened at a temperature subclasses :class:`LogitLoss`; a loss on
+       features calls :meth:`set_layers` and may build adapters in :meth:`build`.
+
+    Example::
+
+        @register_loss("logit_mse")
+        class LogitMSE(DistillationLoss):
+            def forward(self, student, teacher, context):
+                return F.mse_loss(student.logits, teacher.logits)
 
     Attributes:
         student_layers: module names tapped on the student (see ``kd_lightning.models.feature_taps``).
         teacher_layers: module names tapped on the teacher, paired with ``student_layers``.
-        needs_indices: the loss takes the dataset indices of the batch (``indices=`` keyword),
-            e.g. to address a memory bank.
-        needs_epoch: the loss takes the 0-based training epoch (``epoch=`` keyword), for
-            schedules such as a warm-up. An argument rather than state set by a hook, since
-            Lightning skips epoch-start hooks when a run resumes mid-epoch (mdistiller passes it too).
-        needs_labels: the loss uses the class labels of every sample, so it cannot train on an
+        needs_labels: the loss uses the class label of every sample, so it cannot train on an
             unlabeled transfer set (the distiller refuses that combination up front).
     """
 
     student_layers: tuple[str, ...] = ()
     teacher_layers: tuple[str, ...] = ()
-    needs_indices: bool = False
-    needs_epoch: bool = False
     needs_labels: bool = False
 
     def set_layers(self, student_layers: Sequence[str], teacher_layers: Sequence[str]) -> None:
@@ -60,15 +70,24 @@ class DistillationLoss(nn.Module):
         """Take what the loss needs from the training set's labels (in dataset-index order) before
         fitting, e.g. CRD's memory size and class-excluding negatives; a no-op by default."""
 
-    def logit_temperature(self) -> float | None:
-        """The temperature at which the loss softens the teacher's logits (KD, DKD, DIST); ``None``
-        when it does not read them. A top-k teacher cache keeps the dropped classes' mass exact there."""
-        return None
-
     def trains_alone(self, epoch: int) -> bool:
         """Whether this term is the whole objective at ``epoch`` (a pretraining stage, such as
         FitNets' hint stage); then no other term is optimised. Never, by default."""
         return False
 
-    def forward(self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, context: StepContext) -> torch.Tensor:
+        """The loss of one batch, a scalar; ``teacher`` carries no graph."""
         raise NotImplementedError
+
+
+class LogitLoss(DistillationLoss):
+    """A loss on the teacher's logits softened at ``temperature`` (KD, DKD, DIST).
+
+    The temperature is declared here, once: a top-k teacher cache reads it to keep the dropped
+    classes' probability mass exact at the temperature the loss softens them at.
+    """
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        check_temperature(temperature)
+        self.temperature = temperature

@@ -15,6 +15,7 @@ from kd_lightning._distributed import world_size
 from kd_lightning.losses._registry import register_loss
 from kd_lightning.losses._utils import autocast_off, full_precision
 from kd_lightning.losses.base import DistillationLoss
+from kd_lightning.losses.context import StepContext
 from kd_lightning.outputs import ModelOutputs
 
 _EPS = 1e-7
@@ -104,12 +105,12 @@ class CRDLoss(DistillationLoss):
       ``num_negatives`` exceeds the smallest such pool (RepDistiller's and mdistiller's default
       CIFAR-100 data loader, ``CIFAR100InstanceSample``; their published numbers use it).
 
-    The bank is addressed by dataset index, so the training set must give batches
-    ``(x, y, index)`` (``return_indices: true`` on the DataModule). Its size follows the
-    training set: the distiller passes the training labels in before fitting
-    (:meth:`bind_training_labels`), which also gives ``other_classes`` its class pools. Bank and
-    normalisers are buffers, saved with checkpoints, so a resumed run continues with the same
-    memory. Under DDP every rank keeps the whole memory and applies the rows of all ranks' batches.
+    The bank is addressed by the context's dataset indices, so the DataModule must hand them out
+    (``return_indices: true``). Its size follows the training set: the distiller passes the
+    training labels in before fitting (:meth:`bind_training_labels`), which also gives
+    ``other_classes`` its class pools. Bank and normalisers are buffers, saved with checkpoints,
+    so a resumed run continues with the same memory. Under DDP every rank keeps the whole memory
+    and applies the rows of all ranks' batches.
 
     Args:
         num_samples: rows of the memory; leave unset to take the training set's size (a given
@@ -123,7 +124,6 @@ class CRDLoss(DistillationLoss):
         negative_sampling: ``uniform`` or ``other_classes`` (see above).
     """
 
-    needs_indices = True
     # Buffers (registered in __init__), declared so the type checker knows they are tensors.
     student_memory: torch.Tensor
     teacher_memory: torch.Tensor
@@ -218,17 +218,8 @@ class CRDLoss(DistillationLoss):
                 negatives = keys.topk(k, dim=1, sorted=False).indices
         return torch.cat([indices[:, None], negatives], dim=1)
 
-    def forward(
-        self,
-        student: ModelOutputs,
-        teacher: ModelOutputs,
-        targets: torch.Tensor,
-        indices: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if indices is None:
-            raise ValueError(
-                "CRD needs the dataset index of each training sample: set `return_indices: true` on the DataModule"
-            )
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, context: StepContext) -> torch.Tensor:
+        indices = context.dataset_indices("CRD")
         if self.num_samples == 0:
             raise ValueError(
                 "CRD's memory has no size: train with a DataModule (its training set sizes it) or give num_samples"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from kd_lightning.losses._registry import register_loss
-from kd_lightning.losses._utils import check_logit_pair, check_temperature
-from kd_lightning.losses.base import DistillationLoss
+from kd_lightning.losses._utils import autocast_off, check_logit_pair, check_temperature, full_precision
+from kd_lightning.losses.base import LogitLoss
+from kd_lightning.losses.context import StepContext
 from kd_lightning.outputs import ModelOutputs
 
 _EPS = 1e-8
@@ -44,29 +45,24 @@ def dist_loss(
     """
     check_temperature(temperature)
     check_logit_pair(student_logits, teacher_logits)
-    dtype = torch.promote_types(student_logits.dtype, torch.float32)
-    with torch.autocast(device_type=student_logits.device.type, enabled=False):
-        p_s = (student_logits.to(dtype) / temperature).softmax(dim=1)
-        p_t = (teacher_logits.to(dtype) / temperature).softmax(dim=1)
+    with autocast_off(student_logits):
+        p_s = (full_precision(student_logits) / temperature).softmax(dim=1)
+        p_t = (full_precision(teacher_logits) / temperature).softmax(dim=1)
         inter = pearson_distance(p_s, p_t)
         intra = pearson_distance(p_s.T, p_t.T)
     return temperature**2 * (beta * inter + gamma * intra)
 
 
 @register_loss("dist")
-class DISTLoss(DistillationLoss):
+class DISTLoss(LogitLoss):
     """Module form of :func:`dist_loss`."""
 
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> None:
-        super().__init__()
-        check_temperature(temperature)
-        self.beta, self.gamma, self.temperature = beta, gamma, temperature
+        super().__init__(temperature)
+        self.beta, self.gamma = beta, gamma
 
-    def forward(self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, context: StepContext) -> torch.Tensor:
         return dist_loss(student.logits, teacher.logits, self.beta, self.gamma, self.temperature)
-
-    def logit_temperature(self) -> float:
-        return self.temperature
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, gamma={self.gamma}, temperature={self.temperature}"

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from kd_lightning.losses._registry import register_loss
-from kd_lightning.losses._utils import check_logit_pair, check_temperature
-from kd_lightning.losses.base import DistillationLoss
+from kd_lightning.losses._utils import autocast_off, check_logit_pair, check_temperature, full_precision
+from kd_lightning.losses.base import LogitLoss
+from kd_lightning.losses.context import StepContext
 from kd_lightning.outputs import ModelOutputs
 
 # Subtracted from the temperature-scaled target logit before the non-target softmax (as mdistiller
@@ -42,9 +43,8 @@ def dkd_loss(
     """
     check_temperature(temperature)
     check_logit_pair(student_logits, teacher_logits)
-    dtype = torch.promote_types(student_logits.dtype, torch.float32)
-    with torch.autocast(device_type=student_logits.device.type, enabled=False):
-        s, t = student_logits.to(dtype) / temperature, teacher_logits.to(dtype) / temperature
+    with autocast_off(student_logits):
+        s, t = full_precision(student_logits) / temperature, full_precision(teacher_logits) / temperature
         is_target = F.one_hot(target, s.shape[-1]).bool()
         tckd = _kl(_binary_log_probs(s, is_target), _binary_log_probs(t, is_target))
         nckd = _kl(
@@ -66,44 +66,36 @@ def _kl(log_p_student: torch.Tensor, log_p_teacher: torch.Tensor) -> torch.Tenso
 
 
 @register_loss("dkd")
-class DKDLoss(DistillationLoss):
+class DKDLoss(LogitLoss):
     """Module form of :func:`dkd_loss`, with the paper's linear warm-up of the loss weight.
 
     Zhao et al. ramp the whole DKD term linearly over the first ``warmup_epochs`` epochs
     (20 on CIFAR-100), since the large ``β`` otherwise swamps the cross-entropy early on. The
-    distiller passes the 0-based ``epoch`` with every call; the factor in epoch ``e`` is
-    ``min((e + 1) / warmup_epochs, 1)``. DKD splits the distribution at the true class, so it
-    needs a label for every sample.
+    factor in the context's 0-based epoch ``e`` is ``min((e + 1) / warmup_epochs, 1)``. DKD splits
+    the distribution at the context's labels, so it needs a label for every sample.
 
     Args:
         alpha, beta, temperature: see :func:`dkd_loss`.
         warmup_epochs: epochs of linear warm-up (0 = off).
     """
 
-    needs_epoch = True
     needs_labels = True
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup_epochs: int = 0) -> None:
-        super().__init__()
-        check_temperature(temperature)
+        super().__init__(temperature)
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
-        self.alpha, self.beta, self.temperature = alpha, beta, temperature
+        self.alpha, self.beta = alpha, beta
         self.warmup_epochs = warmup_epochs
-
-    def logit_temperature(self) -> float:
-        return self.temperature
 
     def warmup_factor(self, epoch: int) -> float:
         if self.warmup_epochs == 0:
             return 1.0
         return min((epoch + 1) / self.warmup_epochs, 1.0)
 
-    def forward(
-        self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor, epoch: int = 0
-    ) -> torch.Tensor:
-        loss = dkd_loss(student.logits, teacher.logits, targets, self.alpha, self.beta, self.temperature)
-        return self.warmup_factor(epoch) * loss
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, context: StepContext) -> torch.Tensor:
+        loss = dkd_loss(student.logits, teacher.logits, context.labels, self.alpha, self.beta, self.temperature)
+        return self.warmup_factor(context.epoch) * loss
 
     def extra_repr(self) -> str:
         return (

@@ -11,6 +11,7 @@ from torch import nn
 from kd_lightning.losses._registry import register_loss
 from kd_lightning.losses._utils import full_precision
 from kd_lightning.losses.base import DistillationLoss
+from kd_lightning.losses.context import StepContext
 from kd_lightning.outputs import ModelOutputs
 
 
@@ -90,7 +91,6 @@ class FitNetLoss(DistillationLoss):
             raise ValueError(f"hint_epochs must be >= 0, got {hint_epochs}")
         self.set_layers(student_layers, teacher_layers)
         self.final_relu, self.hint_epochs = final_relu, hint_epochs
-        self.needs_epoch = hint_epochs > 0
         self.regressors = nn.ModuleList()
 
     def build(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
@@ -102,12 +102,10 @@ class FitNetLoss(DistillationLoss):
     def trains_alone(self, epoch: int) -> bool:
         return epoch < self.hint_epochs
 
-    def forward(
-        self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor, epoch: int = 0
-    ) -> torch.Tensor:
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, context: StepContext) -> torch.Tensor:
         if len(self.regressors) != len(self.student_layers):
             raise RuntimeError("FitNetLoss.build() was not called: its regressors need the probed feature shapes")
-        if self.hint_epochs and epoch >= self.hint_epochs:
+        if self.hint_epochs and context.epoch >= self.hint_epochs:
             return student.logits.new_zeros(())  # stage 2 of the two-stage training: no hint
         pairs = self.feature_pairs(student, teacher)
         return torch.stack([hint_loss(reg(s), t) for reg, (s, t) in zip(self.regressors, pairs, strict=True)]).sum()

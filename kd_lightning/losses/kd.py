@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from kd_lightning.losses._registry import register_loss
-from kd_lightning.losses._utils import check_logit_pair, check_temperature, full_precision
-from kd_lightning.losses.base import DistillationLoss
+from kd_lightning.losses._utils import autocast_off, check_logit_pair, check_temperature, full_precision
+from kd_lightning.losses.base import LogitLoss
+from kd_lightning.losses.context import StepContext
 from kd_lightning.outputs import ModelOutputs
 
 
@@ -25,7 +26,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     """
     check_temperature(temperature)
     check_logit_pair(student_logits, teacher_logits)
-    with torch.autocast(device_type=student_logits.device.type, enabled=False):
+    with autocast_off(student_logits):
         log_p_student = F.log_softmax(full_precision(student_logits) / temperature, dim=-1)
         log_p_teacher = F.log_softmax(full_precision(teacher_logits) / temperature, dim=-1)
         kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
@@ -33,19 +34,14 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 @register_loss("kd")
-class KDLoss(DistillationLoss):
+class KDLoss(LogitLoss):
     """Module form of :func:`kd_loss`."""
 
     def __init__(self, temperature: float = 4.0) -> None:
-        super().__init__()
-        check_temperature(temperature)
-        self.temperature = temperature
+        super().__init__(temperature)
 
-    def forward(self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, context: StepContext) -> torch.Tensor:
         return kd_loss(student.logits, teacher.logits, self.temperature)
-
-    def logit_temperature(self) -> float:
-        return self.temperature
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"

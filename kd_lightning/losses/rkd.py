@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from kd_lightning.losses._registry import register_loss
 from kd_lightning.losses._utils import autocast_off, full_precision
 from kd_lightning.losses.base import DistillationLoss
+from kd_lightning.losses.context import StepContext
 from kd_lightning.outputs import ModelOutputs
 
 _EPS = 1e-12
@@ -94,7 +95,7 @@ class RKDLoss(DistillationLoss):
         self.set_layers(student_layers, teacher_layers)
         self.distance_weight, self.angle_weight = distance_weight, angle_weight
 
-    def forward(self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, context: StepContext) -> torch.Tensor:
         pairs = self.feature_pairs(student, teacher)
         return torch.stack([rkd_loss(s, t, self.distance_weight, self.angle_weight) for s, t in pairs]).sum()
 

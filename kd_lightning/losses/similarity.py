@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from kd_lightning.losses._registry import register_loss
 from kd_lightning.losses._utils import autocast_off, full_precision
 from kd_lightning.losses.base import DistillationLoss
+from kd_lightning.losses.context import StepContext
 from kd_lightning.outputs import ModelOutputs
 
 
@@ -49,5 +50,5 @@ class SimilarityPreservingLoss(DistillationLoss):
         super().__init__()
         self.set_layers(student_layers, teacher_layers)
 
-    def forward(self, student: ModelOutputs, teacher: ModelOutputs, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, context: StepContext) -> torch.Tensor:
         return torch.stack([sp_loss(s, t) for s, t in self.feature_pairs(student, teacher)]).sum()

@@ -20,7 +20,7 @@ from kd_lightning.callbacks.teacher_check import TeacherCheck
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.batch import Batch
 from kd_lightning.errors import ConfigError, as_config_error
-from kd_lightning.losses import DistillationLoss, KDLoss, LossTerm, as_term, check_temperature, create_loss
+from kd_lightning.losses import DistillationLoss, LogitLoss, LossTerm, StepContext, as_term, create_loss
 from kd_lightning.losses.term import CROSS_ENTROPY
 from kd_lightning.metrics import TeacherStudentKL
 from kd_lightning.models.feature_taps import FeatureTaps
@@ -30,6 +30,9 @@ from kd_lightning.modules.teacher import FrozenTeacher
 from kd_lightning.outputs import ModelOutputs
 
 TEACHER_PREFIX = "teacher."
+# Hinton et al.'s objective, the distiller's default when no ``losses`` are given.
+HINTON_ALPHA = 0.9
+HINTON_TEMPERATURE = 4.0
 
 
 class DistillationModule(SupervisedModule):
@@ -56,11 +59,12 @@ class DistillationModule(SupervisedModule):
         teacher: the trained network to learn from: a registry name with ``pretrained`` weights,
             or ``weights_path`` to a kd_lightning Lightning checkpoint or a state-dict file.
         num_classes: classes of the task; the teacher must have as many.
-        temperature: softening temperature ``T`` of the KD term (used when ``losses`` is not given).
-        alpha: weight of the KD term; the cross-entropy on labels gets ``1 − α`` (used when
-            ``losses`` is not given).
-        losses: weighted loss terms replacing the α/T default; ``ce`` is the label
-            cross-entropy (weight 0 when not listed).
+        temperature: softening temperature ``T`` of the KD term; 4 when not given. Only without
+            ``losses`` (a KD term in ``losses`` takes its own ``kwargs: {temperature: T}``).
+        alpha: weight of the KD term, the cross-entropy on labels getting ``1 − α``; 0.9 when not
+            given. Only without ``losses`` (which weights each term itself).
+        losses: weighted loss terms, the objective in place of the α/T one (giving both is an
+            error); ``ce`` is the label cross-entropy (weight 0 when not listed).
         input_shape: ``[C, H, W]`` of one input, for probing tapped feature shapes; defaults
             to the student's registered input config. Only needed by feature losses.
         save_teacher: also store the teacher's weights in the student's checkpoints.
@@ -88,8 +92,8 @@ class DistillationModule(SupervisedModule):
         student: ModelSpec,
         teacher: ModelSpec,
         num_classes: int,
-        temperature: float = 4.0,
-        alpha: float = 0.9,
+        temperature: float | None = None,
+        alpha: float | None = None,
         save_teacher: bool = False,
         losses: list[LossTerm] | None = None,
         input_shape: tuple[int, int, int] | None = None,
@@ -106,16 +110,19 @@ class DistillationModule(SupervisedModule):
         compile: bool = False,
     ) -> None:
         super().__init__(num_classes, optimizer, lr_scheduler, label_smoothing, channels_last, compile)
-        with as_config_error():
-            check_temperature(temperature)
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"alpha must be in [0, 1] (the KD share of the loss), got {alpha}")
+        if losses is None:
+            # Recorded as the values trained with, so the hyper-parameters say what the objective was.
+            alpha = HINTON_ALPHA if alpha is None else alpha
+            temperature = HINTON_TEMPERATURE if temperature is None else temperature
+            terms = hinton_terms(alpha, temperature)
+        else:
+            _refuse_two_objectives(alpha, temperature)
+            terms = [as_term(term) for term in losses]
         student_spec, teacher_spec = as_spec(student), as_spec(teacher)
-        terms = None if losses is None else [as_term(term) for term in losses]
         # save_hyperparameters reads these locals: plain dicts keep checkpoints loadable with
         # weights_only=True and show up as fields, not object reprs, in loggers such as W&B.
         student, teacher = student_spec.to_dict(), teacher_spec.to_dict()  # type: ignore[assignment]
-        losses = None if terms is None else [term.to_dict() for term in terms]  # type: ignore[misc]
+        losses = None if losses is None else [term.to_dict() for term in terms]  # type: ignore[misc]
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         if recalibrate_teacher_bn < 0:
             raise ConfigError(f"recalibrate_teacher_bn must be >= 0 (training batches), got {recalibrate_teacher_bn}")
@@ -131,11 +138,7 @@ class DistillationModule(SupervisedModule):
         # Loss hyper-parameters, layer names and feature shapes come from the config: a
         # ValueError here is the user's to fix, so it becomes a one-line ConfigError.
         with as_config_error():
-            if terms is None:
-                self.loss_terms = nn.ModuleDict({"kd": KDLoss(temperature)})
-                self.loss_weights: dict[str, float] = {CROSS_ENTROPY: 1.0 - alpha, "kd": alpha}
-            else:
-                self.loss_terms, self.loss_weights = _build_terms(terms)
+            self.loss_terms, self.loss_weights = _build_terms(terms)
             self.student_taps = self._tap_features(input_shape)
         self.val_teacher_metrics = _teacher_metrics(num_classes, "val/")
         self.test_teacher_metrics = _teacher_metrics(num_classes, "test/")
@@ -149,23 +152,29 @@ class DistillationModule(SupervisedModule):
                 store,
                 cache_views,
                 cache_topk,
-                self._topk_temperature(temperature) if cache_topk else temperature,
+                self.logit_temperature() if cache_topk else HINTON_TEMPERATURE,
                 share_backbone=cache_backbone_features,
             )
             if store is not None
             else None
         )
 
-    def _topk_temperature(self, default: float) -> float:
-        """The temperature the logit losses soften the teacher at, where top-k storage keeps the dropped
-        mass exact; with ``losses`` given, ``temperature`` (the α/T default's) would not be it."""
-        temperatures = {t for _, loss in self.distillation_losses() if (t := loss.logit_temperature()) is not None}
+    def logit_temperature(self) -> float:
+        """The one temperature at which the logit terms (:class:`~kd_lightning.losses.LogitLoss`) soften
+        the teacher's logits, where a top-k teacher cache keeps the dropped classes' mass exact.
+
+        Hinton's 4 when no term reads the teacher's logits (the dropped mass then matters to none).
+
+        Raises:
+            ConfigError: the logit terms soften at several temperatures.
+        """
+        temperatures = {loss.temperature for _, loss in self.distillation_losses() if isinstance(loss, LogitLoss)}
         if len(temperatures) > 1:
             raise ConfigError(
                 f"cache_topk keeps the teacher's dropped classes exact at one temperature, but the loss terms "
                 f"soften its logits at {sorted(temperatures)}: use one temperature or drop cache_topk"
             )
-        return temperatures.pop() if temperatures else default
+        return temperatures.pop() if temperatures else HINTON_TEMPERATURE
 
     def _tap_features(self, input_shape: tuple[int, int, int] | None) -> FeatureTaps | None:
         """Hook the layers the losses need, probe their shapes and build the losses' adapters."""
@@ -235,28 +244,13 @@ class DistillationModule(SupervisedModule):
         return ModelOutputs(*self.student_taps(x))
 
     def loss_components(
-        self,
-        student: ModelOutputs,
-        teacher: ModelOutputs,
-        targets: torch.Tensor,
-        epoch: int = 0,
-        indices: torch.Tensor | None = None,
+        self, student: ModelOutputs, teacher: ModelOutputs, context: StepContext
     ) -> dict[str, torch.Tensor]:
-        """Every weighted term by label (``ce`` plus each distillation loss), unweighted.
-
-        Args:
-            epoch: the 0-based training epoch, passed to losses with a schedule (DKD's warm-up).
-            indices: the dataset indices of the batch, passed to losses that address a memory
-                by sample (CRD).
-        """
-        terms = {CROSS_ENTROPY: self.cross_entropy(student.logits, targets)}
+        """Every weighted term by label (``ce`` plus each distillation loss), unweighted; every loss
+        gets the same ``context`` and reads what it needs from it."""
+        terms = {CROSS_ENTROPY: self.cross_entropy(student.logits, context.labels)}
         for name, loss in self.loss_terms.items():
-            options: dict[str, Any] = {}
-            if loss.needs_epoch:
-                options["epoch"] = epoch
-            if loss.needs_indices:
-                options["indices"] = indices
-            terms[name] = loss(student, teacher, targets, **options)
+            terms[name] = loss(student, teacher, context)
         return terms
 
     def distillation_losses(self) -> list[tuple[str, DistillationLoss]]:
@@ -272,8 +266,9 @@ class DistillationModule(SupervisedModule):
         x = batch.inputs
         teacher = batch.teacher if batch.teacher is not None else self.teacher(x)
         student = self.student_outputs(x)
-        terms = self.loss_components(student, teacher, batch.labels, self.current_epoch, batch.indices)
-        weights = self.objective_weights(self.current_epoch)
+        context = StepContext(batch.labels, batch.indices, self.current_epoch)
+        terms = self.loss_components(student, teacher, context)
+        weights = self.objective_weights(context.epoch)
         loss = torch.stack([weight * terms[name] for name, weight in weights.items()]).sum()
         self.train_metrics.update(student.logits, batch.labels)
         self.log_step_values(loss, terms, len(batch))
@@ -317,6 +312,26 @@ class DistillationModule(SupervisedModule):
         if has_teacher:
             self.teacher.rehash()
         return result
+
+
+def hinton_terms(alpha: float, temperature: float) -> list[LossTerm]:
+    """Hinton et al.'s ``(1 − α)·CE + α·KD(T)`` written as loss terms."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be in [0, 1] (the KD share of the loss), got {alpha}")
+    return [LossTerm(CROSS_ENTROPY, 1.0 - alpha), LossTerm("kd", alpha, {"temperature": temperature})]
+
+
+def _refuse_two_objectives(alpha: float | None, temperature: float | None) -> None:
+    """``alpha``/``temperature`` write the α/T objective that ``losses`` replaces: giving both is ambiguous."""
+    given = [
+        f"{name}: {value}" for name, value in (("alpha", alpha), ("temperature", temperature)) if value is not None
+    ]
+    if given:
+        raise ConfigError(
+            f"{' and '.join(given)} would be ignored next to losses, which replaces the alpha/temperature "
+            "objective: drop them and set each term's weight and temperature in losses, e.g. "
+            "[{name: ce, weight: 0.1}, {name: kd, weight: 0.9, kwargs: {temperature: 4.0}}]"
+        )
 
 
 def _build_terms(terms: list[LossTerm]) -> tuple[nn.ModuleDict, dict[str, float]]:
