@@ -12,8 +12,7 @@ import yaml
 from lightning.pytorch.cli import instantiate_class
 
 from kd_lightning import data as data_modules
-from kd_lightning.callbacks.resume import INPUT_SHAPE_KEY, input_shape_differs
-from kd_lightning.checkpointing import read_checkpoint
+from kd_lightning.checkpointing import INPUT_SHAPE_KEY, input_shape_differs, read_checkpoint
 from kd_lightning.data import ImageClassificationDataModule
 from kd_lightning.errors import ConfigError, DataError, KDLightningError
 from kd_lightning.models import CheckpointError, Classifier, as_spec

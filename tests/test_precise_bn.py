@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd_lightning.callbacks.precise_bn import PreciseBatchNorm, training_batches
+from kd_lightning.callbacks.precise_bn import PreciseBatchNorm
 from kd_lightning.callbacks.teacher_check import TeacherCheck, accuracy
 from kd_lightning.data import DigitsDataModule
+from kd_lightning.data.calibration import training_batches
 from kd_lightning.errors import ConfigError
 from kd_lightning.models import ModelSpec
 from kd_lightning.models.batchnorm import batch_statistics, recalibrate_batchnorm

@@ -1,5 +1,6 @@
 """Backbones: one registry for kd_lightning's own nets, torchvision and timm models."""
 
+from kd_lightning.errors import CheckpointError
 from kd_lightning.models import (  # noqa: F401  (register the built-in nets)
     cifar_resnet,
     cifar_vgg,
@@ -12,10 +13,11 @@ from kd_lightning.models.classifier import IMAGENET_INPUT, Classifier, InputConf
 from kd_lightning.models.factory import create_model
 from kd_lightning.models.spec import ModelSpec, as_spec
 from kd_lightning.models.weights import (
-    CheckpointError,
     LoadReport,
+    WeightsFile,
     load_weights,
     read_state_dict,
+    read_weights_file,
     remap_positional,
     remap_prefixes,
 )
@@ -33,7 +35,9 @@ __all__ = [
     "list_backbones",
     "load_weights",
     "read_state_dict",
+    "read_weights_file",
     "remap_positional",
     "remap_prefixes",
     "register_backbone",
+    "WeightsFile",
 ]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kd_lightning.models._init import kaiming_init_convs
 from kd_lightning.models._registry import Backbone, register_backbone
 from kd_lightning.models.classifier import InputConfig
+from kd_lightning.models.weight_init import kaiming_init_convs
 
 # CIFAR-100 statistics exactly as RepDistiller (dataset/cifar100.py) and mdistiller
 # (mdistiller/dataset/cifar100.py) normalise with, so the recipes' inputs match theirs to the last digit.

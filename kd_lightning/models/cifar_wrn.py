@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kd_lightning.models._init import kaiming_init_convs
 from kd_lightning.models._registry import Backbone, register_backbone
 from kd_lightning.models.cifar_resnet import CIFAR_INPUT
+from kd_lightning.models.weight_init import kaiming_init_convs
 
 
 class PreActBlock(nn.Module):
