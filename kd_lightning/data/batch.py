@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -22,6 +23,11 @@ class Batch:
     stored ``teacher`` outputs for exactly those images, a feature cache gives ``features`` in
     place of images. Lightning moves every tensor field to the device.
 
+    It also unpacks and indexes like the ``(x, y)`` tuple a plain LightningModule expects:
+    ``x, y = batch``, ``batch[0]``, ``batch[1]``. ``x`` is what the network takes in: the images, or
+    a feature-cache batch's ``features`` (the only input such a batch has). ``len(batch)`` is the
+    batch size, as Lightning's logging reads it, not the length of that pair.
+
     Attributes:
         labels: ``[B]`` class indices; :data:`IGNORE_LABEL` marks an unlabeled sample.
         images: ``[B, C, H, W]`` images, or ``None`` when the batch carries ``features``.
@@ -41,6 +47,18 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter(self._pair())
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self._pair()[index]
+
+    def _pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images if self.images is not None else self.features
+        if x is None:
+            raise ValueError("this batch carries neither images nor features to unpack as (x, y)")
+        return x, self.labels
 
     @property
     def inputs(self) -> torch.Tensor:
