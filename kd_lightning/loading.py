@@ -19,7 +19,7 @@ from kd_lightning.models import CheckpointError, Classifier, as_spec
 
 NETWORK_PREFIX = "network."
 # The hyper-parameter naming the trained network, by module: DistillationModule, FrozenBackboneFinetuner.
-SPEC_KEYS = ("student", "backbone")
+SPEC_KEYS = ("student", "network")
 
 
 @dataclass
@@ -53,7 +53,7 @@ def load_trained(checkpoint: str | Path) -> TrainedNetwork:
     key = next((k for k in SPEC_KEYS if k in hparams), None)
     if key is None or "num_classes" not in hparams:
         raise CheckpointError(
-            f"{path} is not a kd_lightning Lightning checkpoint (no 'student' or 'backbone' hyper-parameter)"
+            f"{path} is not a kd_lightning Lightning checkpoint (no 'student' or 'network' hyper-parameter)"
         )
     try:
         spec = dataclasses.replace(as_spec(hparams[key]), pretrained=False, weights_path=None)

@@ -100,7 +100,7 @@ class Classifier(nn.Module):
         head: an existing head to keep (e.g. ImageNet classifier weights); a new ``nn.Linear``
             is created when omitted.
         name: registry name, recorded for checkpoints and reports.
-        stages: trunk-relative names of the modules ending each stage (see ``Backbone.stages``).
+        stages: trunk-relative names of the modules ending each stage (see ``NetworkParts.stages``).
         input_size: side every input is resized to inside the network (``None``: as given).
         feature_layers: layers (names, ``stage:N``, optionally ``@input``) whose globally pooled
             outputs, concatenated, replace the backbone's output as the head's features

@@ -85,7 +85,7 @@ def create_model(
     if head is not None and (getattr(head, "out_features", None) != num_classes or feature_layers or head_norm):
         head = None
     model = Classifier(
-        built.trunk,
+        built.backbone,
         built.feature_dim,
         num_classes,
         input_config,
