@@ -18,22 +18,12 @@ log = logging.getLogger(__name__)
 class PreciseBatchNorm(Callback):
     """Recompute the BatchNorm statistics of the trained network ("precise BN") before it is judged.
 
-    The running averages BatchNorm keeps during training lag behind the weights; after a short
-    or high-learning-rate schedule eval-mode accuracy can be tens of points below what the same
-    weights reach with correct statistics (see :mod:`kd_lightning.models.batchnorm`). This
-    callback recomputes them (:func:`~kd_lightning.models.batchnorm.recalibrate_batchnorm`) over
-    ``num_batches`` training batches:
-
-    * before validation in every ``every_n_epochs``-th epoch and in the last epoch, so the
-      validation metrics, the checkpoint a ``ModelCheckpoint`` saves from them, and the network
-      a teacher config hands to distillation all use the recomputed statistics;
-    * at the end of an epoch that had no validation (``limit_val_batches=0``), for the same reason;
-    * at the end of training if the weights changed since the last recalibration (early stop,
-      ``max_steps``).
-
-    Only the layers the module trains are touched (a frozen backbone's or a teacher's BatchNorm
-    stays as it is), and training itself is unchanged: train-mode BatchNorm normalises with
-    batch statistics, never the running ones.
+    BatchNorm's running averages lag behind the weights (see :mod:`kd_lightning.models.batchnorm`).
+    They are recomputed over ``num_batches`` training batches before validation in every
+    ``every_n_epochs``-th and in the last epoch (so the metrics, the checkpoint saved from them and
+    a teacher handed to distillation all use them), at the end of an epoch without validation, and
+    at the end of training if the weights changed since. Only the layers the module trains are
+    touched, and training itself is unchanged (train-mode BatchNorm uses batch statistics).
 
     Args:
         num_batches: training batches to average over (at the training batch size).

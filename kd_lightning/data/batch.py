@@ -77,9 +77,9 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         """Every tensor on ``device``, as Lightning's default transfer does it, without its generic walk.
 
-        Lightning's ``move_data_to_device`` deep-copies a dataclass field by field on every step,
-        a fixed cost of a fraction of a millisecond that a small CPU student's step notices (issue
-        12); here it is one ``Tensor.to`` per field (a no-op when the tensor is there already).
+        Lightning's ``move_data_to_device`` deep-copies a dataclass field by field on every step, a
+        fixed cost that a small CPU student's step notices; here it is one ``Tensor.to`` per field
+        (a no-op when the tensor is there already).
         Copies to accelerators are non-blocking, as Lightning's (not to the CPU or MPS, as there).
         """
         device = torch.device(device)

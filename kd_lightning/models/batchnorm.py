@@ -3,9 +3,8 @@
 During training a BatchNorm layer keeps an exponential moving average of its batch statistics
 (``momentum`` 0.1 by default). The weights move at every step, so after a short or high-lr
 schedule the average mixes statistics of many past networks and no longer describes the final
-one; eval mode then normalises with the wrong numbers. A teacher trained with Adam 3e-3 for
-1-3 epochs on Fashion-MNIST scored 0.57-0.72 in eval mode and 0.84-0.88 once its statistics
-were recomputed (issue 12), and every soft label it gives a student is that wrong.
+one; eval mode then normalises with the wrong numbers, which can cost a briefly trained teacher
+tens of points of accuracy (benchmarks/RESULTS.md), and every soft label it gives a student is that wrong.
 
 The fix (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021; fvcore/pycls ``PreciseBN``;
 ``torch.optim.swa_utils.update_bn``) is to forward a number of training batches through the

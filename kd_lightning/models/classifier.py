@@ -160,9 +160,3 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
-
-    def reset_head(self, num_classes: int) -> None:
-        """Replace the head with a freshly initialised one for a new label set."""
-        device = next(self.backbone.parameters()).device
-        self.head = self._new_head(num_classes).to(device)
-        self.num_classes = num_classes
