@@ -45,7 +45,7 @@ def unreadable_error(
     A file that pickles a whole object (``torch.save(model)``) gets the object's class named:
     torch's own message for it is a paragraph, with terminal escape codes, that suggests an unsafe load.
     """
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
     if found is not None:
         return error(
             f"cannot read {what} {path}: it holds a pickled {found.group(1)}, refused unread "

@@ -249,7 +249,7 @@ CASES: list[tuple[str, Callable[[Earlier], list[str]], str]] = [
     (
         "ckpt_malicious",
         lambda e: _fit(e, "--ckpt_path", str(_damaged(e, "evil.ckpt", "malicious"))),
-        "refused: they could run code",
+        "refused unread (unpickling an object could run code)",
     ),
     (
         "ckpt_nan_weights_test",
@@ -449,7 +449,7 @@ CASES: list[tuple[str, Callable[[Earlier], list[str]], str]] = [
     (
         "report_malicious_student",
         lambda e: ["report", "--teacher", str(e.best), "--students", str(_damaged(e, "evil_s.ckpt", "malicious"))],
-        "refused: they could run code",
+        "refused unread (unpickling an object could run code)",
     ),
     (
         "report_class_count_mismatch",
