@@ -25,8 +25,10 @@ class ExactResume(Callback):
     restored by the DataModule's sampler (:class:`~kd_lightning.data.sampler.ResumableRandomSampler`).
 
     Resuming a fit from a checkpoint whose module or data hyper-parameters differ from the
-    current config is refused with the differences (:func:`check_checkpoint_config`), since the
-    run would silently change mid-way (a changed ``max_epochs`` or trainer setting is allowed).
+    current config is refused with the differences
+    (:func:`~kd_lightning.checkpointing.check_checkpoint_config`), since the run would silently
+    change mid-way (a changed ``max_epochs`` or trainer setting is allowed). Evaluating a
+    checkpoint on images of another shape than it was trained on is refused at the first batch.
     """
 
     def __init__(self) -> None:
