@@ -143,7 +143,7 @@ SMOKE_OVERRIDES = (
 )
 # The smoke teacher pools its last stage through a standardised head, like the real one pools stages 3 and 4.
 SMOKE_NETWORK = {"name": "small_cnn", "kwargs": {"width": 8}, "feature_layers": ["stage:-1"], "head_norm": True}
-SMOKE_TEACHER = ("--model.init_args.backbone", json.dumps(SMOKE_NETWORK | {"pretrained": False}))
+SMOKE_TEACHER = ("--model.init_args.network", json.dumps(SMOKE_NETWORK | {"pretrained": False}))
 
 
 def smoke_overrides(stage: Stage, seed: int, out: Path) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Checkpoint files that are never half-written and never run code when read.
+"""Checkpoint files that are never half-written, never run code when read, and match the config they meet.
 
 Lightning's ``TorchCheckpointIO`` saves through an fsspec transaction: the bytes go to a temp
 file in the *system* temp folder, then ``shutil.move`` puts them in place. When that folder is
@@ -27,11 +27,18 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
-from kd_lightning.errors import ConfigError, NonFiniteError
-from kd_lightning.models.weights import CheckpointError, refused_object
+from kd_lightning.errors import CheckpointError, ConfigError, NonFiniteError
+from kd_lightning.safe_load import safe_torch_load, unreadable_error
 
 # ``atomic_torch_save``'s temp files: ``.<name>.<random>.tmp`` next to the target.
 TEMP_SUFFIX = ".tmp"
+# Where checkpoints record the ``(C, H, W)`` of the training images as the network saw them, so that
+# evaluation, report and export can check the data they are given against it.
+INPUT_SHAPE_KEY = "kd_lightning_input_shape"
+# Settings that change how fast a run goes, not what it computes: free to differ from a checkpoint's.
+SPEED_ONLY = frozenset({"compile", "channels_last", "num_workers"})
+# What to do with a checkpoint that cannot be read.
+USE_ANOTHER = "use another checkpoint, or one saved by a Trainer (weights alone: torch.save(model.state_dict(), path))"
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -63,7 +70,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         try:
             checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=True)
         except Exception as err:  # truncated, corrupt or unsafe: torch raises several types
-            raise _unreadable(path, err) from err
+            raise unreadable_error(path, err, "checkpoint", USE_ANOTHER) from err
         check_finite_state(checkpoint, path)
         return checkpoint
 
@@ -81,25 +88,11 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         raise CheckpointError(f"checkpoint not found: {path} (check --ckpt_path, relative to {Path.cwd()})")
     if path.stat().st_size == 0:
         raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated, corrupt or unsafe: torch raises several types
-        raise _unreadable(path, err) from err
+    checkpoint = safe_torch_load(path, "checkpoint", USE_ANOTHER, map_location=map_location)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict); was it saved by a Trainer?")
     check_finite_state(checkpoint, path)
     return checkpoint
-
-
-def _unreadable(path: str | Path, err: Exception) -> CheckpointError:
-    refused = refused_object(f"checkpoint {path}", err)
-    if refused is not None:
-        return refused
-    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return CheckpointError(
-        f"cannot read checkpoint {path}: {first_line}. The file is truncated, corrupt, or holds "
-        "pickled objects other than tensors and plain values (refused: they could run code)."
-    )
 
 
 def check_finite_state(checkpoint: Mapping[str, Any], path: str | Path) -> None:
@@ -211,6 +204,95 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_checkpoint_class(checkpoint: dict[str, Any], class_path: str, path: str | Path | None) -> None:
+    """Refuse a checkpoint saved by the CLI from another module class than ``class_path``.
+
+    Classes are compared by name, never imported: a checkpoint is data, and importing the module
+    it names would run that module's code. (``kd_lightning.modules.X`` and
+    ``kd_lightning.modules.distiller.X`` name one class.)
+    """
+    saved = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    if isinstance(saved, str) and saved.rsplit(".", 1)[-1] != class_path.rsplit(".", 1)[-1]:
+        raise ConfigError(
+            f"--ckpt_path {path} is a checkpoint of {saved}, but the config builds {class_path}: give the config "
+            "the checkpoint was trained with (e.g. a teacher's checkpoint needs the teacher's config)"
+        )
+
+
+def check_checkpoint_config(
+    checkpoint: dict[str, Any],
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule | None,
+    path: str | Path | None,
+    stage: str,
+    adopt_flag: str | None = None,
+) -> None:
+    """Refuse a checkpoint whose settings differ from the config's, listing each difference.
+
+    Lightning would otherwise silently take the model settings from one and the weights from the
+    other (or train a teacher checkpoint into a distillation folder). Model settings must match
+    for every stage; data settings too when resuming a fit, since the run would change mid-way
+    (evaluating on other data is what ``test`` is for). Speed-only switches may differ.
+
+    Raises:
+        ConfigError: another module class, or the list of differing settings with both values.
+    """
+    module_class = f"{type(module).__module__}.{type(module).__qualname__}"
+    check_checkpoint_class(checkpoint, module_class, path)
+    changes = _diff(checkpoint.get("hyper_parameters", {}), dict(module.hparams), "model.")
+    if stage == "fit" and datamodule is not None:
+        changes += _diff(checkpoint.get("datamodule_hyper_parameters", {}), dict(datamodule.hparams), "data.")
+    shape = checkpoint.get(INPUT_SHAPE_KEY)
+    size = getattr(datamodule, "image_size", None)
+    if stage != "fit" and isinstance(shape, list | tuple) and len(shape) == 3 and isinstance(size, int):
+        # Checked here, before the run writes anything; the channels only once a batch shows them.
+        check_input_shape(tuple(shape), (None, size, size), getattr(module, "network", None), path)
+    if changes:
+        fix = "use the config it was saved with"
+        if adopt_flag:
+            fix += f", or add --{adopt_flag} true to take the checkpoint's model settings"
+        raise ConfigError(
+            f"--ckpt_path {path} was saved with another config: " + "; ".join(changes) + f". To {stage} it, {fix}."
+        )
+
+
+def check_input_shape(
+    trained: tuple[int, ...], given: tuple[int | None, ...], network: Any, path: str | Path | None
+) -> None:
+    """Refuse evaluation data of another channel count or image size than the checkpoint was trained
+    on (``None`` in ``given``: not known yet)."""
+    if input_shape_differs(trained, given, network):
+        shown = ["×".join(str(v) for v in shape if v is not None) for shape in (trained, given)]
+        raise ConfigError(
+            f"--ckpt_path {path} was trained on {shown[0]} images but the data gives {shown[1]}: "
+            "evaluate it with the data settings it was trained with (channels, image_size)"
+        )
+
+
+def input_shape_differs(trained: tuple[int, ...], given: tuple[int | None, ...], network: Any) -> bool:
+    """Whether ``[C, H, W]`` data ``given`` (``None``: not known yet) is not what ``network`` was trained on.
+
+    A network that resizes its input itself (a per-model input size) takes any image size, not
+    another channel count.
+    """
+    resizes = getattr(getattr(network, "input_adapter", None), "resize_to", None) is not None
+    channels_differ = given[0] is not None and given[0] != trained[0]
+    size_differs = not resizes and any(g is not None and g != t for t, g in zip(trained[1:], given[1:], strict=True))
+    return channels_differ or size_differs
+
+
+def _diff(saved: dict[str, Any], current: dict[str, Any], prefix: str) -> list[str]:
+    """``key: checkpoint X, config Y`` for every differing hyper-parameter (private ``_`` keys and
+    speed-only switches aside)."""
+    keys = sorted(k for k in saved.keys() | current.keys() if not str(k).startswith("_") and k not in SPEED_ONLY)
+    missing = object()
+    return [
+        f"{prefix}{k}: checkpoint {saved.get(k, '<unset>')!r}, config {current.get(k, '<unset>')!r}"
+        for k in keys
+        if saved.get(k, missing) != current.get(k, missing)
+    ]
 
 
 def use_safe_checkpoint_io(trainer: L.Trainer) -> None:

@@ -22,25 +22,26 @@ from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from kd_lightning.callbacks.confusion import ConfusionMatrixLogger
-from kd_lightning.callbacks.resume import check_checkpoint_class, check_checkpoint_config
 from kd_lightning.callbacks.save_config import LoggerSaveConfigCallback
 from kd_lightning.checkpointing import (
+    check_checkpoint_class,
+    check_checkpoint_config,
     check_finite_metrics,
     read_checkpoint,
     resolve_ckpt_keyword,
     use_safe_checkpoint_io,
 )
-from kd_lightning.commands import run_typed_command, space_separated_lists, strip_option
 from kd_lightning.data import ImageClassificationDataModule
 from kd_lightning.errors import ConfigError, KDLightningError
 from kd_lightning.modules import SupervisedModule
 from kd_lightning.run_lock import RunFolderLock, checkpoint_folders
+from kd_lightning.typed_commands import run_typed_command, space_separated_lists, strip_option
 from kd_lightning.user_imports import IMPORTS_FLAG, import_user_modules, requested_imports
 
 # Commands beyond Lightning's own: name -> "module:function". Each is a typed function whose
 # signature and docstring jsonargparse turns into the command's parser (litgpt's pattern);
 # registering a command is one line here. Modules are imported only when their command runs.
-COMMANDS: dict[str, str] = {
+TASK_COMMANDS: dict[str, str] = {
     "quickstart": "kd_lightning.quickstart:quickstart",
     "report": "kd_lightning.report.build:report",
     "export": "kd_lightning.export:export",
@@ -179,7 +180,7 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> KDLightni
         parser_kwargs={
             "exit_on_error": False,
             "description": "Lightning's commands below, and the task commands "
-            + ", ".join(COMMANDS)
+            + ", ".join(TASK_COMMANDS)
             + " (kd-lightning COMMAND --help).",
         },
         args=space_separated_lists(args, {IMPORTS_FLAG}),
@@ -214,12 +215,12 @@ def main(argv: list[str] | None = None) -> None:
     show_traceback = "--traceback" in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--traceback"]
     try:
-        if argv and not argv[0].startswith("-") and argv[0] not in (*LIGHTNING_COMMANDS, *COMMANDS):
-            known = ", ".join((*LIGHTNING_COMMANDS, *COMMANDS))
+        if argv and not argv[0].startswith("-") and argv[0] not in (*LIGHTNING_COMMANDS, *TASK_COMMANDS):
+            known = ", ".join((*LIGHTNING_COMMANDS, *TASK_COMMANDS))
             raise ConfigError(f"unknown command {argv[0]!r}: choose from {known}")
-        if argv and argv[0] in COMMANDS:
+        if argv and argv[0] in TASK_COMMANDS:
             import_user_modules(requested_imports(argv))
-            run_typed_command(argv[0], COMMANDS[argv[0]], strip_option(argv[1:], IMPORTS_FLAG))
+            run_typed_command(argv[0], TASK_COMMANDS[argv[0]], strip_option(argv[1:], IMPORTS_FLAG))
         else:
             lightning_main(argv)
     except ArgumentError as err:  # an argument a command's parser rejected

@@ -31,6 +31,10 @@ class InvalidDataError(KDLightningError, ValueError):
     mixed sizes, or a data file that would run code when read (refused unread)."""
 
 
+class CheckpointError(KDLightningError, ValueError):
+    """A weights file or checkpoint that is missing, unreadable, or does not fit the model."""
+
+
 class NonFiniteError(KDLightningError, FloatingPointError):
     """NaN or infinite values where there must be none: weights in a checkpoint, evaluation metrics."""
 

@@ -12,15 +12,14 @@ import yaml
 from lightning.pytorch.cli import instantiate_class
 
 from kd_lightning import data as data_modules
-from kd_lightning.callbacks.resume import INPUT_SHAPE_KEY, input_shape_differs
-from kd_lightning.checkpointing import read_checkpoint
+from kd_lightning.checkpointing import INPUT_SHAPE_KEY, input_shape_differs, read_checkpoint
 from kd_lightning.data import ImageClassificationDataModule
 from kd_lightning.errors import ConfigError, DataError, KDLightningError
 from kd_lightning.models import CheckpointError, Classifier, as_spec
 
 NETWORK_PREFIX = "network."
 # The hyper-parameter naming the trained network, by module: DistillationModule, FrozenBackboneFinetuner.
-SPEC_KEYS = ("student", "backbone")
+SPEC_KEYS = ("student", "network")
 
 
 @dataclass
@@ -54,7 +53,7 @@ def load_trained(checkpoint: str | Path) -> TrainedNetwork:
     key = next((k for k in SPEC_KEYS if k in hparams), None)
     if key is None or "num_classes" not in hparams:
         raise CheckpointError(
-            f"{path} is not a kd_lightning Lightning checkpoint (no 'student' or 'backbone' hyper-parameter)"
+            f"{path} is not a kd_lightning Lightning checkpoint (no 'student' or 'network' hyper-parameter)"
         )
     try:
         spec = dataclasses.replace(as_spec(hparams[key]), pretrained=False, weights_path=None)

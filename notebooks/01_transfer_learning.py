@@ -134,12 +134,12 @@ print(f"source task (digits 0-4): test accuracy {source_acc:.3f}")
 pretrained = ModelSpec("small_cnn", weights_path=str(source_ckpt), kwargs={"width": 32})
 scratch = ModelSpec("small_cnn", kwargs={"width": 32})
 runs = {
-    "linear probe": dict(backbone=pretrained, strategy="linear_probe"),
+    "linear probe": dict(network=pretrained, strategy="linear_probe"),
     "freeze then unfreeze": dict(
-        backbone=pretrained, strategy="freeze_then_unfreeze", unfreeze_at_epoch=EPOCHS // 2, backbone_lr_factor=0.1
+        network=pretrained, strategy="freeze_then_unfreeze", unfreeze_at_epoch=EPOCHS // 2, backbone_lr_factor=0.1
     ),
-    "full fine-tuning": dict(backbone=pretrained, strategy="full"),
-    "from scratch": dict(backbone=scratch, strategy="full"),
+    "full fine-tuning": dict(network=pretrained, strategy="full"),
+    "from scratch": dict(network=scratch, strategy="full"),
 }
 curves, test_acc = {}, {}
 for name, kwargs in runs.items():

@@ -71,14 +71,32 @@ def test_unlabeled_needs_samples_per_class() -> None:
         DigitsDataModule(unlabeled="rest")
 
 
-def test_distillation_fits_on_an_unlabeled_transfer_set_with_and_without_the_cache(teacher_spec) -> None:
+class StepLosses(L.Callback):
+    """Every training step's loss, and whether its batch brought the teacher's outputs along."""
+
+    def __init__(self) -> None:
+        self.losses: list[torch.Tensor] = []
+        self.cached: list[bool] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(outputs["loss"].detach().clone())
+        self.cached.append(batch.teacher is not None)
+
+
+def test_distillation_on_an_unlabeled_transfer_set_trains_the_same_with_and_without_the_cache(teacher_spec) -> None:
+    """Without augmentation the cached teacher outputs are the ones the teacher gives live, so the
+    same seed and data order give the same losses, step by step."""
+    runs = {}
     for cache in (False, True):
         L.seed_everything(0)
         module = DistillationModule(STUDENT, teacher_spec, num_classes=10, teacher_cache=cache)
         dm = DigitsDataModule(batch_size=64, samples_per_class=2, unlabeled="rest")
-        trainer = make_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1)
-        trainer.fit(module, dm)
-        assert torch.isfinite(trainer.callback_metrics["train/loss"])
+        steps = StepLosses()
+        make_trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1, callbacks=[steps]).fit(module, dm)
+        assert steps.cached == [cache] * 6
+        runs[cache] = torch.stack(steps.losses)
+    torch.testing.assert_close(runs[True], runs[False], rtol=1e-5, atol=1e-6)
+    assert runs[False][-1] < runs[False][0]  # and the student learns: the distillation loss falls
 
 
 def test_modules_that_need_every_label_refuse_unlabeled_data(teacher_spec) -> None:
@@ -173,3 +191,45 @@ def test_the_datamodule_moves_every_field_of_a_batch_to_the_device() -> None:
     assert [t.shape for t in tensors] == [(2,), (2, 1, 8, 8), (2,), (2, 10), (2, 3)]
     assert moved.images.dtype == torch.uint8
     assert datamodule.transfer_batch_to_device([torch.ones(1)], torch.device("meta"), 0)[0].device.type == "meta"
+
+
+class PlainClassifier(L.LightningModule):
+    """A user's own module, written as for any ``(x, y)`` DataModule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        self.correct = self.seen = 0
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)  # no batch_size: Lightning infers it from the batch
+        return loss
+
+    def validation_step(self, batch, batch_idx) -> None:
+        x, y = batch[0], batch[1]
+        self.correct += int((self.net(x).argmax(dim=-1) == y).sum())
+        self.seen += len(y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+def test_a_plain_x_y_lightning_module_trains_on_a_kd_lightning_datamodule() -> None:
+    L.seed_everything(0)
+    module = PlainClassifier()
+    make_trainer(max_epochs=1, num_sanity_val_steps=0).fit(module, DigitsDataModule(batch_size=32))
+    assert module.seen == 144  # the whole validation split
+    assert module.correct / module.seen > 0.7  # chance is 0.1
+
+
+def test_a_batch_unpacks_as_input_and_labels_and_keeps_its_batch_size() -> None:
+    images, features, labels = torch.rand(3, 1, 8, 8), torch.rand(3, 5), torch.tensor([1, 2, 3])
+    x, y = Batch(labels, images=images, indices=torch.arange(3))
+    assert x is images and y is labels
+    assert len(Batch(labels, images=images)) == 3
+    x, y = Batch(labels, features=features)  # a feature-cache batch: its input is the features
+    assert x is features
+    with pytest.raises(ValueError, match="neither images nor features"):
+        Batch(labels)[0]

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from kd_lightning.losses import DistillationLoss, register_loss
-from kd_lightning.models import Backbone, InputConfig, register_backbone
+from kd_lightning.models import NetworkParts, InputConfig, register_backbone
 
 CALLS = {"loss": 0, "backbone": 0, "callback": 0}
 
@@ -36,8 +36,8 @@ class LogitMSE(DistillationLoss):
 @register_backbone("user_tiny_net", input_config=InputConfig(in_chans=1))
 def user_tiny_net(pretrained=False, in_chans=1, width=3):
     CALLS["backbone"] += 1
-    trunk = nn.Sequential(nn.Conv2d(in_chans, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    return Backbone(trunk, width)
+    backbone = nn.Sequential(nn.Conv2d(in_chans, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return NetworkParts(backbone, width)
 
 
 class CountSteps(Callback):

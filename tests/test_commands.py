@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kd_lightning.cli import COMMANDS, lightning_main, main
-from kd_lightning.commands import list_options, load_command, space_separated_lists, strip_option
+from kd_lightning.cli import TASK_COMMANDS, lightning_main, main
+from kd_lightning.typed_commands import list_options, load_command, space_separated_lists, strip_option
 from kd_lightning.user_imports import requested_imports
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "digits"
 
 
 def test_every_registered_command_is_a_typed_function_with_help(capsys):
-    for name, target in COMMANDS.items():
+    for name, target in TASK_COMMANDS.items():
         function = load_command(target)
         assert function.__doc__ and "Args:" in function.__doc__, name
         with pytest.raises(SystemExit) as exit_info:

@@ -17,7 +17,7 @@ from kd_lightning.data import (
     ImageFolderDataModule,
     MNISTDataModule,
 )
-from kd_lightning.data.idx import read_idx
+from kd_lightning.data.mnist_format import read_idx
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

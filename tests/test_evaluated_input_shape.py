@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kd_lightning.callbacks.resume import check_input_shape
+from kd_lightning.checkpointing import check_input_shape
 from kd_lightning.errors import ConfigError
 from kd_lightning.models import create_model
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from kd_lightning.callbacks.precise_bn import PreciseBatchNorm, training_batches
+from kd_lightning.callbacks.precise_bn import PreciseBatchNorm
 from kd_lightning.callbacks.teacher_check import TeacherCheck, accuracy
 from kd_lightning.data import DigitsDataModule
+from kd_lightning.data.calibration import training_batches
 from kd_lightning.errors import ConfigError
 from kd_lightning.models import ModelSpec
 from kd_lightning.models.batchnorm import batch_statistics, recalibrate_batchnorm
@@ -210,3 +212,27 @@ def test_distiller_checks_its_teacher_by_default(digits: DigitsDataModule) -> No
     with pytest.warns(UserWarning, match="TEACHER CHECK"):
         trainer.fit(module, digits)
     assert sum(isinstance(cb, TeacherCheck) for cb in trainer.callbacks) == 1
+
+
+def test_teacher_check_reads_the_recorded_accuracy_from_the_one_read_of_the_teacher_file(
+    digits: DigitsDataModule, tmp_path, monkeypatch
+) -> None:
+    teacher = FrozenBackboneFinetuner(TEACHER_SPEC, num_classes=10, strategy="full")
+    saver = ModelCheckpoint(dirpath=tmp_path, filename="teacher", monitor="val/acc", mode="max")
+    make_trainer(max_epochs=1, callbacks=[saver], enable_checkpointing=True).fit(teacher, digits)
+    path = tmp_path / "teacher.ckpt"
+    reads: list[str] = []
+    load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        reads.append(str(f))
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    spec = ModelSpec(TEACHER_SPEC.name, weights_path=str(path), kwargs=TEACHER_SPEC.kwargs)
+    module = DistillationModule("small_cnn", spec, num_classes=10)
+    check = TeacherCheck()
+    make_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, callbacks=[check]).fit(module, digits)
+    assert reads.count(str(path)) == 1
+    assert check.result["recorded_val_acc"] == pytest.approx(float(saver.best_model_score))
+    assert check.result["val_acc"] == pytest.approx(check.result["recorded_val_acc"], abs=1e-6)

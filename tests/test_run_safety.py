@@ -20,7 +20,7 @@ from tests._bad_input_helpers import malicious_torch_file, snapshot, user_error_
 
 SCRATCH = {
     "class_path": "kd_lightning.modules.FrozenBackboneFinetuner",
-    "init_args": {"backbone": {"name": "small_cnn", "kwargs": {"width": 4}}, "strategy": "full"},
+    "init_args": {"network": {"name": "small_cnn", "kwargs": {"width": 4}}, "strategy": "full"},
 }
 
 

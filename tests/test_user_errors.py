@@ -47,8 +47,8 @@ def _distill(teacher: dict, **init_args) -> dict:
 
 
 def _scratch() -> dict:
-    backbone = {"name": "small_cnn", "kwargs": {"width": 4}}
-    return {"class_path": "kd_lightning.modules.FrozenBackboneFinetuner", "init_args": {"backbone": backbone}}
+    network = {"name": "small_cnn", "kwargs": {"width": 4}}
+    return {"class_path": "kd_lightning.modules.FrozenBackboneFinetuner", "init_args": {"network": network}}
 
 
 def _user_error(capsys, args: list[str]) -> str:

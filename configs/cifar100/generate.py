@@ -92,7 +92,7 @@ def teacher_config(name: str) -> dict:
     model = {
         "class_path": "kd_lightning.modules.FrozenBackboneFinetuner",
         "init_args": {
-            "backbone": {"name": name},
+            "network": {"name": name},
             "strategy": "full",
             "optimizer": OPTIMIZER,
             "lr_scheduler": SCHEDULER,

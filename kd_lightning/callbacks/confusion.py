@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
+from matplotlib.figure import Figure
 
 from kd_lightning.data.batch import Batch
 
@@ -97,8 +99,6 @@ class ConfusionMatrixLogger(Callback):
                 }
                 logger.log_metrics(media, step=trainer.global_step)
             return
-        from kd_lightning.report.plots import confusion_matrix_figure
-
         out_dir = Path(trainer.log_dir or trainer.default_root_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         title = f"{stage} confusion matrix (epoch {trainer.current_epoch})"
@@ -112,6 +112,26 @@ class ConfusionMatrixLogger(Callback):
 def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``[C, C]`` counts, rows the true class and columns the predicted one."""
     return torch.bincount(targets * num_classes + preds, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def confusion_matrix_figure(matrix: torch.Tensor, class_names: Sequence[str], title: str) -> Figure:
+    """A ``[C, C]`` count matrix (rows: true class, columns: predicted) with counts written in the cells."""
+    size = max(4.0, 0.45 * len(class_names) + 1.5)
+    fig = Figure(figsize=(size, size), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(matrix.numpy(), cmap="Blues")
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=90 if max(map(len, class_names)) > 2 else 0)
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if len(class_names) <= 20:  # beyond that the numbers are unreadable anyway
+        threshold = matrix.max().item() / 2
+        for (i, j), count in zip(matrix.nonzero().tolist(), matrix[matrix != 0].tolist(), strict=True):
+            color = "white" if count > threshold else "black"
+            ax.text(j, i, str(int(count)), ha="center", va="center", color=color, fontsize=7)
+    return fig
 
 
 def per_class_table(

@@ -14,14 +14,10 @@ from kd_lightning.errors import NonFiniteLossError
 class NonFiniteLossGuard(Callback):
     """Raise :class:`NonFiniteLossError` when the training loss is not finite.
 
-    Reading a GPU tensor's value on the host waits for the GPU, so checking every step would
-    stall the pipeline. The check is therefore split: every step, a device-side flag records
-    the first step with a non-finite loss (tensor ops only, no synchronisation); every
-    ``check_every_n_steps`` steps the flag is read once. The step in the message is the first
-    bad one; the terms listed are the non-finite ``train/<term>`` values of the step at the check
-    (once a NaN reaches the weights it stays, so they name the culprit). On the CPU reading is
-    free, so the default checks every step there (reading the loss itself, without the flag) and
-    every 20 steps on accelerators.
+    Reading a GPU tensor on the host waits for the GPU, so every step a device-side flag records
+    the first step with a non-finite loss (no synchronisation), and the flag is read every
+    ``check_every_n_steps`` steps. The message names that first step and the non-finite
+    ``train/<term>`` values at the check (a NaN in the weights stays, so they name the culprit).
 
     Args:
         check_every_n_steps: how often the flag is read on the host (``None``: 1 on CPU, else 20).

@@ -3,70 +3,27 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 
+from kd_lightning.data.calibration import training_batches
 from kd_lightning.data.tensor_dataset import TensorImageDataset
-from kd_lightning.data.transforms import augment_batch, to_float_images
 from kd_lightning.errors import ConfigError
 from kd_lightning.models.batchnorm import recalibrate_batchnorm
 
 log = logging.getLogger(__name__)
 
 
-def training_batches(datamodule: Any, num_batches: int, seed: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """Up to ``num_batches`` model-ready training batches of a kd_lightning image DataModule.
-
-    Drawn from its own seeded generator (the global random state, and hence an exact resume,
-    is left alone), at the training batch size, with the training augmentation: the batches
-    whose statistics the network is trained on. A last, incomplete batch is dropped unless it
-    is the only one (a BatchNorm estimate from a handful of images would be noisy).
-
-    Raises:
-        ConfigError: the DataModule holds no training images in memory (not a kd_lightning
-            :class:`~kd_lightning.data.ImageClassificationDataModule`, or not set up).
-    """
-    train_set = getattr(datamodule, "train_set", None)
-    if not isinstance(train_set, TensorImageDataset) or len(train_set) == 0:
-        raise ConfigError(
-            "BatchNorm recalibration needs the training images of a kd_lightning image DataModule "
-            f"(data.train_set), got {type(datamodule).__name__}"
-        )
-    generator = torch.Generator().manual_seed(seed)
-    batch_size = datamodule.batch_size
-    order = torch.randperm(len(train_set), generator=generator)[: num_batches * batch_size]
-    chunks = list(order.split(batch_size))
-    if len(chunks) > 1 and len(chunks[-1]) < batch_size:
-        chunks.pop()
-    for index in chunks:
-        images = to_float_images(train_set.images[index], datamodule.image_size)
-        images = augment_batch(images, datamodule.crop_padding, datamodule.hflip, generator=generator)
-        yield images.to(device)
-
-
 class PreciseBatchNorm(Callback):
     """Recompute the BatchNorm statistics of the trained network ("precise BN") before it is judged.
 
-    The running averages BatchNorm keeps during training lag behind the weights; after a short
-    or high-learning-rate schedule eval-mode accuracy can be tens of points below what the same
-    weights reach with correct statistics (see :mod:`kd_lightning.models.batchnorm`). This
-    callback recomputes them (:func:`~kd_lightning.models.batchnorm.recalibrate_batchnorm`) over
-    ``num_batches`` training batches:
-
-    * before validation in every ``every_n_epochs``-th epoch and in the last epoch, so the
-      validation metrics, the checkpoint a ``ModelCheckpoint`` saves from them, and the network
-      a teacher config hands to distillation all use the recomputed statistics;
-    * at the end of an epoch that had no validation (``limit_val_batches=0``), for the same reason;
-    * at the end of training if the weights changed since the last recalibration (early stop,
-      ``max_steps``).
-
-    Only the layers the module trains are touched (a frozen backbone's or a teacher's BatchNorm
-    stays as it is), and training itself is unchanged: train-mode BatchNorm normalises with
-    batch statistics, never the running ones.
+    BatchNorm's running averages lag behind the weights (see :mod:`kd_lightning.models.batchnorm`).
+    They are recomputed over ``num_batches`` training batches before validation in every
+    ``every_n_epochs``-th and in the last epoch (so the metrics, the checkpoint saved from them and
+    a teacher handed to distillation all use them), at the end of an epoch without validation, and
+    at the end of training if the weights changed since. Only the layers the module trains are
+    touched, and training itself is unchanged (train-mode BatchNorm uses batch statistics).
 
     Args:
         num_batches: training batches to average over (at the training batch size).

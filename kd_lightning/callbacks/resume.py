@@ -1,5 +1,5 @@
-"""What Lightning does not restore on resume: the random number generators; and the check that a
-checkpoint was saved with the config it is resumed or evaluated with."""
+"""What Lightning does not restore on resume (the random number generators), and the checks that a
+checkpoint meets the config and the data it was trained with, run where Lightning loads it."""
 
 from __future__ import annotations
 
@@ -12,14 +12,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from kd_lightning.errors import ConfigError
-
-# Where checkpoints record the ``(C, H, W)`` of the training images as the network saw them, so that
-# report and export can check the data they are given against it.
-INPUT_SHAPE_KEY = "kd_lightning_input_shape"
-
-# Settings that change how fast a run goes, not what it computes: free to differ from a checkpoint's.
-SPEED_ONLY = frozenset({"compile", "channels_last", "num_workers"})
+from kd_lightning.checkpointing import INPUT_SHAPE_KEY, check_checkpoint_config, check_input_shape
 
 
 class ExactResume(Callback):
@@ -32,8 +25,10 @@ class ExactResume(Callback):
     restored by the DataModule's sampler (:class:`~kd_lightning.data.sampler.ResumableRandomSampler`).
 
     Resuming a fit from a checkpoint whose module or data hyper-parameters differ from the
-    current config is refused with the differences (:func:`check_checkpoint_config`), since the
-    run would silently change mid-way (a changed ``max_epochs`` or trainer setting is allowed).
+    current config is refused with the differences
+    (:func:`~kd_lightning.checkpointing.check_checkpoint_config`), since the run would silently
+    change mid-way (a changed ``max_epochs`` or trainer setting is allowed). Evaluating a
+    checkpoint on images of another shape than it was trained on is refused at the first batch.
     """
 
     def __init__(self) -> None:
@@ -147,92 +142,3 @@ def set_rng_states(states: dict[str, Any]) -> None:
 def _as_tuples(value: Any) -> Any:
     """``random.setstate`` wants nested tuples; a checkpoint round trip may give lists."""
     return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
-
-
-def check_checkpoint_class(checkpoint: dict[str, Any], class_path: str, path: str | Path | None) -> None:
-    """Refuse a checkpoint saved by the CLI from another module class than ``class_path``.
-
-    Classes are compared by name, never imported: a checkpoint is data, and importing the module
-    it names would run that module's code. (``kd_lightning.modules.X`` and
-    ``kd_lightning.modules.distiller.X`` name one class.)
-    """
-    saved = checkpoint.get("hyper_parameters", {}).get("_class_path")
-    if isinstance(saved, str) and saved.rsplit(".", 1)[-1] != class_path.rsplit(".", 1)[-1]:
-        raise ConfigError(
-            f"--ckpt_path {path} is a checkpoint of {saved}, but the config builds {class_path}: give the config "
-            "the checkpoint was trained with (e.g. a teacher's checkpoint needs the teacher's config)"
-        )
-
-
-def check_checkpoint_config(
-    checkpoint: dict[str, Any],
-    module: L.LightningModule,
-    datamodule: L.LightningDataModule | None,
-    path: str | Path | None,
-    stage: str,
-    adopt_flag: str | None = None,
-) -> None:
-    """Refuse a checkpoint whose settings differ from the config's, listing each difference.
-
-    Lightning would otherwise silently take the model settings from one and the weights from the
-    other (or train a teacher checkpoint into a distillation folder). Model settings must match
-    for every stage; data settings too when resuming a fit, since the run would change mid-way
-    (evaluating on other data is what ``test`` is for). Speed-only switches may differ.
-
-    Raises:
-        ConfigError: another module class, or the list of differing settings with both values.
-    """
-    module_class = f"{type(module).__module__}.{type(module).__qualname__}"
-    check_checkpoint_class(checkpoint, module_class, path)
-    changes = _diff(checkpoint.get("hyper_parameters", {}), dict(module.hparams), "model.")
-    if stage == "fit" and datamodule is not None:
-        changes += _diff(checkpoint.get("datamodule_hyper_parameters", {}), dict(datamodule.hparams), "data.")
-    shape = checkpoint.get(INPUT_SHAPE_KEY)
-    size = getattr(datamodule, "image_size", None)
-    if stage != "fit" and isinstance(shape, list | tuple) and len(shape) == 3 and isinstance(size, int):
-        # Checked here, before the run writes anything; the channels only once a batch shows them.
-        check_input_shape(tuple(shape), (None, size, size), getattr(module, "network", None), path)
-    if changes:
-        fix = "use the config it was saved with"
-        if adopt_flag:
-            fix += f", or add --{adopt_flag} true to take the checkpoint's model settings"
-        raise ConfigError(
-            f"--ckpt_path {path} was saved with another config: " + "; ".join(changes) + f". To {stage} it, {fix}."
-        )
-
-
-def check_input_shape(
-    trained: tuple[int, ...], given: tuple[int | None, ...], network: Any, path: str | Path | None
-) -> None:
-    """Refuse evaluation data of another channel count or image size than the checkpoint was trained
-    on (``None`` in ``given``: not known yet)."""
-    if input_shape_differs(trained, given, network):
-        shown = ["×".join(str(v) for v in shape if v is not None) for shape in (trained, given)]
-        raise ConfigError(
-            f"--ckpt_path {path} was trained on {shown[0]} images but the data gives {shown[1]}: "
-            "evaluate it with the data settings it was trained with (channels, image_size)"
-        )
-
-
-def input_shape_differs(trained: tuple[int, ...], given: tuple[int | None, ...], network: Any) -> bool:
-    """Whether ``[C, H, W]`` data ``given`` (``None``: not known yet) is not what ``network`` was trained on.
-
-    A network that resizes its input itself (a per-model input size) takes any image size, not
-    another channel count.
-    """
-    resizes = getattr(getattr(network, "input_adapter", None), "resize_to", None) is not None
-    channels_differ = given[0] is not None and given[0] != trained[0]
-    size_differs = not resizes and any(g is not None and g != t for t, g in zip(trained[1:], given[1:], strict=True))
-    return channels_differ or size_differs
-
-
-def _diff(saved: dict[str, Any], current: dict[str, Any], prefix: str) -> list[str]:
-    """``key: checkpoint X, config Y`` for every differing hyper-parameter (private ``_`` keys and
-    speed-only switches aside)."""
-    keys = sorted(k for k in saved.keys() | current.keys() if not str(k).startswith("_") and k not in SPEED_ONLY)
-    missing = object()
-    return [
-        f"{prefix}{k}: checkpoint {saved.get(k, '<unset>')!r}, config {current.get(k, '<unset>')!r}"
-        for k in keys
-        if saved.get(k, missing) != current.get(k, missing)
-    ]

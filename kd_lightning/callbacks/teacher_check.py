@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, cast
 
 import lightning as L
@@ -20,22 +19,6 @@ from kd_lightning.models.batchnorm import batch_statistics
 log = logging.getLogger(__name__)
 
 MONITORED_ACCURACY = "val/acc"
-
-
-def recorded_accuracy(checkpoint_path: str | Path | None) -> float | None:
-    """The ``val/acc`` a Lightning checkpoint's ``ModelCheckpoint`` recorded when it saved the file, if any."""
-    if checkpoint_path is None or not Path(checkpoint_path).is_file():
-        return None
-    try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, ValueError):  # not a zip-format torch file (e.g. an old pickle)
-        return None
-    states = checkpoint.get("callbacks", {}) if isinstance(checkpoint, dict) else {}
-    for name, state in states.items():
-        if name.startswith("ModelCheckpoint") and state.get("monitor") == MONITORED_ACCURACY:
-            score = state.get("current_score")
-            return None if score is None else float(score)
-    return None
 
 
 @torch.no_grad()
@@ -84,13 +67,16 @@ class TeacherCheck(Callback):
         if not isinstance(val_set, TensorImageDataset) or len(val_set) == 0:
             log.info("teacher check skipped: the DataModule holds no validation images in memory")
             return
-        # The Classifier inside the distiller's FrozenTeacher (nn.Module attributes are untyped).
-        teacher = cast(nn.Module, pl_module.teacher.network)  # type: ignore[union-attr]
+        # The distiller's FrozenTeacher: its Classifier, and the scores its checkpoint recorded
+        # (nn.Module attributes are untyped).
+        frozen = cast(nn.Module, pl_module.teacher)
+        teacher = cast(nn.Module, frozen.network)
+        recorded_scores = cast(dict[str, float], frozen.recorded_scores)
         batches = self._batches(val_set, datamodule, pl_module.device)
         result = {"val_acc": accuracy(teacher, batches)}
         with batch_statistics(teacher):
             result["val_acc_batch_stats"] = accuracy(teacher, batches)
-        recorded = recorded_accuracy(pl_module.hparams.get("teacher", {}).get("weights_path"))
+        recorded = recorded_scores.get(MONITORED_ACCURACY)
         if recorded is not None:
             result["recorded_val_acc"] = recorded
         self.result = result

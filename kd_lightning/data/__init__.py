@@ -2,12 +2,13 @@
 
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.digits import DigitsDataModule
-from kd_lightning.data.image_folder import Flowers102DataModule, ImageFolderDataModule
+from kd_lightning.data.image_folder import ImageFolderDataModule
 from kd_lightning.data.tensor_dataset import TensorImageDataset
 from kd_lightning.data.torchvision_sets import (
     CIFAR10DataModule,
     CIFAR100DataModule,
     FashionMNISTDataModule,
+    Flowers102DataModule,
     MNISTDataModule,
     TorchvisionDataModule,
 )

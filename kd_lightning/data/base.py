@@ -34,12 +34,9 @@ class ImageClassificationDataModule(L.LightningDataModule):
         eval_batch_size: batch size for validation/test/predict (defaults to ``batch_size``).
         num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
         val_fraction: share of the training split held out for validation.
-        validate_on_test: train on the whole training split and validate on the test split, the
-            protocol of RepDistiller and mdistiller (CIFAR-100: 50,000 training images). The
-            validation metrics are then test metrics, so the "best" checkpoint is selected on the
-            test set, as the references' best-epoch numbers are: optimistic. The last epoch's
-            accuracy is the honest number. ``val_fraction`` and a published validation split
-            are not used.
+        validate_on_test: train on the whole training split and validate on the test split (the
+            protocol of RepDistiller and mdistiller). The "best" checkpoint is then selected on the
+            test set, so its accuracy is optimistic; the last epoch's is the honest number.
         seed: seed of the train/val split and of the few-shot subset.
         samples_per_class: keep labels for only this many training images per class (few-shot regime).
         unlabeled: what happens to the other training images under ``samples_per_class``:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -17,6 +18,11 @@ class Batch:
     DataModule's on-device hook turns them into float ``[0, 1]``), a teacher-output cache adds the
     stored ``teacher`` outputs for exactly those images, a feature cache gives ``features`` in
     place of images. Lightning moves every tensor field to the device.
+
+    It also unpacks and indexes like the ``(x, y)`` tuple a plain LightningModule expects:
+    ``x, y = batch``, ``batch[0]``, ``batch[1]``. ``x`` is what the network takes in: the images, or
+    a feature-cache batch's ``features`` (the only input such a batch has). ``len(batch)`` is the
+    batch size, as Lightning's logging reads it, not the length of that pair.
 
     Attributes:
         labels: ``[B]`` class indices; :data:`IGNORE_LABEL` marks an unlabeled sample.
@@ -38,6 +44,18 @@ class Batch:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter(self._pair())
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self._pair()[index]
+
+    def _pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images if self.images is not None else self.features
+        if x is None:
+            raise ValueError("this batch carries neither images nor features to unpack as (x, y)")
+        return x, self.labels
+
     @property
     def inputs(self) -> torch.Tensor:
         """The images, refusing a batch that carries only features (a module that needs images got a cache's)."""
@@ -55,9 +73,9 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         """Every tensor on ``device``, as Lightning's default transfer does it, without its generic walk.
 
-        Lightning's ``move_data_to_device`` deep-copies a dataclass field by field on every step,
-        a fixed cost of a fraction of a millisecond that a small CPU student's step notices (issue
-        12); here it is one ``Tensor.to`` per field (a no-op when the tensor is there already).
+        Lightning's ``move_data_to_device`` deep-copies a dataclass field by field on every step, a
+        fixed cost that a small CPU student's step notices; here it is one ``Tensor.to`` per field
+        (a no-op when the tensor is there already).
         Copies to accelerators are non-blocking, as Lightning's (not to the CPU or MPS, as there).
         """
         device = torch.device(device)

@@ -1,11 +1,8 @@
 """Decode stored image bytes in a loader worker into one fixed size, so a batch stacks into one tensor.
 
 Decoding is torchvision's (``decode_image``: libjpeg-turbo for JPEG, libpng for the PNGs that
-``prepare`` writes for data sets published as arrays). simplejpeg and PyTurboJPEG, libjpeg-turbo
-too, were measured against it on the benchmark's photos (benchmarks/RESULTS.md): within 1 % in
-one run, simplejpeg 18 % ahead in another under heavy load; decoding is about a third of a
-streamed sample's cost, so neither earned an extra dependency (PyTurboJPEG also needs a system
-library).
+``prepare`` writes for data sets published as arrays). Other libjpeg-turbo bindings (simplejpeg,
+PyTurboJPEG) are not faster by enough to earn an extra dependency (benchmarks/RESULTS.md).
 
 Resizing stays ``uint8`` (torchvision's antialiased bilinear kernel has a ``uint8`` path), so a
 worker never holds float copies of full-size images.

@@ -1,9 +1,9 @@
-"""Folders of image files (any ``root/<class>/<image>`` tree, and Flowers-102), decoded once into memory.
+"""Folders of image files (any ``root/<class>/<image>`` tree), decoded once into memory.
 
 Images are decoded once, resized to the fixed ``image_size`` and kept as ``uint8`` tensors, the
 same representation as every other kd_lightning data set: epochs then cost no decoding, and
 augmentation runs batched on the device. The price is memory (``N × 3 × S × S`` bytes, e.g.
-8,189 Flowers-102 images at 128×128 take 400 MB), logged when the images are loaded; data sets
+8,000 images at 128×128 take 400 MB), logged when the images are loaded; data sets
 that do not fit in memory at the chosen size are not what this module is for.
 """
 
@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, ImageOps
 
@@ -169,43 +168,3 @@ class ImageFolderDataModule(ImageClassificationDataModule):
 
     def load_val_split(self) -> TensorImageDataset | None:
         return self._load_folder(self.val_dir) if self.val_dir else None
-
-
-class Flowers102DataModule(ImageClassificationDataModule):
-    """Oxford Flowers-102: 102 flower species, official 1,020 train / 1,020 val / 6,149 test split.
-
-    Reads torchvision's layout (``data_dir/flowers-102/{jpg/, imagelabels.mat, setid.mat}``,
-    downloaded with ``download: true``), decodes every image once at ``image_size``.
-
-    Args:
-        download: let torchvision download the data set into ``data_dir`` if it is missing.
-        image_size: decoded size of every image (the originals differ in size).
-        **kwargs: see :class:`ImageClassificationDataModule`.
-    """
-
-    class_names = list(torchvision.datasets.Flowers102.classes)
-
-    def __init__(
-        self, download: bool = False, image_size: int = 64, crop_padding: int = 0, hflip: bool = True, **kwargs
-    ):
-        super().__init__(image_size=image_size, crop_padding=crop_padding, hflip=hflip, **kwargs)
-        self.download = download
-
-    def prepare_data(self) -> None:
-        if self.download:
-            torchvision.datasets.Flowers102(self.data_dir, download=True)
-
-    def _split(self, split: str) -> TensorImageDataset:
-        try:
-            dataset = torchvision.datasets.Flowers102(self.data_dir, split=split, download=False)
-        except RuntimeError as err:
-            raise DataError(
-                f"Flowers-102 not found under {Path(self.data_dir).resolve()}: {err} Set data.download: true."
-            ) from err
-        return TensorImageDataset(decode_images(dataset._image_files, self.image_size), torch.tensor(dataset._labels))
-
-    def load_split(self, split: str) -> TensorImageDataset:
-        return self._split(split)
-
-    def load_val_split(self) -> TensorImageDataset:
-        return self._split("val")

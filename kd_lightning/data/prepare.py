@@ -26,7 +26,14 @@ from PIL import Image
 from torchvision.io import encode_png
 
 from kd_lightning.data._litdata import StreamingDataset, optimize
+from kd_lightning.data.digits import DigitsDataModule
 from kd_lightning.data.image_folder import IMAGE_SUFFIXES, list_class_folders, list_images, read_rgb
+from kd_lightning.data.torchvision_sets import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    FashionMNISTDataModule,
+    MNISTDataModule,
+)
 from kd_lightning.errors import ConfigError, DataError, InvalidDataError
 
 METADATA_FILE = "kd_lightning.json"
@@ -34,23 +41,14 @@ SPLITS = ("train", "val", "test")
 EXIF_ORIENTATION = 0x0112
 
 
-def _array_sets() -> dict[str, Callable[..., Any]]:
-    """The in-memory DataModules whose splits ``prepare`` can convert, by CLI name."""
-    from kd_lightning.data.digits import DigitsDataModule
-    from kd_lightning.data.torchvision_sets import (
-        CIFAR10DataModule,
-        CIFAR100DataModule,
-        FashionMNISTDataModule,
-        MNISTDataModule,
-    )
-
-    return {
-        "digits": DigitsDataModule,
-        "mnist": MNISTDataModule,
-        "fashion_mnist": FashionMNISTDataModule,
-        "cifar10": CIFAR10DataModule,
-        "cifar100": CIFAR100DataModule,
-    }
+# The in-memory DataModules whose splits ``prepare`` can convert, by CLI name.
+ARRAY_SETS: dict[str, Callable[..., Any]] = {
+    "digits": DigitsDataModule,
+    "mnist": MNISTDataModule,
+    "fashion_mnist": FashionMNISTDataModule,
+    "cifar10": CIFAR10DataModule,
+    "cifar100": CIFAR100DataModule,
+}
 
 
 def keeps_its_bytes(source: Path | io.BytesIO) -> bool:
@@ -173,7 +171,7 @@ def prepare_dataset(
 
 def _collect(source: str, split: str, data_dir: str) -> tuple[list[tuple[int, Any, int]], Callable, list[str], int]:
     """The samples ``(index, file path or image tensor, label)``, how to store one, class names and channels."""
-    named = _array_sets()
+    named = ARRAY_SETS
     if source in named:
         if split == "val":
             raise ConfigError(f"{source} publishes no validation split; prepare train and test, hold val out at fit")

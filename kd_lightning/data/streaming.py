@@ -240,19 +240,17 @@ class StreamingImageDataModule(ImageClassificationDataModule):
             cache_dir=self.cache_dir,
             storage_options=self.storage_options,
             # One item deserialised per read: LitData's default for dict items decodes windows of
-            # 256, and a shuffled read then re-decodes whole windows for one sample (measured: 70×
-            # the items deserialised, as much time as the JPEG decoding itself).
+            # items, and a shuffled read would re-decode a whole window for each sample.
             batch_decode=0,
         )
         if split.is_whole:
             return dataset
         subset = dataset.subset(split.positions.tolist())
         # LitData reads a local folder "POSIX-fast" by default: at every switch of chunk it calls
-        # posix_fadvise on the next four chunk files and maps them anew. A seeded split is a subset
-        # of hundreds of short runs of samples, each of which counts as a chunk, so that work came
-        # every ~10 samples: 450 µs a sample against 120 µs without it (benchmarks/RESULTS.md,
-        # issue 13). Only for subsets: without it LitData 0.2.76 reads a whole chunk file for each
-        # sample of a chunk two loader workers share, which on a whole set is most of them.
+        # posix_fadvise on the next chunk files and maps them anew. A seeded split is a subset of
+        # many short runs of samples, each of which counts as a chunk, so that work would come every
+        # few samples. Only for subsets: on a whole set, turning it off makes LitData read a whole
+        # chunk file for each sample of a chunk that two loader workers share.
         subset.posix_fast = None
         return subset
 

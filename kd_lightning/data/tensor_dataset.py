@@ -33,15 +33,10 @@ class TensorImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
-        if self.return_indices:
-            return self.images[index], self.labels[index], torch.tensor(index)
-        return self.images[index], self.labels[index]
-
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         idx = torch.as_tensor(indices, dtype=torch.long)
         # index_select, not ``images[idx]``: the same rows, but advanced indexing of a 4-d tensor
-        # costs ~10x more on the CPU (0.15 vs 0.01 ms for 128 Fashion-MNIST images, issue 12).
+        # takes a much slower general path on the CPU.
         return Batch(
             self.labels.index_select(0, idx),
             images=self.images.index_select(0, idx),

@@ -1,4 +1,4 @@
-"""Small torchvision data sets (MNIST, Fashion-MNIST, CIFAR) held in memory as decoded tensors.
+"""torchvision data sets (MNIST, Fashion-MNIST, CIFAR, Flowers-102) held in memory as decoded tensors.
 
 CIFAR is published as Python pickles. ``pickle.load`` runs whatever a file names, so a crafted
 batch file would run code; the files are read with :class:`CifarUnpickler`, which admits only
@@ -18,7 +18,8 @@ import torchvision
 from lightning.pytorch.utilities import rank_zero_info
 
 from kd_lightning.data.base import ImageClassificationDataModule
-from kd_lightning.data.idx import find_idx, read_idx
+from kd_lightning.data.image_folder import decode_images
+from kd_lightning.data.mnist_format import find_idx, read_idx
 from kd_lightning.data.tensor_dataset import TensorImageDataset
 from kd_lightning.errors import DataError, InvalidDataError
 
@@ -256,3 +257,43 @@ def read_cifar_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarr
             f"{path} is not a CIFAR batch of {num_classes} classes: its labels do not match its {len(data)} images"
         )
     return data.reshape(-1, 3, 32, 32), labels
+
+
+class Flowers102DataModule(ImageClassificationDataModule):
+    """Oxford Flowers-102: 102 flower species, official 1,020 train / 1,020 val / 6,149 test split.
+
+    Reads torchvision's layout (``data_dir/flowers-102/{jpg/, imagelabels.mat, setid.mat}``,
+    downloaded with ``download: true``), decodes every image once at ``image_size``.
+
+    Args:
+        download: let torchvision download the data set into ``data_dir`` if it is missing.
+        image_size: decoded size of every image (the originals differ in size).
+        **kwargs: see :class:`ImageClassificationDataModule`.
+    """
+
+    class_names = list(torchvision.datasets.Flowers102.classes)
+
+    def __init__(
+        self, download: bool = False, image_size: int = 64, crop_padding: int = 0, hflip: bool = True, **kwargs
+    ):
+        super().__init__(image_size=image_size, crop_padding=crop_padding, hflip=hflip, **kwargs)
+        self.download = download
+
+    def prepare_data(self) -> None:
+        if self.download:
+            torchvision.datasets.Flowers102(self.data_dir, download=True)
+
+    def _split(self, split: str) -> TensorImageDataset:
+        try:
+            dataset = torchvision.datasets.Flowers102(self.data_dir, split=split, download=False)
+        except RuntimeError as err:
+            raise DataError(
+                f"Flowers-102 not found under {Path(self.data_dir).resolve()}: {err} Set data.download: true."
+            ) from err
+        return TensorImageDataset(decode_images(dataset._image_files, self.image_size), torch.tensor(dataset._labels))
+
+    def load_split(self, split: str) -> TensorImageDataset:
+        return self._split(split)
+
+    def load_val_split(self) -> TensorImageDataset:
+        return self._split("val")

@@ -1,7 +1,7 @@
 """Batched image transforms that run after the batch reaches its device.
 
 Per-sample torchvision transforms in DataLoader workers dominate the epoch time of small
-networks (see ../shared/OFFLINE.md); here one tensor operation transforms the whole batch.
+networks; here one tensor operation transforms the whole batch.
 """
 
 from __future__ import annotations

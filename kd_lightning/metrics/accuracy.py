@@ -37,8 +37,7 @@ class TopKAccuracy(Metric):
 
     The training-time twin of ``MulticlassAccuracy(average="micro", top_k=k)``: the same number,
     from one ``topk`` and two sums per update instead of torchmetrics' general statistics path,
-    which costs as much as a few percent of a small student's step (issue 12). States are sums,
-    reduced by summing across processes.
+    whose cost a small student's step notices. States are sums, reduced by summing across processes.
     """
 
     is_differentiable = False

@@ -11,12 +11,12 @@ from torch import nn
 from kd_lightning.models.classifier import InputConfig
 
 
-class Backbone(NamedTuple):
-    """What a registered builder returns.
+class NetworkParts(NamedTuple):
+    """What a registered builder returns: the parts a :class:`Classifier` is assembled from.
 
     Attributes:
-        trunk: maps images to ``[B, feature_dim]`` features (the original classifier removed).
-        feature_dim: width of the trunk output.
+        backbone: the trunk, mapping images to ``[B, feature_dim]`` features (the original classifier removed).
+        feature_dim: width of the backbone output.
         head: the original pretrained classifier, kept when its class count matches the request.
         input_config: overrides the registered input config (e.g. read from pretrained weights).
         stages: trunk-relative names of the modules that end each stage, shallow to deep (like
@@ -24,14 +24,14 @@ class Backbone(NamedTuple):
             architecture.
     """
 
-    trunk: nn.Module
+    backbone: nn.Module
     feature_dim: int
     head: nn.Module | None = None
     input_config: InputConfig | None = None
     stages: tuple[str, ...] = ()
 
 
-BackboneBuilder = Callable[..., Backbone]
+BackboneBuilder = Callable[..., NetworkParts]
 DEFAULT_INPUT = InputConfig()
 
 
@@ -51,7 +51,7 @@ _BACKBONES: dict[str, BackboneEntry] = {}
 def register_backbone(
     name: str | None = None, *, input_config: InputConfig = DEFAULT_INPUT
 ) -> Callable[[BackboneBuilder], BackboneBuilder]:
-    """Register a builder ``fn(pretrained=False, in_chans=..., **kwargs) -> Backbone`` by name.
+    """Register a builder ``fn(pretrained=False, in_chans=..., **kwargs) -> NetworkParts`` by name.
 
     Adding a network to kd_lightning is one function with this decorator; ``create_model`` then
     builds it by name from Python and from YAML configs.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from kd_lightning.models._registry import Backbone
+from kd_lightning.models._registry import NetworkParts
 from kd_lightning.models.classifier import InputConfig
 
 try:
@@ -17,7 +17,7 @@ def has_model(name: str) -> bool:
     return timm is not None and bool(timm.list_models(name.removeprefix("timm/")))
 
 
-def build(name: str, pretrained: bool | str = False, in_chans: int = 3, **kwargs) -> Backbone:
+def build(name: str, pretrained: bool | str = False, in_chans: int = 3, **kwargs) -> NetworkParts:
     if timm is None:
         raise ImportError(f"backbone {name!r} needs timm: pip install 'kd-lightning[timm]'")
     model = timm.create_model(name, pretrained=bool(pretrained), num_classes=0, in_chans=in_chans, **kwargs)
@@ -28,7 +28,7 @@ def build(name: str, pretrained: bool | str = False, in_chans: int = 3, **kwargs
     size = cfg.get("input_size", (in_chans, 224, 224))
     config = InputConfig(mean=tuple(mean), std=tuple(std), in_chans=in_chans, input_size=tuple(size[1:]))
     # timm types what it creates as nn.Module; every timm model has num_features.
-    return Backbone(model, cast(int, model.num_features), input_config=config, stages=feature_stages(model))
+    return NetworkParts(model, cast(int, model.num_features), input_config=config, stages=feature_stages(model))
 
 
 def feature_stages(model) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ from functools import cache
 import torchvision
 from torch import nn
 
-from kd_lightning.models._registry import Backbone
+from kd_lightning.models._registry import NetworkParts
 from kd_lightning.models.classifier import IMAGENET_INPUT, InputConfig
 
 
@@ -33,7 +33,7 @@ def resolve_weights(name: str, pretrained: bool | str) -> torchvision.models.Wei
         raise ValueError(f"{name} has no weights {pretrained!r}; choose one of: {choices}") from None
 
 
-def build(name: str, pretrained: bool | str = False, in_chans: int = 3, **kwargs) -> Backbone:
+def build(name: str, pretrained: bool | str = False, in_chans: int = 3, **kwargs) -> NetworkParts:
     """Build a torchvision model, cut off its last linear layer and return it as a trunk."""
     if in_chans != 3:
         raise ValueError(
@@ -45,7 +45,7 @@ def build(name: str, pretrained: bool | str = False, in_chans: int = 3, **kwargs
     head_name, head = _last_linear(model, name)
     model.set_submodule(head_name, nn.Identity())
     input_config = IMAGENET_INPUT if weights is None else input_config_of(weights)
-    return Backbone(
+    return NetworkParts(
         model,
         head.in_features,
         head=head if weights is not None else None,

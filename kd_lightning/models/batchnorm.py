@@ -3,9 +3,8 @@
 During training a BatchNorm layer keeps an exponential moving average of its batch statistics
 (``momentum`` 0.1 by default). The weights move at every step, so after a short or high-lr
 schedule the average mixes statistics of many past networks and no longer describes the final
-one; eval mode then normalises with the wrong numbers. A teacher trained with Adam 3e-3 for
-1-3 epochs on Fashion-MNIST scored 0.57-0.72 in eval mode and 0.84-0.88 once its statistics
-were recomputed (issue 12), and every soft label it gives a student is that wrong.
+one; eval mode then normalises with the wrong numbers, which can cost a briefly trained teacher
+tens of points of accuracy (benchmarks/RESULTS.md), and every soft label it gives a student is that wrong.
 
 The fix (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021; fvcore/pycls ``PreciseBN``;
 ``torch.optim.swa_utils.update_bn``) is to forward a number of training batches through the
@@ -37,12 +36,10 @@ def trainable_batchnorms(model: nn.Module) -> list[_BatchNorm]:
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], num_batches: int | None = None) -> int:
     """Replace the running statistics of ``model``'s BatchNorm layers by their average over ``batches``.
 
-    Every layer of :func:`trainable_batchnorms` is reset and, for the duration of the call, set to
-    ``momentum=None`` (cumulative average); ``model(x)`` runs in train mode without gradients for
-    each batch. Afterwards each layer's momentum and every module's train/eval mode are what they
-    were; on an error the old statistics are put back too. The average is over batches (each batch's
-    mean and unbiased variance weigh the same), as in ``update_bn``; use batches of the training
-    batch size, since that is the size whose statistics the network trained with.
+    The layers of :func:`trainable_batchnorms` average with ``momentum=None`` (cumulative) over a
+    train-mode forward of each batch, without gradients; momenta and train/eval modes are restored
+    afterwards, and the old statistics too on an error. Each batch weighs the same, as in
+    ``update_bn``, so use the training batch size: its statistics are the ones the network trained with.
 
     Args:
         model: the network (or a module whose ``forward`` runs it).

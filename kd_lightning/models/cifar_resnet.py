@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kd_lightning.models._init import kaiming_init_convs
-from kd_lightning.models._registry import Backbone, register_backbone
+from kd_lightning.models._registry import NetworkParts, register_backbone
 from kd_lightning.models.classifier import InputConfig
+from kd_lightning.models.weight_init import kaiming_init_convs
 
 # CIFAR-100 statistics exactly as RepDistiller (dataset/cifar100.py) and mdistiller
 # (mdistiller/dataset/cifar100.py) normalise with, so the recipes' inputs match theirs to the last digit.
@@ -70,11 +70,11 @@ class CifarResNet(nn.Module):
 
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:
-    def build(pretrained: bool | str = False, in_chans: int = 3) -> Backbone:
+    def build(pretrained: bool | str = False, in_chans: int = 3) -> NetworkParts:
         if pretrained:
             raise ValueError(f"{name} has no downloadable weights; pass weights_path to a local file")
         net = CifarResNet(depth, widths, in_chans)
-        return Backbone(net, net.feature_dim, stages=("layer1", "layer2", "layer3"))
+        return NetworkParts(net, net.feature_dim, stages=("layer1", "layer2", "layer3"))
 
     build.__name__ = name
     build.__doc__ = f"CIFAR ResNet-{depth}, stage widths {widths[1:]}."

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kd_lightning.models._init import kaiming_init_convs
-from kd_lightning.models._registry import Backbone, register_backbone
+from kd_lightning.models._registry import NetworkParts, register_backbone
 from kd_lightning.models.cifar_resnet import CIFAR_INPUT
+from kd_lightning.models.weight_init import kaiming_init_convs
 
 # Conv widths of the five blocks; vgg8 is the one-conv-per-block student of RepDistiller.
 _CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
@@ -54,11 +54,11 @@ class CifarVGG(nn.Module):
 
 
 def _register(name: str, widths: tuple[tuple[int, ...], ...]) -> None:
-    def build(pretrained: bool | str = False, in_chans: int = 3) -> Backbone:
+    def build(pretrained: bool | str = False, in_chans: int = 3) -> NetworkParts:
         if pretrained:
             raise ValueError(f"{name} has no downloadable weights; pass weights_path to a local file")
         net = CifarVGG(widths, in_chans)
-        return Backbone(net, net.feature_dim, stages=tuple(f"block{i}" for i in range(net.num_blocks)))
+        return NetworkParts(net, net.feature_dim, stages=tuple(f"block{i}" for i in range(net.num_blocks)))
 
     build.__name__ = name
     build.__doc__ = f"CIFAR {name.upper()} with BatchNorm (tap block0..block4)."

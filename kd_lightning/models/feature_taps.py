@@ -2,7 +2,7 @@
 
 A layer reference is ``<module>[@input|@output]``: ``<module>`` is a module path (``layer3``,
 ``backbone.layer3``, ``head``) or a stage of the backbone's declared stages (``stage:0`` the
-first, ``stage:-1`` the last; see ``Backbone.stages``), and ``@input`` taps what the module
+first, ``stage:-1`` the last; see ``NetworkParts.stages``), and ``@input`` taps what the module
 receives instead of what it returns (torchdistill's ``io: input``; ``@output`` is the default).
 """
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kd_lightning.models.weights import CheckpointError
+from kd_lightning.errors import CheckpointError
 
 
 def state_dict_sha256(module: nn.Module) -> str:

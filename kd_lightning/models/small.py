@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from kd_lightning.models._registry import Backbone, register_backbone
+from kd_lightning.models._registry import NetworkParts, register_backbone
 from kd_lightning.models.classifier import InputConfig
 
 GRAY = InputConfig(mean=(0.5,), std=(0.5,), in_chans=1)
@@ -13,7 +13,7 @@ GRAY = InputConfig(mean=(0.5,), std=(0.5,), in_chans=1)
 @register_backbone("mlp", input_config=GRAY)
 def mlp(
     pretrained: bool | str = False, in_chans: int = 1, input_size: int = 8, hidden: tuple[int, ...] = (64,)
-) -> Backbone:
+) -> NetworkParts:
     """Multi-layer perceptron on flattened ``in_chans × input_size × input_size`` images."""
     _no_pretrained("mlp", pretrained)
     layers: list[nn.Module] = [nn.Flatten()]
@@ -23,7 +23,7 @@ def mlp(
         layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
         stages.append(str(len(layers) - 1))
         width = h
-    return Backbone(nn.Sequential(*layers), width, stages=tuple(stages))
+    return NetworkParts(nn.Sequential(*layers), width, stages=tuple(stages))
 
 
 def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
@@ -31,7 +31,7 @@ def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
 
 
 @register_backbone("small_cnn", input_config=GRAY)
-def small_cnn(pretrained: bool | str = False, in_chans: int = 1, width: int = 32, depth: int = 2) -> Backbone:
+def small_cnn(pretrained: bool | str = False, in_chans: int = 1, width: int = 32, depth: int = 2) -> NetworkParts:
     """``depth`` stages of two 3×3 conv-BN-ReLU layers (width doubling, 2× pooling between)."""
     _no_pretrained("small_cnn", pretrained)
     layers: list[nn.Module] = []
@@ -45,7 +45,7 @@ def small_cnn(pretrained: bool | str = False, in_chans: int = 1, width: int = 32
         stages.append(str(len(layers) - 1))
         cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return Backbone(nn.Sequential(*layers), cin, stages=tuple(stages))
+    return NetworkParts(nn.Sequential(*layers), cin, stages=tuple(stages))
 
 
 def _no_pretrained(name: str, pretrained: bool | str) -> None:

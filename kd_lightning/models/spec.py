@@ -7,6 +7,7 @@ from typing import Any
 
 from kd_lightning.models.classifier import Classifier
 from kd_lightning.models.factory import create_model
+from kd_lightning.models.weights import WeightsFile
 
 
 @dataclass
@@ -41,13 +42,17 @@ class ModelSpec:
     feature_layers: list[str] | None = None
     head_norm: bool = False
 
-    def build(self, num_classes: int, strict_head: bool = False) -> Classifier:
-        """Build the network; ``strict_head`` refuses weights whose head has another class count."""
+    def build(self, num_classes: int, strict_head: bool = False, weights: WeightsFile | None = None) -> Classifier:
+        """Build the network; ``strict_head`` refuses weights whose head has another class count.
+
+        Args:
+            weights: the file at ``weights_path``, when the caller read it already (it is read once).
+        """
         return create_model(
             self.name,
             num_classes,
             pretrained=self.pretrained,
-            weights_path=self.weights_path,
+            weights_path=weights if weights is not None else self.weights_path,
             input_size=self.input_size,
             key_map=self.key_map,
             positional=self.positional,

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from kd_lightning.errors import KDLightningError
+from kd_lightning.errors import CheckpointError
+from kd_lightning.safe_load import safe_torch_load
 
 # Prefixes under which networks are stored: kd_lightning's modules keep the trained network
 # (a finetuned backbone, a distilled student) as ``network.``; others use ``model.``/``module.``.
 KNOWN_PREFIXES = ("", "network.", "model.", "module.", "student.", "teacher.")
-
-
-class CheckpointError(KDLightningError, ValueError):
-    """A weights file that is missing, unreadable, or does not fit the model."""
+REEXPORT = "save the weights alone, torch.save(model.state_dict(), path), or a Trainer checkpoint"
 
 
 @dataclass
@@ -39,47 +37,50 @@ class LoadReport:
         return f"loaded {self.loaded} tensors from {self.path} (prefix {self.prefix!r}){head}{extra}"
 
 
-def refused_object(path: str | Path, err: Exception) -> CheckpointError | None:
-    """The error for a file that ``weights_only=True`` refused because it pickles an object, if it does.
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights file, read once: its tensors and the scores its Trainer's checkpoint callbacks recorded.
 
-    ``torch.save(model)`` writes the module object itself; torch's own message for it is a
-    paragraph (with terminal escape codes) that suggests loading it unsafely. This names the
-    class and the safe fix instead.
+    Attributes:
+        state: the state dict (of a plain state-dict file, or a Lightning checkpoint's ``state_dict``).
+        recorded_scores: each ``ModelCheckpoint``'s monitored metric and its score when the file was
+            saved (``{"val/acc": 0.97}``); empty for a plain state-dict file.
     """
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-    if found is None:
-        return None
-    return CheckpointError(
-        f"cannot read {path}: it holds a pickled {found.group(1)}, refused unread (unpickling an object "
-        "could run code); save the weights alone, torch.save(model.state_dict(), path), or a Trainer checkpoint"
-    )
+
+    path: Path
+    state: dict[str, torch.Tensor]
+    recorded_scores: dict[str, float] = field(default_factory=dict)
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from a plain state-dict file or a Lightning checkpoint.
-
-    Always ``weights_only=True``: a checkpoint is data, and a file crafted to run code on
-    unpickling is refused instead of executed.
-    """
+def read_weights_file(path: str | Path) -> WeightsFile:
+    """Read a plain state-dict file or a Lightning checkpoint (``weights_only=True``), its weights checked finite."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path} (check the path, relative to {Path.cwd()})")
     if path.stat().st_size == 0:
         raise CheckpointError(f"cannot read {path}: the file is empty (0 bytes)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated/corrupt/unsafe files
-        raise refused_object(path, err) or CheckpointError(
-            f"cannot read {path}: {str(err).splitlines()[0]}. The file is truncated, corrupt, or "
-            "holds objects other than tensors; re-export it as a plain state dict."
-        ) from err
+    obj = safe_torch_load(path, "weights file", REEXPORT)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state dict of tensors")
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{path} holds non-finite weights in {len(bad)} tensors ({', '.join(bad[:3])}): damaged")
-    return state
+    callbacks = obj.get("callbacks") if "state_dict" in obj else None
+    return WeightsFile(path, state, _recorded_scores(callbacks if isinstance(callbacks, dict) else {}))
+
+
+def _recorded_scores(callbacks: dict[str, Any]) -> dict[str, float]:
+    scores = {}
+    for name, state in callbacks.items():
+        if name.startswith("ModelCheckpoint") and isinstance(state, dict) and state.get("current_score") is not None:
+            scores[str(state.get("monitor"))] = float(state["current_score"])
+    return scores
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of a plain state-dict file or a Lightning checkpoint (see :func:`read_weights_file`)."""
+    return read_weights_file(path).state
 
 
 def remap_prefixes(state: dict[str, torch.Tensor], key_map: dict[str, str]) -> dict[str, torch.Tensor]:
@@ -126,7 +127,7 @@ def remap_positional(
 
 def load_weights(
     model: nn.Module,
-    path: str | Path,
+    weights: str | Path | WeightsFile,
     strict_head: bool = False,
     key_map: dict[str, str] | None = None,
     positional: bool = False,
@@ -140,12 +141,13 @@ def load_weights(
 
     Args:
         model: the network to load into (usually a :class:`Classifier`).
-        path: a state-dict file or a Lightning checkpoint.
+        weights: a state-dict file or a Lightning checkpoint, or such a file already read.
         strict_head: refuse a head trained for another number of classes.
         key_map: rename the file's keys by prefix first (see :func:`remap_prefixes`).
         positional: map the file's tensors onto the model's by order (see :func:`remap_positional`).
     """
-    state = read_state_dict(path)
+    file = weights if isinstance(weights, WeightsFile) else read_weights_file(weights)
+    path, state = file.path, file.state
     target = model.state_dict()
     if key_map:
         state = remap_prefixes(state, key_map)

@@ -111,8 +111,8 @@ class SupervisedModule(L.LightningModule):
     def log_step_values(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], batch_size: int) -> None:
         """Log ``train/loss`` and ``train/<term>`` of this step, on the steps where they are read.
 
-        Each ``self.log`` call costs Lightning a walk over its result entry, a fixed cost that is
-        several percent of a small student's step per key (issue 12). Per-step values reach the
+        Each ``self.log`` call costs Lightning a walk over its result entry, a fixed cost per key
+        that a small student's step notices. Per-step values reach the
         loggers only every ``log_every_n_steps`` steps, and epoch-end monitors read the last
         step's; so the values are logged on those steps and on each epoch's last step (the same
         keys, steps and values the loggers and monitors got from logging every step), and

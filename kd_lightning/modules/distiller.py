@@ -15,10 +15,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from kd_lightning.cache.store import CacheStore
 from kd_lightning.cache.teacher_cache import TeacherCache, shared_backbone_network
-from kd_lightning.callbacks.precise_bn import training_batches
 from kd_lightning.callbacks.teacher_check import TeacherCheck
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.batch import Batch
+from kd_lightning.data.calibration import training_batches
 from kd_lightning.errors import ConfigError, as_config_error
 from kd_lightning.losses import DistillationLoss, LogitLoss, LossTerm, StepContext, as_term, create_loss
 from kd_lightning.losses.term import CROSS_ENTROPY

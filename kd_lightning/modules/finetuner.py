@@ -22,7 +22,7 @@ Strategy = Literal["linear_probe", "full", "freeze_then_unfreeze"]
 
 
 class FrozenBackboneFinetuner(SupervisedModule):
-    """Fine-tune a (pretrained) backbone with a new linear head.
+    """Fine-tune a (pretrained) network's backbone with a new linear head.
 
     Strategies:
         ``linear_probe``: the backbone never trains; its BatchNorm stays in eval mode, so its
@@ -32,7 +32,8 @@ class FrozenBackboneFinetuner(SupervisedModule):
         ``backbone_lr_factor`` × the head's learning rate (a :class:`BackboneUnfreeze` callback).
 
     Args:
-        backbone: the network and its weights (registry name, ``pretrained``, ``weights_path``).
+        network: the network to fine-tune and its weights (registry name, ``pretrained``,
+            ``weights_path``); its backbone is what the strategy freezes, its head is new.
         num_classes: classes of the new head.
         strategy: one of the strategies above.
         unfreeze_at_epoch: epoch at which ``freeze_then_unfreeze`` unfreezes.
@@ -47,7 +48,7 @@ class FrozenBackboneFinetuner(SupervisedModule):
 
     def __init__(
         self,
-        backbone: ModelSpec,
+        network: ModelSpec,
         num_classes: int,
         strategy: Strategy = "linear_probe",
         unfreeze_at_epoch: int = 1,
@@ -63,8 +64,8 @@ class FrozenBackboneFinetuner(SupervisedModule):
         super().__init__(num_classes, optimizer, lr_scheduler, label_smoothing, channels_last, compile)
         if strategy not in ("linear_probe", "full", "freeze_then_unfreeze"):
             raise ValueError(f"unknown strategy {strategy!r}; use linear_probe, full or freeze_then_unfreeze")
-        spec = as_spec(backbone)
-        backbone = spec.to_dict()  # type: ignore[assignment]  # plain types in the hyper-parameters (see DistillationModule)
+        spec = as_spec(network)
+        network = spec.to_dict()  # type: ignore[assignment]  # plain types in the hyper-parameters (see DistillationModule)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.strategy = strategy
         self.unfreeze_at_epoch = unfreeze_at_epoch

@@ -15,6 +15,7 @@ from kd_lightning.models.feature_taps import FeatureTaps
 from kd_lightning.models.fingerprint import check_fingerprint, state_dict_sha256
 from kd_lightning.models.freezing import freeze
 from kd_lightning.models.spec import ModelSpec
+from kd_lightning.models.weights import read_weights_file
 from kd_lightning.outputs import ModelOutputs
 
 
@@ -39,7 +40,10 @@ class FrozenTeacher(nn.Module):
                 "untrained, so the student will learn noise. Set teacher.weights_path."
             )
         self.spec = spec
-        self.network: Classifier = spec.build(num_classes, strict_head=True)
+        # Read once: the weights, and the scores the teacher's own training recorded (for TeacherCheck).
+        weights = read_weights_file(spec.weights_path) if spec.weights_path is not None else None
+        self.recorded_scores: dict[str, float] = weights.recorded_scores if weights is not None else {}
+        self.network: Classifier = spec.build(num_classes, strict_head=True, weights=weights)
         freeze(self.network)
         self.sha256 = state_dict_sha256(self.network)
         self.taps: FeatureTaps | None = None
