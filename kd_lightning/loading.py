@@ -19,7 +19,9 @@ from kd_lightning.models import CheckpointError, Classifier, as_spec
 
 NETWORK_PREFIX = "network."
 # The hyper-parameter naming the trained network, by module: DistillationModule, FrozenBackboneFinetuner.
-SPEC_KEYS = ("student", "network")
+# The hyper-parameter naming the trained network: a distiller's student, a finetuner's network, or a
+# finetuner checkpoint written before that argument was renamed from `backbone` (still loadable).
+SPEC_KEYS = ("student", "network", "backbone")
 
 
 @dataclass

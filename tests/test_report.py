@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from kd_lightning.cli import main
+from kd_lightning.loading import load_trained
 from kd_lightning.report.measure import count_macs, cpu_latency_ms, quality
 from tests._pipeline_helpers import digits_checkpoints
 
@@ -59,3 +60,15 @@ def test_macs_of_a_linear_layer_and_latency_is_positive():
     layer = torch.nn.Linear(8, 3)
     assert count_macs(layer, torch.zeros(5, 8)) == 8 * 3  # one sample, bias adds are not MACs
     assert cpu_latency_ms(layer, torch.zeros(1, 8), batch_size=4, warmup=1, repeats=3) > 0
+
+
+def test_a_finetuner_checkpoint_from_before_the_network_rename_still_loads(checkpoints, tmp_path):
+    """Finetuner checkpoints once named their ModelSpec `backbone`; report and export still rebuild them."""
+    teacher, _ = checkpoints
+    ckpt = torch.load(teacher, weights_only=True)
+    ckpt["hyper_parameters"]["backbone"] = ckpt["hyper_parameters"].pop("network")
+    old = tmp_path / "old_teacher.ckpt"
+    torch.save(ckpt, old)
+    loaded, current = load_trained(old), load_trained(teacher)
+    x = torch.rand(3, 1, 8, 8)
+    torch.testing.assert_close(loaded.network(x), current.network(x))
