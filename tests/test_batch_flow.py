@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kd_lightning.cache.teacher import TeacherCacheConfig
 from kd_lightning.data import DigitsDataModule
 from kd_lightning.data.batch import IGNORE_LABEL, Batch
 from kd_lightning.errors import ConfigError
@@ -72,7 +73,7 @@ def test_unlabeled_needs_samples_per_class() -> None:
 
 
 def test_distillation_fits_on_an_unlabeled_transfer_set_with_and_without_the_cache(teacher_spec) -> None:
-    for cache in (False, True):
+    for cache in (None, TeacherCacheConfig()):
         L.seed_everything(0)
         module = DistillationModule(STUDENT, teacher_spec, num_classes=10, teacher_cache=cache)
         dm = DigitsDataModule(batch_size=64, samples_per_class=2, unlabeled="rest")
@@ -107,12 +108,12 @@ class InputSizes(L.Callback):
         return record
 
 
-@pytest.mark.parametrize("cache", [False, True])
+@pytest.mark.parametrize("cache", [None, TeacherCacheConfig(views=2)], ids=["uncached", "cached"])
 def test_teacher_and_student_each_run_at_their_own_resolution(tmp_path, cache) -> None:
     teacher = create_model("small_cnn", 10, width=8)
     torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
     teacher_spec = ModelSpec("small_cnn", kwargs={"width": 8}, weights_path=str(tmp_path / "teacher.pt"), input_size=16)
-    module = DistillationModule(STUDENT, teacher_spec, num_classes=10, teacher_cache=cache, cache_views=2)
+    module = DistillationModule(STUDENT, teacher_spec, num_classes=10, teacher_cache=cache)
     sizes, seen = InputSizes(), []
 
     class TeacherSeesTheStudentView(L.Callback):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -13,8 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from kd_lightning.cache.store import CacheStore
-from kd_lightning.cache.teacher_cache import TeacherCache, shared_backbone_network
+from kd_lightning.cache.teacher import TeacherCache, TeacherCacheConfig, teacher_cache_source
 from kd_lightning.callbacks.precise_bn import training_batches
 from kd_lightning.callbacks.teacher_check import TeacherCheck
 from kd_lightning.data.base import ImageClassificationDataModule
@@ -65,16 +64,9 @@ class DistillationModule(SupervisedModule):
             to the student's registered input config. Only needed by feature losses.
         save_teacher: also store the teacher's weights in the student's checkpoints.
         teacher_cache: compute the teacher's training outputs once, when ``fit`` sets up, and reuse
-            them every epoch (``True``/``"memory"``, or ``"disk"``: memory-mapped files under
-            ``cache_dir``); see :mod:`kd_lightning.cache.teacher_cache` for how augmented views stay exact
-            (and :mod:`kd_lightning.cache.streamed_teacher_cache` for streamed data sets).
-        cache_views: fixed augmented views per training sample (used when the DataModule augments).
-        cache_topk: store only the top-k teacher logits per sample (many-class data sets); the other
-            classes keep their total probability at the temperature of the KD/DKD/DIST term.
-        cache_dir: directory of the ``"disk"`` teacher cache.
-        cache_backbone_features: let the teacher cache store the teacher backbone's features too and
-            compute logits with its head, so teachers sharing one frozen backbone (linear probes:
-            seeds, label budgets) share one backbone pass (``TeacherCache(share_backbone=True)``).
+            them every epoch (:class:`~kd_lightning.cache.teacher.entry.TeacherCacheConfig`: storage,
+            views, top-k, directory; see :mod:`kd_lightning.cache.teacher` for how augmented views
+            stay exact). ``None``: the teacher runs on every batch.
         recalibrate_teacher_bn: when ``fit`` sets up, recompute the teacher's BatchNorm statistics over
             this many training batches (precise BN, :mod:`kd_lightning.models.batchnorm`) before it
             teaches; 0 keeps the checkpoint's. For teachers whose eval mode lags their weights (the
@@ -93,11 +85,7 @@ class DistillationModule(SupervisedModule):
         save_teacher: bool = False,
         losses: list[LossTerm] | None = None,
         input_shape: tuple[int, int, int] | None = None,
-        teacher_cache: bool | Literal["memory", "disk"] = False,
-        cache_views: int = 1,
-        cache_topk: int | None = None,
-        cache_dir: str = ".kd_cache/teacher",
-        cache_backbone_features: bool = False,
+        teacher_cache: TeacherCacheConfig | None = None,
         recalibrate_teacher_bn: int = 0,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -111,10 +99,12 @@ class DistillationModule(SupervisedModule):
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"alpha must be in [0, 1] (the KD share of the loss), got {alpha}")
         student_spec, teacher_spec = as_spec(student), as_spec(teacher)
+        cache_config = None if teacher_cache is None else TeacherCacheConfig.of(teacher_cache)
         terms = None if losses is None else [as_term(term) for term in losses]
         # save_hyperparameters reads these locals: plain dicts keep checkpoints loadable with
         # weights_only=True and show up as fields, not object reprs, in loggers such as W&B.
         student, teacher = student_spec.to_dict(), teacher_spec.to_dict()  # type: ignore[assignment]
+        teacher_cache = None if cache_config is None else cache_config.to_dict()  # type: ignore[assignment]
         losses = None if terms is None else [term.to_dict() for term in terms]  # type: ignore[misc]
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         if recalibrate_teacher_bn < 0:
@@ -139,21 +129,15 @@ class DistillationModule(SupervisedModule):
             self.student_taps = self._tap_features(input_shape)
         self.val_teacher_metrics = _teacher_metrics(num_classes, "val/")
         self.test_teacher_metrics = _teacher_metrics(num_classes, "test/")
-        store = CacheStore("memory" if teacher_cache is True else teacher_cache, cache_dir) if teacher_cache else None
-        if cache_backbone_features:
-            if store is None:
-                raise ConfigError("cache_backbone_features needs the teacher cache: set teacher_cache: memory or disk")
-            shared_backbone_network(self.teacher)  # refuses teachers whose outputs are not head(features)
         self.teacher_cache = (
-            TeacherCache(
-                store,
-                cache_views,
-                cache_topk,
-                self._topk_temperature(temperature) if cache_topk else temperature,
-                share_backbone=cache_backbone_features,
+            None
+            if cache_config is None
+            else TeacherCache(
+                cache_config,
+                num_classes,
+                self._topk_temperature(temperature) if cache_config.topk else temperature,
+                self.teacher,
             )
-            if store is not None
-            else None
         )
 
     def _topk_temperature(self, default: float) -> float:
@@ -214,7 +198,7 @@ class DistillationModule(SupervisedModule):
             batches = training_batches(datamodule, self.recalibrate_teacher_bn, seed=0, device=device)
             self.teacher.recalibrate_batchnorm(batches)  # before the teacher cache stores its outputs
         if self.teacher_cache is not None:
-            source = self.teacher_cache.source(self.trainer, self.teacher, self.num_classes)
+            source = teacher_cache_source(self.teacher_cache, self.trainer, self.teacher)
             if source is not None:
                 datamodule.use_source("train", source)
 
