@@ -23,7 +23,7 @@ import torch
 from benchmarks._common import StepTimer, fashion_mnist, header, median_time, quiet, trainer
 from kd_lightning.cache.teacher import TeacherCacheConfig
 from kd_lightning.cache.teacher.entry import TeacherOutputCache, ViewTable
-from kd_lightning.cache.teacher.in_memory import build_teacher_cache
+from kd_lightning.cache.teacher.in_memory import TeacherPass, build_teacher_cache
 from kd_lightning.data.transforms import to_float_images
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
@@ -137,7 +137,7 @@ def main() -> None:
     views = ViewTable.sample(len(images), 1, 0, False)
     settings = cached.teacher_cache
     assert settings is not None
-    cache = build_teacher_cache(settings, distill.teacher, images, views, None, 64, torch.device("cpu"))
+    cache = build_teacher_cache(settings, distill.teacher, images, views, TeacherPass(None, 64, torch.device("cpu")))
     bare = bare_steps(student, distill, cache, images, labels, args.bare_iterations)
     print_table(bare["student"], bare["teacher"], bare["distill"], bare["cached"])
 

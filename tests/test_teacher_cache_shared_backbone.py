@@ -30,7 +30,7 @@ def _fit_checked(teacher: ModelSpec, cache_dir, **data) -> ViewChecker:
 def test_teachers_with_one_backbone_share_its_features_and_keep_their_own_logits(
     teacher_spec, tmp_path, monkeypatch
 ) -> None:
-    passes = count_calls(monkeypatch, in_memory, "over_views")
+    passes = count_calls(monkeypatch, in_memory.TeacherPass, "over_views")
     first = _fit_checked(teacher_spec, tmp_path / "cache")
     assert first.max_error < 1e-5 and passes == [1]  # head(stored features) is the teacher's own output
 

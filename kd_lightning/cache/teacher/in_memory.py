@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import lightning as L
 import torch
@@ -14,6 +15,7 @@ from kd_lightning.cache._shards import rank_shard
 from kd_lightning.cache.keys import tensor_digest
 from kd_lightning.cache.teacher.entry import (
     FEATURE,
+    LOGITS,
     Teacher,
     TeacherCache,
     TeacherOutputCache,
@@ -62,36 +64,55 @@ class TeacherCacheSource(BatchSource):
         return Batch(batch.labels, images=images, indices=indices, teacher=self.cache.teacher_outputs(position, epoch))
 
 
-@torch.no_grad()
-def over_views(
-    fn: Callable[[torch.Tensor], dict[str, torch.Tensor]],
-    images: torch.Tensor,
-    views: ViewTable,
-    image_size: int | None,
-    batch_size: int,
-    device: torch.device,
-    context: Any = None,
-) -> dict[str, torch.Tensor]:
-    """``fn`` (a dict of ``[B, ...]`` tensors) over every view of every image: ``[V, N, ...]`` float32 on the CPU.
+@dataclass
+class TeacherPass:
+    """How stored outputs are computed: the input size, batch size and device, under the trainer's precision.
 
     Args:
         context: the trainer's precision context factory, so stored outputs equal what an
-            uncached step computes under the same precision.
+            uncached step computes under the same precision (``None``: float32).
     """
-    per_view: dict[str, list[torch.Tensor]] = {}
-    device_views = views.to(device)
-    for view in range(views.num_views):
-        chunks: dict[str, list[torch.Tensor]] = {}
-        for start in range(0, len(images), batch_size):
-            index = torch.arange(start, min(start + batch_size, len(images)))
-            x = device_views.render(images[index].to(device), index.to(device), view, image_size)
-            with context() if context is not None else torch.autocast(device.type, enabled=False):
-                out = fn(x)
-            for name, t in out.items():
-                chunks.setdefault(name, []).append(t.float().cpu())
-        for name, parts in chunks.items():
-            per_view.setdefault(name, []).append(torch.cat(parts))
-    return {name: torch.stack(parts) for name, parts in per_view.items()}
+
+    image_size: int | None
+    batch_size: int
+    device: torch.device
+    context: Callable[[], AbstractContextManager] | None = None
+
+    def _precision(self) -> AbstractContextManager:
+        return self.context() if self.context is not None else torch.autocast(self.device.type, enabled=False)
+
+    @torch.no_grad()
+    def over_views(
+        self, fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], images: torch.Tensor, views: ViewTable
+    ) -> dict[str, torch.Tensor]:
+        """``fn`` (a dict of ``[B, ...]`` tensors) over every view of every image: ``[V, N, ...]`` float32, CPU."""
+        per_view: dict[str, list[torch.Tensor]] = {}
+        device_views = views.to(self.device)
+        for view in range(views.num_views):
+            chunks: dict[str, list[torch.Tensor]] = {}
+            for start in range(0, len(images), self.batch_size):
+                index = torch.arange(start, min(start + self.batch_size, len(images)))
+                x = device_views.render(images[index].to(self.device), index.to(self.device), view, self.image_size)
+                with self._precision():
+                    out = fn(x)
+                for name, t in out.items():
+                    chunks.setdefault(name, []).append(t.float().cpu())
+            for name, parts in chunks.items():
+                per_view.setdefault(name, []).append(torch.cat(parts))
+        return {name: torch.stack(parts) for name, parts in per_view.items()}
+
+    @torch.no_grad()
+    def head_over_features(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        """``head`` over stored ``[V, N, D]`` backbone features: ``[V, N, C]`` float32 logits on the CPU."""
+        head.to(self.device)
+        out = []
+        for view in features:
+            chunks = []
+            for start in range(0, len(view), self.batch_size):
+                with self._precision():
+                    chunks.append(head(view[start : start + self.batch_size].to(self.device)).float().cpu())
+            out.append(torch.cat(chunks))
+        return torch.stack(out)
 
 
 def build_teacher_cache(
@@ -99,34 +120,17 @@ def build_teacher_cache(
     teacher: Callable[[torch.Tensor], ModelOutputs],
     images: torch.Tensor,
     views: ViewTable,
-    image_size: int | None,
-    batch_size: int,
-    device: torch.device,
-    context: Any = None,
+    run: TeacherPass,
 ) -> TeacherOutputCache:
     """Run ``teacher(x) -> ModelOutputs`` over every view of every image, once."""
 
     def outputs(x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = teacher(x)
-        return {"logits": out.logits} | {FEATURE + name: t for name, t in out.features.items()}
+        return {LOGITS: out.logits} | {FEATURE + name: t for name, t in out.features.items()}
 
-    stored = over_views(outputs, images, views, image_size, batch_size, device, context)
+    stored = run.over_views(outputs, images, views)
     features = {k.removeprefix(FEATURE): t for k, t in stored.items() if k.startswith(FEATURE)}
-    return TeacherOutputCache(views, image_size, cache.num_classes, cache.stored_logits(stored["logits"]), features)
-
-
-@torch.no_grad()
-def head_over_features(head: nn.Module, features: torch.Tensor, batch_size: int, device: torch.device, context: Any):
-    """``head`` over stored ``[V, N, D]`` backbone features in batches: ``[V, N, C]`` float32 logits on the CPU."""
-    head.to(device)
-    out = []
-    for view in features:
-        chunks = []
-        for start in range(0, len(view), batch_size):
-            with context() if context is not None else torch.autocast(device.type, enabled=False):
-                chunks.append(head(view[start : start + batch_size].to(device)).float().cpu())
-        out.append(torch.cat(chunks))
-    return torch.stack(out)
+    return TeacherOutputCache(views, run.image_size, cache.num_classes, cache.stored_logits(stored[LOGITS]), features)
 
 
 def in_memory_source(
@@ -150,22 +154,21 @@ def in_memory_source(
         log.info(f"teacher cache: {num_views} view(s) of {len(images)} images (key {key})")
         views = ViewTable.sample(len(images), num_views, padding, hflip)
         teacher.network.to(device)
-        batch_size, context = datamodule.eval_batch_size, trainer.precision_plugin.forward_context
+        run = TeacherPass(size, datamodule.eval_batch_size, device, trainer.precision_plugin.forward_context)
         if cache.config.share_backbone_features:
             network = shared_backbone_network(teacher)
             features_key = backbone_key(network, views_key)
             stored = cache.store.get(features_key, slot="teacher-features")
             if stored is None:
                 log.info("teacher cache: computing the teacher backbone's features")
-                backbone = lambda x: {"features": network.forward_features(x)}  # noqa: E731
-                features = over_views(backbone, images, views, size, batch_size, device, context)
+                features = run.over_views(lambda x: {"features": network.forward_features(x)}, images, views)
                 stored = cache.store.put(features_key, features, slot="teacher-features")
             else:
                 log.info("teacher cache: reusing the teacher backbone's features")
-            logits = head_over_features(network.head, stored["features"], batch_size, device, context)
+            logits = run.head_over_features(network.head, stored["features"])
             outputs = TeacherOutputCache(views, size, cache.num_classes, cache.stored_logits(logits))
         else:
-            outputs = build_teacher_cache(cache, teacher, images, views, size, batch_size, device, context)
+            outputs = build_teacher_cache(cache, teacher, images, views, run)
         entry = cache.store.put(key, outputs.to_entry(), slot="teacher")
     stored_outputs = TeacherOutputCache.from_entry(entry, padding, hflip, size, cache.num_classes, device)
     return TeacherCacheSource(images, labels, shard, stored_outputs)
