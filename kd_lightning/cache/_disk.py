@@ -81,10 +81,10 @@ def removed_if_the_disk_fills(directory: Path, size: int, setting: str, *partial
 
 def crc32_of_tensor(tensor: torch.Tensor) -> int:
     """CRC-32 of a tensor's bytes: what a cache entry stores beside it to notice damage when read."""
-    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
     crc = 0
     for start in range(0, len(data), _CHUNK):
-        crc = zlib.crc32(data[start : start + _CHUNK], crc)
+        crc = zlib.crc32(data[start : start + _CHUNK].numpy().tobytes(), crc)
     return crc
 
 

@@ -129,7 +129,7 @@ def topk_compress(
     The fill is ``T · log-mean-exp(dropped / T)``: at the distillation temperature ``T`` the
     dropped classes keep exactly their total softened probability mass (spread evenly). Only the
     shape of the tail is lost, and at high ``T`` the tail carries much of the signal, so the error
-    grows with ``T`` (measured in benchmarks/RESULTS_performance.md).
+    grows with ``T`` (benchmarks/RESULTS_performance.md).
     """
     num_classes = logits.shape[-1]
     if not 0 < k < num_classes:
@@ -299,7 +299,11 @@ class TeacherOutputCache:
         """What the teacher computed on :meth:`render`'s views of the samples ``index``."""
         view = self.view_of_epoch(epoch)
         rows = {name: t[view].index_select(0, index) for name, t in self.outputs.items()}  # cheaper than t[view, index]
-        logits = rows[LOGITS] if LOGITS in rows else topk_expand(*(rows[name] for name in TOPK), self.num_classes)
+        if LOGITS in rows:
+            logits = rows[LOGITS]
+        else:
+            values, indices, fill = (rows[name] for name in TOPK)
+            logits = topk_expand(values, indices, fill, self.num_classes)
         return ModelOutputs(logits, {name: t[view].index_select(0, index) for name, t in self.features.items()})
 
     def to_entry(self) -> dict[str, torch.Tensor]:
@@ -317,7 +321,8 @@ class TeacherOutputCache:
     ) -> TeacherOutputCache:
         """The entry's tensors, moved to ``device`` (``None``: left where they are, e.g. memory-mapped)."""
         moved = {name: t if device is None else t.to(device) for name, t in entry.items()}
-        views = ViewTable(padding, *(moved[name] for name in VIEW_PARAMETERS), hflip)
+        dy, dx, flip = (moved[name] for name in VIEW_PARAMETERS)
+        views = ViewTable(padding, dy, dx, flip, hflip)
         outputs = {name: moved[name] for name in (LOGITS, *TOPK) if name in moved}
         features = {name.removeprefix(FEATURE): t for name, t in moved.items() if name.startswith(FEATURE)}
         return cls(views, image_size, num_classes, outputs, features)

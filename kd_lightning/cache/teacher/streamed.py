@@ -50,7 +50,7 @@ from kd_lightning.errors import ConfigError, InvalidDataError
 from kd_lightning.outputs import ModelOutputs
 
 if TYPE_CHECKING:
-    from kd_lightning.data.streaming import StreamingImageDataModule
+    from kd_lightning.data.streaming import StreamedSplit, StreamingImageDataModule
 
 log = logging.getLogger(__name__)
 # Stores ``rows`` as rows ``index`` of view ``view`` of the entry's tensor ``name``.
@@ -94,9 +94,9 @@ def streamed_source(
     """Look up or compute the teacher's outputs for every view of every streamed training sample."""
     data = cast("StreamingImageDataModule", datamodule)  # the DataModule said it streams
     refuse_unsupported(cache, trainer)
-    split = data.train_set
-    if split is None:
+    if data.train_set is None:
         raise RuntimeError("the teacher cache runs after the DataModule's setup")
+    split = cast("StreamedSplit", data.train_set)  # what a streaming DataModule's setup makes
     padding, hflip, resized_crop = data.crop_padding, data.hflip, data.random_resized_crop
     num_views = cache.views_for(augments=padding > 0 or hflip or resized_crop)
     samples = dict(
