@@ -223,3 +223,12 @@ def test_the_cache_config_is_one_nested_mapping_in_yaml_and_plain_in_checkpoints
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     loaded = DistillationModule.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True)
     assert loaded.teacher_cache is not None and loaded.teacher_cache.config == module.teacher_cache.config
+
+
+def test_cache_settings_out_of_range_are_refused_in_one_line(teacher_spec) -> None:
+    with pytest.raises(ConfigError, match="teacher_cache.topk must be below the 10 classes"):
+        DistillationModule(STUDENT, teacher_spec, 10, teacher_cache=TeacherCacheConfig(topk=10))
+    with pytest.raises(ConfigError, match="teacher_cache.views must be >= 1, got 0"):
+        TeacherCacheConfig(views=0)
+    with pytest.raises(ConfigError, match="teacher_cache.storage must be 'memory' or 'disk', got 'tape'"):
+        TeacherCacheConfig.of({"storage": "tape"})
