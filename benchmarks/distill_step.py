@@ -21,7 +21,9 @@ import lightning as L
 import torch
 
 from benchmarks._common import StepTimer, fashion_mnist, header, median_time, quiet, trainer
-from kd_lightning.cache.teacher_cache import TeacherOutputCache, ViewTable, build_teacher_cache
+from kd_lightning.cache.teacher import TeacherCacheConfig
+from kd_lightning.cache.teacher.entry import TeacherOutputCache, ViewTable
+from kd_lightning.cache.teacher.in_memory import TeacherPass, build_teacher_cache
 from kd_lightning.data.transforms import to_float_images
 from kd_lightning.losses import StepContext
 from kd_lightning.models import ModelSpec
@@ -59,7 +61,7 @@ def bare_steps(
 
     def distill_step(cached: bool) -> None:
         view = cache.render(images, index, 0) if cached else x
-        teacher = cache.outputs(index, 0) if cached else distill.teacher(view)
+        teacher = cache.teacher_outputs(index, 0) if cached else distill.teacher(view)
         terms = distill.loss_components(distill.student_outputs(view), teacher, StepContext(labels))
         sum(distill.loss_weights[name] * value for name, value in terms.items()).backward()
 
@@ -108,7 +110,7 @@ def main() -> None:
 
     student = FrozenBackboneFinetuner(args.student, 10, strategy="full")
     distill = DistillationModule(args.student, teacher_spec, num_classes=10)
-    cached = DistillationModule(args.student, teacher_spec, num_classes=10, teacher_cache=True)
+    cached = DistillationModule(args.student, teacher_spec, num_classes=10, teacher_cache=TeacherCacheConfig())
     dm = data(args.per_class)
     dm.setup("fit")
     x = to_float_images(dm.train_set.images[:64])
@@ -133,8 +135,10 @@ def main() -> None:
     print_table(student_step, teacher_fwd, distill_step, cached_step)
     print(f"-- bare forward + backward, interleaved per iteration ({args.bare_iterations} iterations):")
     images, labels = dm.train_set.images[:64], dm.train_set.labels[:64]
-    views = ViewTable.sample(len(images), 1, 0, False, seed=0)
-    cache = build_teacher_cache(distill.teacher, images, views, None, 10, 64, torch.device("cpu"))
+    views = ViewTable.sample(len(images), 1, 0, False)
+    settings = cached.teacher_cache
+    assert settings is not None
+    cache = build_teacher_cache(settings, distill.teacher, images, views, TeacherPass(None, 64, torch.device("cpu")))
     bare = bare_steps(student, distill, cache, images, labels, args.bare_iterations)
     print_table(bare["student"], bare["teacher"], bare["distill"], bare["cached"])
 

@@ -12,7 +12,7 @@ the DataModule's validation split; the last epoch for distillation) on all 10,00
 - ``distilled``: the same student on all training images, ``k`` per class labelled and the rest unlabeled,
   taught by the teacher of its regime and seed through the teacher cache. The teachers of all seeds and
   regimes share one frozen backbone, so the cache computes its features of the training images once
-  (``cache_backbone_features``) and each teacher costs one pass of its head.
+  (``teacher_cache.share_backbone_features``) and each teacher costs one pass of its head.
 
 Each finished run is appended to ``benchmarks/results/few_labels_runs.jsonl`` at once, and a rerun skips
 the runs already there, so the protocol can be spread over several sessions. ``few_labels.json`` (the

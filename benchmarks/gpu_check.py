@@ -19,6 +19,7 @@ import lightning as L
 import torch
 
 from benchmarks._common import StepTimer, fashion_mnist, quiet, trainer
+from kd_lightning.cache.teacher import TeacherCacheConfig
 from kd_lightning.data.transforms import to_float_images
 from kd_lightning.losses import StepContext
 from kd_lightning.models import ModelSpec
@@ -74,7 +75,9 @@ def main() -> int:
     modules = {
         "student step": FrozenBackboneFinetuner(args.student, 10, strategy="full", **fast),
         "distillation step": DistillationModule(args.student, teacher, 10, **fast),
-        "cached distillation step": DistillationModule(args.student, teacher, 10, teacher_cache=True, **fast),
+        "cached distillation step": DistillationModule(
+            args.student, teacher, 10, teacher_cache=TeacherCacheConfig(), **fast
+        ),
     }
     rates = {name: images_per_second(m, dm, accelerator, args.steps, args.batch_size) for name, m in modules.items()}
     for name, rate in rates.items():

@@ -10,7 +10,7 @@ weights). Configurations:
   * ``bare distill``: a hand-written loop over float tensors held in memory: teacher forward
     (no_grad) + student step, the batch order drawn like kd_lightning's sampler (same batches).
   * ``kd_lightning online``: :class:`~kd_lightning.modules.DistillationModule` in a Lightning fit.
-  * ``kd_lightning cached``: the same with ``teacher_cache=True`` (built before the first epoch).
+  * ``kd_lightning cached``: the same with ``teacher_cache=TeacherCacheConfig()`` (built before the first epoch).
   * ``bare student`` / ``kd_lightning student``: the student alone on labels (the cache's floor).
   * ``torchdistill``: torchdistill's ``DistillationBox`` in the loop of its example script, over
     torchvision's per-sample pipeline (PIL image, ``ToTensor``, ``Normalize``) as in its sample
@@ -40,6 +40,7 @@ from torch import nn
 from benchmarks import _torchdistill
 from benchmarks._common import fashion_mnist, header, quiet, trainer
 from benchmarks._turns import Clock, RoundRobin, TurnCallback
+from kd_lightning.cache.teacher import TeacherCacheConfig
 from kd_lightning.data.transforms import to_float_images
 from kd_lightning.losses.kd import kd_loss
 from kd_lightning.models import ModelSpec
@@ -194,7 +195,7 @@ def main() -> None:
 
     configs[BARE_DISTILL] = lambda: bare(BARE_DISTILL, True)
     configs[ONLINE] = lambda: lightning(ONLINE, distiller())
-    configs[CACHED] = lambda: lightning(CACHED, distiller(teacher_cache=True))
+    configs[CACHED] = lambda: lightning(CACHED, distiller(teacher_cache=TeacherCacheConfig()))
     configs[BARE_STUDENT] = lambda: bare(BARE_STUDENT, False)
     configs[KD_STUDENT] = lambda: lightning(
         KD_STUDENT, _seeded(args.seed, FrozenBackboneFinetuner, STUDENT, 10, strategy="full", optimizer=optimizer)

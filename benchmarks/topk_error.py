@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks._common import fashion_mnist, header, quiet
-from kd_lightning.cache.teacher_cache import topk_compress, topk_expand
+from kd_lightning.cache.teacher.entry import topk_compress, topk_expand
 from kd_lightning.data.transforms import to_float_images
 from kd_lightning.losses import kd_loss
 

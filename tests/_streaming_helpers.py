@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from kd_lightning.cache.streamed_teacher_cache import _CacheFiller
+from kd_lightning.cache.teacher.streamed import _CacheFiller
 from kd_lightning.checkpointing import SafeCheckpointIO
 from kd_lightning.data.streaming import StreamingImageDataModule
 from kd_lightning.errors import InvalidDataError

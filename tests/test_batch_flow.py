@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kd_lightning.cache.teacher import TeacherCacheConfig
 from kd_lightning.data import DigitsDataModule
 from kd_lightning.data.batch import IGNORE_LABEL, Batch
 from kd_lightning.errors import ConfigError
@@ -87,14 +88,15 @@ def test_distillation_on_an_unlabeled_transfer_set_trains_the_same_with_and_with
     """Without augmentation the cached teacher outputs are the ones the teacher gives live, so the
     same seed and data order give the same losses, step by step."""
     runs = {}
-    for cache in (False, True):
+    for cached in (False, True):
         L.seed_everything(0)
+        cache = TeacherCacheConfig() if cached else None
         module = DistillationModule(STUDENT, teacher_spec, num_classes=10, teacher_cache=cache)
         dm = DigitsDataModule(batch_size=64, samples_per_class=2, unlabeled="rest")
         steps = StepLosses()
         make_trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1, callbacks=[steps]).fit(module, dm)
-        assert steps.cached == [cache] * 6
-        runs[cache] = torch.stack(steps.losses)
+        assert steps.cached == [cached] * 6
+        runs[cached] = torch.stack(steps.losses)
     torch.testing.assert_close(runs[True], runs[False], rtol=1e-5, atol=1e-6)
     assert runs[False][-1] < runs[False][0]  # and the student learns: the distillation loss falls
 
@@ -125,12 +127,12 @@ class InputSizes(L.Callback):
         return record
 
 
-@pytest.mark.parametrize("cache", [False, True])
+@pytest.mark.parametrize("cache", [None, TeacherCacheConfig(views=2)], ids=["uncached", "cached"])
 def test_teacher_and_student_each_run_at_their_own_resolution(tmp_path, cache) -> None:
     teacher = create_model("small_cnn", 10, width=8)
     torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
     teacher_spec = ModelSpec("small_cnn", kwargs={"width": 8}, weights_path=str(tmp_path / "teacher.pt"), input_size=16)
-    module = DistillationModule(STUDENT, teacher_spec, num_classes=10, teacher_cache=cache, cache_views=2)
+    module = DistillationModule(STUDENT, teacher_spec, num_classes=10, teacher_cache=cache)
     sizes, seen = InputSizes(), []
 
     class TeacherSeesTheStudentView(L.Callback):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from kd_lightning.data.batch import Batch
 from kd_lightning.losses import kd_loss
 from kd_lightning.models import CheckpointError, ModelSpec
-from kd_lightning.modules import DistillationModule
+from kd_lightning.modules import DistillationModule, TeacherOptions
 from tests.conftest import make_trainer
 
 STUDENT = ModelSpec("small_cnn", kwargs={"width": 4})
@@ -93,7 +93,9 @@ def test_checkpoint_leaves_teacher_out_and_reloads(digits, teacher_spec, tmp_pat
 
 
 def test_save_teacher_keeps_it_in_the_checkpoint(digits, teacher_spec, tmp_path: Path) -> None:
-    module = DistillationModule(STUDENT, teacher_spec, num_classes=10, save_teacher=True)
+    module = DistillationModule(
+        STUDENT, teacher_spec, num_classes=10, teacher_options=TeacherOptions(save_in_checkpoint=True)
+    )
     trainer = make_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1)
     trainer.fit(module, digits)
     trainer.save_checkpoint(tmp_path / "full.ckpt")

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from kd_lightning.cache.teacher import TeacherCacheConfig
 from kd_lightning.data import DigitsDataModule
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
@@ -49,9 +50,9 @@ def _forbid_item_in_training_step(module, monkeypatch) -> list[int]:
     return steps
 
 
-@pytest.mark.parametrize("cache", [False, True])
+@pytest.mark.parametrize("cache", [None, TeacherCacheConfig(views=2)], ids=["uncached", "cached"])
 def test_distillation_step_has_no_item_calls(teacher_spec, monkeypatch, cache) -> None:
-    module = DistillationModule(STUDENT, teacher_spec, num_classes=10, teacher_cache=cache, cache_views=2)
+    module = DistillationModule(STUDENT, teacher_spec, num_classes=10, teacher_cache=cache)
     steps = _forbid_item_in_training_step(module, monkeypatch)
     dm = DigitsDataModule(batch_size=64, crop_padding=1, hflip=True)
     make_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0).fit(module, dm)

@@ -39,13 +39,6 @@ LAZY_OPTIONAL = {
     ("kd_lightning.data", "kd_lightning.data.prepare"),
 }
 
-# Known and being removed: the teacher cache's two implementations import each other. Delete this
-# set (and its two uses below) once cache/ has one front door with the implementations below it.
-KNOWN_CACHE_CIRCLE = {
-    ("kd_lightning.cache.teacher_cache", "kd_lightning.cache.streamed_teacher_cache"),
-    ("kd_lightning.cache.streamed_teacher_cache", "kd_lightning.cache.teacher_cache"),
-}
-
 
 @dataclass(frozen=True)
 class Edge:
@@ -165,7 +158,7 @@ def test_the_graph_is_read_from_real_imports():
 
 
 def test_no_circles():
-    edges = [e for e in _edges() if (e.source, e.target) not in KNOWN_CACHE_CIRCLE]
+    edges = list(_edges())
     assert _cycles(edges) == []
 
 
@@ -182,7 +175,7 @@ def test_no_function_level_imports_of_the_package():
     hidden = [
         f"{e.source}:{e.line} imports {e.target} inside a function"
         for e in _edges()
-        if e.in_function and (e.source, e.target) not in LAZY_OPTIONAL | KNOWN_CACHE_CIRCLE
+        if e.in_function and (e.source, e.target) not in LAZY_OPTIONAL
     ]
     assert hidden == []
 

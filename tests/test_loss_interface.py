@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from kd_lightning.cache.teacher import TeacherCacheConfig
 from kd_lightning.errors import ConfigError
 from kd_lightning.losses import DistillationLoss, LogitLoss, ModelOutputs, StepContext, create_loss, list_losses
 from kd_lightning.losses._registry import _LOSSES, register_loss
@@ -135,9 +136,9 @@ def scaled_kd() -> Iterator[type[LogitLoss]]:
 def test_a_new_logit_loss_declares_the_temperature_the_topk_cache_reads(teacher_spec, scaled_kd) -> None:
     losses = [{"name": "ce"}, {"name": "test_scaled_kd", "kwargs": {"scale": 3.0}}, AT]
     module = DistillationModule(
-        STUDENT, teacher_spec, 10, losses=losses, input_shape=(1, 8, 8), teacher_cache=True, cache_topk=2
+        STUDENT, teacher_spec, 10, losses=losses, input_shape=(1, 8, 8), teacher_cache=TeacherCacheConfig(topk=2)
     )
     assert module.logit_temperature() == 2.5 and module.teacher_cache.temperature == 2.5
     two = [{"name": "test_scaled_kd"}, {"name": "kd"}]
     with pytest.raises(ConfigError, match=r"at \[2.5, 4.0\]"):
-        DistillationModule(STUDENT, teacher_spec, 10, losses=two, teacher_cache=True, cache_topk=2)
+        DistillationModule(STUDENT, teacher_spec, 10, losses=two, teacher_cache=TeacherCacheConfig(topk=2))

@@ -6,14 +6,16 @@ import errno
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from kd_lightning._distributed import on_every_rank
 from kd_lightning.cache.mapped import RowWriter, allocate, open_entry, publish
-from kd_lightning.cache.streamed_teacher_cache import _disk_entry, _on_every_rank
+from kd_lightning.cache.teacher.streamed import _disk_entry
 from kd_lightning.errors import ConfigError, InvalidDataError
 
 LAYOUT = {"filled": ((2, 5), torch.bool), "logits": ((2, 5, 3), torch.float32)}
@@ -39,7 +41,7 @@ def test_rows_written_in_any_order_by_several_writers_land_byte_exact(tmp_path):
                 writer.write("logits", view, index, logits[view, index].double())  # stored as the layout's dtype
                 writer.write("filled", view, index, torch.ones(len(index), dtype=torch.bool))
             first.write("logits", view, torch.tensor([], dtype=torch.long), torch.empty(0, 3))
-    entry = open_entry(tmp_path / "k", NAMES)
+    entry = open_entry(tmp_path / "k", NAMES, verify=False)  # unpublished: no checksums yet
     assert torch.equal(entry["logits"], logits) and bool(entry["filled"].all())
 
 
@@ -47,19 +49,54 @@ def test_allocate_reserves_the_blocks_and_open_entry_reads_back_what_was_written
     entry_dir = filled_entry(tmp_path / "k.partial", value=2.5)
     size = (tmp_path / "k.partial" / "logits.bin").stat()
     assert size.st_size == 2 * 5 * 3 * 4 and size.st_blocks * 512 >= size.st_size  # not a sparse file
-    entry = open_entry(entry_dir, NAMES)
+    entry = open_entry(entry_dir, NAMES, verify=False)
     assert bool(entry["filled"].all()) and torch.equal(entry["logits"], torch.full((2, 5, 3), 2.5))
 
 
-def test_a_full_disk_is_refused_in_one_line_naming_the_size_and_the_folder(tmp_path, monkeypatch):
-    def no_room(fd: int, offset: int, length: int) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+def no_room(*args) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(os, "posix_fallocate", no_room)
+
+def test_a_disk_without_the_room_is_refused_up_front_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=2**40, used=2**40, free=2**20))
     big = {"logits": ((1000, 1281167, 10), torch.float32)}
     with pytest.raises(ConfigError, match=rf"no room for a cache entry of 47.73 GiB under {tmp_path} .*cache_dir"):
         allocate(tmp_path / "k.partial", big)
+    assert list(tmp_path.iterdir()) == []  # nothing was created
+
+
+def test_a_disk_that_fills_while_reserving_is_refused_and_the_folder_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    with pytest.raises(ConfigError, match=rf"no room for a cache entry of 130 B under {tmp_path} .*cache_dir"):
+        allocate(tmp_path / "k.partial", LAYOUT)
     assert list(tmp_path.iterdir()) == []  # the half-made folder is gone
+
+
+def test_a_directory_that_is_a_file_is_refused_in_one_line(tmp_path):
+    (tmp_path / "cache").write_text("not a folder")
+    with pytest.raises(ConfigError, match=rf"teacher_cache.directory {tmp_path / 'cache'}: .* is a file"):
+        allocate(tmp_path / "cache" / "k.partial", LAYOUT, setting="teacher_cache.directory")
+
+
+def zero_bytes(path: Path, start: int, count: int) -> None:
+    with open(path, "r+b") as file:
+        file.seek(start)
+        file.write(bytes(count))
+
+
+def test_zeroed_bytes_in_a_published_entry_are_refused_naming_the_file(tmp_path):
+    layout = {"filled": ((2, 1000), torch.bool), "logits": ((2, 1000, 8), torch.float32)}
+    allocate(tmp_path / "k.partial", layout)
+    with RowWriter(tmp_path / "k.partial", set(layout)) as rows:
+        for view in (0, 1):
+            rows.write("logits", view, torch.arange(1000), torch.randn(1000, 8))
+            rows.write("filled", view, torch.arange(1000), torch.ones(1000, dtype=torch.bool))
+    publish(tmp_path / "k.partial", tmp_path / "k.streamed")
+    assert open_entry(tmp_path / "k.streamed", set(layout))["logits"].shape == (2, 1000, 8)
+    zero_bytes(tmp_path / "k.streamed" / "logits.bin", 30_000, 4096)  # a few KB in the middle, size unchanged
+    with pytest.raises(InvalidDataError, match=r"cache file .*k\.streamed/logits\.bin is damaged.*delete") as caught:
+        open_entry(tmp_path / "k.streamed", set(layout))
+    assert "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -73,11 +110,13 @@ def test_a_full_disk_is_refused_in_one_line_naming_the_size_and_the_folder(tmp_p
             lambda d: (d / "entry.json").write_text(json.dumps({"filled": {"shape": [2, 5], "dtype": "bool"}})),
             r"lists the tensors \['filled'\], not \['filled', 'logits'\]",
         ),
+        (lambda d: zero_bytes(d / "filled.bin", 2, 4), r"filled\.bin is damaged \(its checksum does not match\)"),
     ],
-    ids=["truncated_file", "missing_file", "missing_layout", "truncated_layout", "layout_lost_a_tensor"],
+    ids=["truncated_file", "missing_file", "missing_layout", "truncated_layout", "layout_lost_a_tensor", "zeroed"],
 )
 def test_a_damaged_entry_is_refused_in_one_line_saying_to_delete_it(tmp_path, damage, message):
-    entry_dir = filled_entry(tmp_path / "k.streamed")
+    entry_dir = tmp_path / "k.streamed"
+    publish(filled_entry(tmp_path / "k.partial"), entry_dir)
     damage(entry_dir)
     with pytest.raises(InvalidDataError, match=message) as caught:
         open_entry(entry_dir, NAMES)
@@ -93,10 +132,10 @@ def test_concurrent_publishes_keep_the_first_entry_and_remove_the_second(tmp_pat
 
 
 def one_process(cache_dir: Path, fill) -> tuple[SimpleNamespace, SimpleNamespace, SimpleNamespace]:
-    """What ``_disk_entry`` reads of the settings, the trainer and the cache filler, for one process."""
+    """What ``_disk_entry`` reads of the cache, the trainer and the cache filler, for one process."""
     strategy = SimpleNamespace(broadcast=lambda obj, src=0: obj)
     trainer = SimpleNamespace(world_size=1, global_rank=0, is_global_zero=True, strategy=strategy)
-    settings = SimpleNamespace(store=SimpleNamespace(cache_dir=cache_dir))
+    settings = SimpleNamespace(store=SimpleNamespace(cache_dir=cache_dir, setting="teacher_cache.directory"))
     filler = SimpleNamespace(names=lambda: NAMES, layout=lambda key: LAYOUT, fill=fill)
     return settings, trainer, filler
 
@@ -121,6 +160,17 @@ def test_unfilled_rows_are_refused_while_filling_and_on_a_cache_hit(tmp_path, ca
     publish(partial, tmp_path / "k.streamed")  # as if published by a run that did not check
     with pytest.raises(InvalidDataError, match=rf"{tmp_path / 'k.streamed'} has no outputs for 1 sample views.*delete"):
         _disk_entry(settings, trainer, "k", filler)
+
+
+@pytest.mark.parametrize("call", ["pwrite", "replace"], ids=["writing_rows", "publishing"])
+def test_a_disk_that_fills_during_the_fill_is_one_line_and_leaves_no_partial_files(tmp_path, monkeypatch, call):
+    settings, trainer, filler = one_process(tmp_path, fill_all)
+    monkeypatch.setattr(os if call == "pwrite" else Path, call, no_room)
+    with pytest.raises(
+        ConfigError, match=rf"no room for a cache entry of .* under {tmp_path} .*teacher_cache.directory"
+    ):
+        _disk_entry(settings, trainer, "k", filler)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_fill_warns_of_unpublished_folders_of_the_same_entry(tmp_path, caplog):
@@ -151,14 +201,14 @@ def rank_zero_of_two(partner_error: Exception | None) -> SimpleNamespace:
     return SimpleNamespace(world_size=2, global_rank=0, is_global_zero=True, strategy=TwoRanks(partner_error))
 
 
-def test_a_failure_on_any_rank_is_raised_on_every_rank():
+def test_a_failure_on_any_rank_is_raisedon_every_rank():
     trainer = rank_zero_of_two
-    assert _on_every_rank(trainer(None), lambda: 7) == 7
+    assert on_every_rank(trainer(None), lambda: 7) == 7
     with pytest.raises(InvalidDataError, match="cannot decode a stored image"):
-        _on_every_rank(trainer(InvalidDataError("cannot decode a stored image")), lambda: 7)
+        on_every_rank(trainer(InvalidDataError("cannot decode a stored image")), lambda: 7)
 
     def fails() -> None:
         raise ConfigError("no room")
 
     with pytest.raises(ConfigError, match="no room"):  # this rank failed first: its own error
-        _on_every_rank(trainer(InvalidDataError("later")), fails)
+        on_every_rank(trainer(InvalidDataError("later")), fails)

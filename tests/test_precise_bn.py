@@ -15,7 +15,7 @@ from kd_lightning.data.calibration import training_batches
 from kd_lightning.errors import ConfigError
 from kd_lightning.models import ModelSpec
 from kd_lightning.models.batchnorm import batch_statistics, recalibrate_batchnorm
-from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
+from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner, TeacherOptions
 from tests.conftest import TEACHER_SPEC, make_trainer
 
 
@@ -184,7 +184,7 @@ def test_distiller_recalibrates_a_stale_teacher_on_request_and_keeps_it(digits, 
     network, _ = _stale_network()
     torch.save(network.state_dict(), tmp_path / "stale.pt")
     spec = ModelSpec(TEACHER_SPEC.name, weights_path=str(tmp_path / "stale.pt"), kwargs=TEACHER_SPEC.kwargs)
-    module = DistillationModule("small_cnn", spec, num_classes=10, recalibrate_teacher_bn=10)
+    module = DistillationModule("small_cnn", spec, num_classes=10, teacher_options=TeacherOptions(recalibrate_bn=10))
     check = TeacherCheck()
     trainer = make_trainer(
         max_epochs=1, limit_train_batches=2, callbacks=[check], enable_checkpointing=True, default_root_dir=tmp_path
@@ -202,8 +202,8 @@ def test_distiller_recalibrates_a_stale_teacher_on_request_and_keeps_it(digits, 
     reloaded = DistillationModule.load_from_checkpoint(trainer.checkpoint_callback.best_model_path)
     for key, value in expected.state_dict().items():
         torch.testing.assert_close(reloaded.teacher.network.state_dict()[key], value, msg=key)
-    with pytest.raises(ConfigError, match="recalibrate_teacher_bn"):
-        DistillationModule("small_cnn", spec, num_classes=10, recalibrate_teacher_bn=-1)
+    with pytest.raises(ConfigError, match="recalibrate_bn"):
+        DistillationModule("small_cnn", spec, num_classes=10, teacher_options={"recalibrate_bn": -1})
 
 
 def test_distiller_checks_its_teacher_by_default(digits: DigitsDataModule) -> None:

@@ -113,7 +113,7 @@ def _run(root: Path, config: dict) -> subprocess.CompletedProcess:
         {
             "kind": "distiller",
             "strategy": "unlabeled_cached",
-            "module": {"teacher_cache": True, "cache_views": 2},
+            "module": {"teacher_cache": {"views": 2}},
             "data": {"samples_per_class": 5, "unlabeled": "rest"},
         },
     ],

@@ -171,7 +171,7 @@ def test_a_malicious_teacher_cache_file_ends_the_run_unrun(trained, tmp_path, ca
     """Through the CLI: a cached teacher entry replaced by a crafted file stops the next run, running nothing."""
     teacher = {"name": "small_cnn", "kwargs": {"width": 4}, "weights_path": str(trained / "run" / "best.ckpt")}
     init_args = {"student": {"name": "small_cnn", "kwargs": {"width": 2}}, "teacher": teacher}
-    init_args |= {"teacher_cache": "disk", "cache_dir": str(tmp_path / "cache")}
+    init_args |= {"teacher_cache": {"storage": "disk", "directory": str(tmp_path / "cache")}}
     model = {"class_path": "kd_lightning.modules.DistillationModule", "init_args": init_args}
     config = yaml.safe_load(_config(tmp_path).read_text()) | {"model": model}
     path = tmp_path / "distill.yaml"

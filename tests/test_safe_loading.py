@@ -95,8 +95,7 @@ def test_the_package_calls_torch_load_in_one_place():
         for node in ast.walk(ast.parse(file.read_text()))
         if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load"
     }
-    # cache/store.py: switched to safe_torch_load when the cache rewrite lands (then delete it here).
-    assert callers - {"cache/store.py"} == {"safe_load.py"}
+    assert callers == {"safe_load.py"}
 
 
 def test_safe_torch_load_names_the_file_and_the_fix(tmp_path):

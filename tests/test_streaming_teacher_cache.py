@@ -9,11 +9,12 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 
-from kd_lightning.cache import CacheStore, TeacherCache
-from kd_lightning.cache.streamed_teacher_cache import _CacheFiller, _refuse_unsupported
-from kd_lightning.cache.teacher_cache import ViewTable, topk_compress, topk_expand
+from kd_lightning.cache.teacher.entry import TeacherCache, TeacherCacheConfig, ViewTable, topk_compress, topk_expand
+from kd_lightning.cache.teacher.streamed import _CacheFiller, refuse_unsupported
 from kd_lightning.data import StreamingImageDataModule
 from kd_lightning.data._litdata import StreamingDataset
 from kd_lightning.data.batch import IGNORE_LABEL
@@ -76,7 +77,7 @@ def test_cached_outputs_are_the_teachers_on_the_exact_view_the_student_sees(
     teacher = ModelSpec(
         teacher_spec.name, weights_path=teacher_spec.weights_path, kwargs=teacher_spec.kwargs, input_size=teacher_size
     )
-    module = DistillationModule(STUDENT, teacher, 10, teacher_cache=True, cache_views=2, cache_topk=topk)
+    module = DistillationModule(STUDENT, teacher, 10, teacher_cache=TeacherCacheConfig(views=2, topk=topk))
     data = streamed(digits_dir)
     recorder = Recorder(topk)
     fit(module, data, epochs=3, callbacks=[recorder])
@@ -116,7 +117,7 @@ def test_resuming_at_an_epoch_boundary_attaches_the_outputs_of_the_view_streamed
     saving = dict(save_last=True)
     if checkpoint == "step_on_the_last_batch":
         saving |= dict(every_n_train_steps=4, save_on_train_epoch_end=False)
-    cache = dict(teacher_cache="disk", cache_dir=str(tmp_path / "cache"), cache_views=2)
+    cache = dict(teacher_cache=TeacherCacheConfig("disk", views=2, directory=str(tmp_path / "cache")))
 
     def run(epochs: int, checkpoints: bool = False, resume: bool = False) -> tuple[DistillationModule, Recorder]:
         L.seed_everything(0)
@@ -147,7 +148,7 @@ def test_resuming_at_an_epoch_boundary_attaches_the_outputs_of_the_view_streamed
 def test_a_second_fit_reads_the_disk_cache_without_running_the_teacher(digits_dir, teacher_spec, tmp_path, monkeypatch):
     computed = count_calls(monkeypatch, _CacheFiller, "fill")
     crd = {"name": "crd", "weight": 0.8, "kwargs": {"feat_dim": 16, "num_negatives": 32}}
-    options = dict(teacher_cache="disk", cache_dir=str(tmp_path), cache_views=2, cache_topk=4)
+    options = dict(teacher_cache=TeacherCacheConfig("disk", views=2, topk=4, directory=str(tmp_path)))
     make = lambda: DistillationModule(  # noqa: E731
         STUDENT, teacher_spec, 10, losses=[{"name": "kd", "weight": 0.9}, crd], input_shape=(1, 8, 8), **options
     )
@@ -169,9 +170,11 @@ def test_a_second_fit_reads_the_disk_cache_without_running_the_teacher(digits_di
 def test_a_changed_teacher_data_or_view_setting_computes_a_new_entry(digits_dir, teacher_spec, tmp_path, monkeypatch):
     computed = count_calls(monkeypatch, _CacheFiller, "fill")
 
-    def run(module_options: dict | None = None, teacher=teacher_spec, nudge: bool = False, **data_options) -> None:
-        options = dict(teacher_cache="disk", cache_dir=str(tmp_path), cache_views=2) | (module_options or {})
-        module = DistillationModule(STUDENT, teacher, 10, **options)
+    def run(cache_options: dict | None = None, teacher=teacher_spec, nudge: bool = False, **data_options) -> None:
+        cache = TeacherCacheConfig(
+            **{"storage": "disk", "views": 2, "directory": str(tmp_path)} | (cache_options or {})
+        )
+        module = DistillationModule(STUDENT, teacher, 10, teacher_cache=cache)
         if nudge:
             with torch.no_grad():
                 next(module.teacher.network.parameters()).add_(0.01)
@@ -192,8 +195,8 @@ def test_a_changed_teacher_data_or_view_setting_computes_a_new_entry(digits_dir,
         dict(image_size=10),
         dict(crop_padding=2),
         dict(random_resized_crop=False),
-        dict(module_options=dict(cache_views=3)),
-        dict(module_options=dict(cache_topk=3)),
+        dict(cache_options=dict(views=3)),
+        dict(cache_options=dict(topk=3)),
     ]
     for count, change in enumerate(changes, start=2):
         run(**change)
@@ -206,7 +209,7 @@ def test_unlabeled_transfer_set_and_crd_indices_work_with_the_cache(digits_dir, 
         {"name": "crd", "weight": 0.8, "kwargs": {"feat_dim": 16, "num_negatives": 32}},
     ]
     module = DistillationModule(
-        STUDENT, teacher_spec, 10, losses=losses, input_shape=(1, 8, 8), teacher_cache=True, cache_views=2
+        STUDENT, teacher_spec, 10, losses=losses, input_shape=(1, 8, 8), teacher_cache=TeacherCacheConfig(views=2)
     )
     data = streamed(digits_dir, samples_per_class=3, unlabeled="rest", return_indices=True, batch_size=256)
     recorder = Recorder()
@@ -219,20 +222,34 @@ def test_unlabeled_transfer_set_and_crd_indices_work_with_the_cache(digits_dir, 
 
 
 def test_unsupported_combinations_are_refused_in_one_line(digits_dir, teacher_spec):
-    module = DistillationModule(STUDENT, teacher_spec, 10, teacher_cache=True, cache_backbone_features=True)
-    with pytest.raises(ConfigError, match="cache_backbone_features is for in-memory data sets"):
+    shared = TeacherCacheConfig(share_backbone_features=True)
+    module = DistillationModule(STUDENT, teacher_spec, 10, teacher_cache=shared)
+    with pytest.raises(ConfigError, match="teacher_cache.share_backbone_features is for in-memory data sets"):
         fit(module, streamed(digits_dir))
-    settings = TeacherCache(CacheStore("memory"))
-    with pytest.raises(
-        ConfigError, match="under DDP the teacher cache of a streamed data set needs teacher_cache: disk"
-    ):
-        _refuse_unsupported(settings, SimpleNamespace(world_size=2))
+    cache = TeacherCache(TeacherCacheConfig(), 10, 4.0, module.teacher)
+    with pytest.raises(ConfigError, match="under DDP the teacher cache of a streamed data set needs .*storage: disk"):
+        refuse_unsupported(cache, SimpleNamespace(world_size=2))
+
+
+def test_a_streamed_distillation_with_a_logger_starts_and_logs_both_sets_of_hyper_parameters(
+    digits_dir, teacher_spec, tmp_path
+):
+    # The distiller's and the DataModule's hyper-parameters are merged for the logger: no name may be in both.
+    cache = TeacherCacheConfig("disk", views=2, directory=str(tmp_path / "teacher_cache"))
+    module = DistillationModule(STUDENT, teacher_spec, 10, teacher_cache=cache)
+    data = streamed(digits_dir, cache_dir=str(tmp_path / "chunks"))
+    logger = CSVLogger(tmp_path / "logs", name="run", version=0)
+    make_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=logger).fit(module, data)
+    logged = yaml.safe_load((tmp_path / "logs" / "run" / "version_0" / "hparams.yaml").read_text())
+    assert logged["cache_dir"] == str(tmp_path / "chunks")
+    assert logged["teacher_cache"]["directory"] == str(tmp_path / "teacher_cache")
+    assert [p.suffix for p in (tmp_path / "teacher_cache").iterdir()] == [".streamed"]
 
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_with_the_cache_is_bit_identical(tmp_path, digits_dir, teacher_path):
     # 1,294 training images, batch 64: 21 batches per epoch; step 32 is mid-epoch 1, last checkpoint at 30.
-    cache = {"teacher_cache": "disk", "cache_dir": str(tmp_path / "cache"), "cache_views": 2}
+    cache = {"teacher_cache": {"storage": "disk", "directory": str(tmp_path / "cache"), "views": 2}}
     config = {"data_dir": str(digits_dir), "teacher_path": teacher_path, "num_workers": 2, "module": cache}
     (expected,), (actual,) = straight_and_resumed(config, tmp_path, kill_at=32)
     assert expected["teacher_error"] < 1e-5 and actual["teacher_error"] < 1e-5
@@ -251,7 +268,7 @@ def test_two_ddp_processes_fill_one_shared_cache_read_every_sample_and_resume_bi
 ):
     # 640 training images over 2 ranks x batch 32: 10 steps per epoch; step 17 is mid-epoch 1, last checkpoint at
     # 15. The straight run computes the cache (each rank the samples LitData streams to it); the others read it.
-    cache = {"teacher_cache": "disk", "cache_dir": str(tmp_path / "cache"), "cache_views": 2}
+    cache = {"teacher_cache": {"storage": "disk", "directory": str(tmp_path / "cache"), "views": 2}}
     config = {"data_dir": str(digits_dir), "teacher_path": teacher_path, "devices": 2, "batch_size": 32}
     config |= {"samples_per_class": 64, "module": cache}
     expected, actual = straight_and_resumed(config, tmp_path, kill_at=17, ranks=2)
@@ -271,7 +288,7 @@ def test_two_ddp_processes_fill_one_shared_cache_read_every_sample_and_resume_bi
 def test_a_rank_failing_to_fill_the_cache_stops_every_rank_with_its_error(tmp_path, digits_dir, teacher_path):
     # Rank 1 fails before writing a row; rank 0 fills its share and would wait for rank 1 at the next
     # synchronisation forever: it must raise rank 1's error instead (a hang fails on the timeout).
-    cache = {"teacher_cache": "disk", "cache_dir": str(tmp_path / "cache"), "cache_views": 2}
+    cache = {"teacher_cache": {"storage": "disk", "directory": str(tmp_path / "cache"), "views": 2}}
     config = {"data_dir": str(digits_dir), "teacher_path": teacher_path, "devices": 2, "batch_size": 10}
     config |= {"samples_per_class": 10, "module": cache, "root": str(tmp_path / "run"), "fail_fill_on_rank": 1}
     failed = run_helper(config, timeout=240)

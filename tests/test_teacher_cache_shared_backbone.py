@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kd_lightning.cache import teacher_cache as teacher_cache_module
-from kd_lightning.cache.teacher_cache import teacher_digest
+from kd_lightning.cache.teacher import in_memory
+from kd_lightning.cache.teacher.entry import TeacherCacheConfig, teacher_digest
 from kd_lightning.data import DigitsDataModule
 from kd_lightning.errors import ConfigError
 from kd_lightning.models import ModelSpec
@@ -19,10 +19,7 @@ def _fit_checked(teacher: ModelSpec, cache_dir, **data) -> ViewChecker:
         STUDENT,
         teacher,
         num_classes=10,
-        teacher_cache="disk",
-        cache_dir=str(cache_dir),
-        cache_views=2,
-        cache_backbone_features=True,
+        teacher_cache=TeacherCacheConfig("disk", views=2, directory=str(cache_dir), share_backbone_features=True),
     )
     checker = ViewChecker()
     dm = DigitsDataModule(batch_size=64, crop_padding=1, hflip=True, **data)
@@ -33,7 +30,7 @@ def _fit_checked(teacher: ModelSpec, cache_dir, **data) -> ViewChecker:
 def test_teachers_with_one_backbone_share_its_features_and_keep_their_own_logits(
     teacher_spec, tmp_path, monkeypatch
 ) -> None:
-    passes = count_calls(monkeypatch, teacher_cache_module, "over_views")
+    passes = count_calls(monkeypatch, in_memory.TeacherPass, "over_views")
     first = _fit_checked(teacher_spec, tmp_path / "cache")
     assert first.max_error < 1e-5 and passes == [1]  # head(stored features) is the teacher's own output
 
@@ -60,11 +57,8 @@ def test_a_teacher_with_tapped_layers_cannot_share_its_backbone(teacher_spec) ->
             num_classes=10,
             losses=[{"name": "at", "kwargs": {"student_layers": ["stage:-1"], "teacher_layers": ["stage:-1"]}}],
             input_shape=(1, 8, 8),
-            teacher_cache=True,
-            cache_backbone_features=True,
+            teacher_cache=TeacherCacheConfig(share_backbone_features=True),
         )
-    with pytest.raises(ConfigError, match="needs the teacher cache"):
-        DistillationModule(STUDENT, teacher_spec, num_classes=10, cache_backbone_features=True)
 
 
 def test_the_teacher_key_sees_its_input_size_and_pooled_layers(teacher_spec) -> None:

@@ -31,7 +31,7 @@ def why_not_cacheable(datamodule: Any) -> str | None:
     """The reason the features of ``datamodule``'s training images are not fixed, or ``None``."""
     if not isinstance(datamodule, ImageClassificationDataModule) or datamodule.train_set is None:
         return "it needs a kd_lightning ImageClassificationDataModule (in-memory train_set)"
-    if getattr(datamodule, "crop_padding", 0) > 0 or getattr(datamodule, "hflip", False):
+    if datamodule.crop_padding > 0 or datamodule.hflip:
         return (
             f"random augmentation is on (crop_padding={datamodule.crop_padding}, hflip={datamodule.hflip}), "
             "so the backbone sees a different view of each image every epoch"

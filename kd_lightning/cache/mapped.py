@@ -15,7 +15,6 @@ before other nodes are told to read them.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -25,14 +24,15 @@ from pathlib import Path
 
 import torch
 
-from kd_lightning.errors import ConfigError, InvalidDataError
+from kd_lightning.cache._disk import check_directory, check_room, crc32_of_file, removed_if_the_disk_fills
+from kd_lightning.errors import InvalidDataError
 
 LAYOUT = "entry.json"  # names, shapes and dtypes of the entry's tensors
 
 Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
-def allocate(directory: Path, layout: Layout) -> None:
+def allocate(directory: Path, layout: Layout, setting: str = "cache_dir") -> None:
     """Create ``directory`` with one zero-filled file per tensor of ``layout`` (name → shape, dtype).
 
     The files' blocks are reserved now (``posix_fallocate``), not when a row is first written: a
@@ -41,49 +41,52 @@ def allocate(directory: Path, layout: Layout) -> None:
     Raises:
         ConfigError: the disk of ``directory`` has not the room (the folder is removed again).
     """
+    size = sum(math.prod(shape) * dtype.itemsize for shape, dtype in layout.values())
+    check_directory(directory.parent, setting)
+    check_room(directory.parent, size, setting)
     directory.mkdir(parents=True)
-    try:
+    with removed_if_the_disk_fills(directory.parent, size, setting, directory):
         for name, (shape, dtype) in layout.items():
-            size = math.prod(shape) * dtype.itemsize
             with open(directory / f"{name}.bin", "wb") as file:
-                if size:
-                    os.posix_fallocate(file.fileno(), 0, size)
-    except OSError as err:
-        shutil.rmtree(directory, ignore_errors=True)
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        total = sum(math.prod(shape) * dtype.itemsize for shape, dtype in layout.values())
-        raise ConfigError(
-            f"no room for a cache entry of {total / 2**30:.2f} GiB under {directory.parent} ({err.strerror}): "
-            "free space there or set cache_dir to a larger disk"
-        ) from err
-    described = {
-        name: {"shape": list(shape), "dtype": str(dtype).removeprefix("torch.")}
-        for name, (shape, dtype) in layout.items()
-    }
-    (directory / LAYOUT).write_text(json.dumps(described))
-    sync(directory)
+                if math.prod(shape):
+                    os.posix_fallocate(file.fileno(), 0, math.prod(shape) * dtype.itemsize)
+        described = {
+            name: {"shape": list(shape), "dtype": str(dtype).removeprefix("torch.")}
+            for name, (shape, dtype) in layout.items()
+        }
+        (directory / LAYOUT).write_text(json.dumps(described))
+        sync(directory)
 
 
-def open_entry(directory: Path, names: Iterable[str]) -> dict[str, torch.Tensor]:
+def open_entry(directory: Path, names: Iterable[str], verify: bool = True) -> dict[str, torch.Tensor]:
     """The entry's tensors, memory-mapped read-only.
 
     Args:
         names: the tensors the entry must hold, no more and no fewer (what the reader expects).
+        verify: check every file against the checksum :func:`publish` wrote (one read of the
+            entry); off for an entry still being filled, which has none yet.
 
     Raises:
         InvalidDataError: the layout is missing, unreadable or lists other tensors, or a file does
-            not have its size (a damaged entry, never rebuilt silently).
+            not have its size or checksum (a damaged entry, never rebuilt silently).
     """
-    layout = _read_layout(directory, names)
+    described = _read_description(directory, names)
+    layout = _layout_of(directory, described)
+    if verify:
+        for name in layout:
+            path = directory / f"{name}.bin"
+            if described[name].get("crc32") != crc32_of_file(path):
+                raise InvalidDataError(
+                    f"cache file {path} is damaged (its checksum does not match); delete {directory} to rebuild"
+                )
     return {
         name: torch.from_file(str(directory / f"{name}.bin"), size=math.prod(shape), dtype=dtype).view(shape)
         for name, (shape, dtype) in layout.items()
     }
 
 
-def _read_layout(directory: Path, names: Iterable[str]) -> Layout:
-    """The entry's layout, checked against the expected tensor ``names`` and the files' sizes."""
+def _read_description(directory: Path, names: Iterable[str]) -> dict[str, dict]:
+    """The entry's ``entry.json``, checked to list exactly the expected tensor ``names``."""
     try:
         described = json.loads((directory / LAYOUT).read_text())
     except (OSError, ValueError) as err:
@@ -94,9 +97,17 @@ def _read_layout(directory: Path, names: Iterable[str]) -> Layout:
         raise InvalidDataError(
             f"cache entry {directory} lists the tensors {found}, not {expected}; delete it to rebuild the cache"
         )
+    return described
+
+
+def _layout_of(directory: Path, described: dict[str, dict]) -> Layout:
+    """The layout ``entry.json`` describes, checked against the files' sizes."""
     layout: Layout = {}
     for name, spec in described.items():
-        shape, dtype = tuple(spec["shape"]), getattr(torch, spec["dtype"])
+        try:
+            shape, dtype = tuple(spec["shape"]), getattr(torch, spec["dtype"])
+        except (KeyError, TypeError, AttributeError) as err:
+            raise InvalidDataError(f"cache entry {directory} describes {name} wrongly ({err}); delete it") from err
         path = directory / f"{name}.bin"
         size = math.prod(shape) * dtype.itemsize
         if not path.is_file() or path.stat().st_size != size:
@@ -112,7 +123,7 @@ class RowWriter:
     """
 
     def __init__(self, directory: Path, names: Iterable[str]) -> None:
-        self.layout = _read_layout(directory, names)
+        self.layout = _layout_of(directory, _read_description(directory, names))
         self.files = {name: os.open(directory / f"{name}.bin", os.O_WRONLY) for name in self.layout}
 
     def __enter__(self) -> RowWriter:
@@ -159,7 +170,16 @@ def _fsync(path: Path, flags: int) -> None:
 
 
 def publish(partial: Path, final: Path) -> None:
-    """Move a filled entry to its final name in one step; a concurrent run that got there first wins."""
+    """Write the checksum of every file, then move the filled entry to its final name in one step.
+
+    A concurrent run that got there first wins.
+    """
+    described = json.loads((partial / LAYOUT).read_text())
+    for name, spec in described.items():
+        spec["crc32"] = crc32_of_file(partial / f"{name}.bin")
+    tmp = partial / f"{LAYOUT}.tmp"
+    tmp.write_text(json.dumps(described))
+    tmp.replace(partial / LAYOUT)
     sync(partial)
     try:
         partial.rename(final)

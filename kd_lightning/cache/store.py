@@ -2,57 +2,72 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from kd_lightning.errors import InvalidDataError
+from kd_lightning.cache._disk import check_directory, check_room, crc32_of_tensor, removed_if_the_disk_fills
+from kd_lightning.errors import ConfigError, InvalidDataError
+from kd_lightning.safe_load import safe_torch_load
 
 Storage = Literal["memory", "disk"]
 
+REBUILD = "delete it to rebuild the cache"
+CHECKSUMS = "crc32"  # an entry's tensor of per-tensor CRC-32s, in the order of the sorted tensor names
+
 
 def read_entry(path: Path) -> dict[str, torch.Tensor]:
-    """One disk entry, memory-mapped and read without running code (``weights_only=True``).
+    """One disk entry, memory-mapped and read without running code (``weights_only=True``), its checksums verified.
 
     Raises:
-        InvalidDataError: the file is empty, truncated, not a cache entry, or holds pickled
+        InvalidDataError: the file is empty, truncated, damaged, not a cache entry, or holds pickled
             objects other than tensors (refused unrun). It is never rebuilt silently: a damaged
             entry may mean a damaged disk, and one crafted to run code should be looked at.
     """
-    try:
-        entry = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as err:  # torch raises several types for truncated, foreign and unsafe files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InvalidDataError(
-            f"cannot read cache file {path}: {first}. The file is empty, truncated, not a kd_lightning cache "
-            "entry, or holds pickled objects that could run code (refused unread); delete it to rebuild the cache."
-        ) from err
+    entry = safe_torch_load(path, "cache file", REBUILD, error=InvalidDataError, mmap=True)
     if not isinstance(entry, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in entry.items()
     ):
         raise InvalidDataError(f"{path} is not a kd_lightning cache entry (a dict of tensors); delete it to rebuild")
+    stored = entry.pop(CHECKSUMS, None)
+    if stored is None:
+        raise InvalidDataError(f"cache file {path} carries no checksum (an older format); delete it to rebuild")
+    if stored.tolist() != _checksums(entry).tolist():
+        raise InvalidDataError(f"cache file {path} is damaged (its checksum does not match); delete it to rebuild")
     return entry
+
+
+def _checksums(entry: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.tensor([crc32_of_tensor(entry[name]) for name in sorted(entry)], dtype=torch.int64)
 
 
 class CacheStore:
     """A key → ``dict[str, Tensor]`` store.
 
     ``"memory"`` keeps entries in this object (they survive repeated ``fit`` calls of the same
-    module). ``"disk"`` writes one ``<key>.pt`` file per entry under ``cache_dir`` and loads it
-    with ``mmap=True``, so an entry larger than RAM pages in on demand and later runs (or other
-    processes) reuse it. A changed key simply misses, which is how a stale entry is rebuilt.
+    module). ``"disk"`` writes one ``<key>.pt`` file per entry under ``cache_dir``, with a checksum
+    of every tensor, and loads it with ``mmap=True``, so an entry larger than RAM pages in on
+    demand and later runs (or other processes) reuse it. A changed key simply misses, which is how
+    a stale entry is rebuilt.
 
     Args:
         storage: ``"memory"`` or ``"disk"``.
         cache_dir: directory of the disk entries.
+        setting: the config key of ``cache_dir``, named in errors.
     """
 
-    def __init__(self, storage: Storage = "memory", cache_dir: str | Path = ".kd_cache") -> None:
+    def __init__(
+        self, storage: Storage = "memory", cache_dir: str | Path = ".kd_cache", setting: str = "cache_dir"
+    ) -> None:
         if storage not in ("memory", "disk"):
-            raise ValueError(f"storage must be 'memory' or 'disk', got {storage!r}")
+            raise ConfigError(f"storage must be 'memory' or 'disk', got {storage!r}")
         self.storage = storage
         self.cache_dir = Path(cache_dir)
+        self.setting = setting
+        if storage == "disk":
+            check_directory(self.cache_dir, setting)
         self._slots: dict[str, tuple[str, dict[str, torch.Tensor]]] = {}
 
     def path(self, key: str) -> Path:
@@ -78,8 +93,20 @@ class CacheStore:
         if self.storage == "memory":
             self._slots[slot] = (key, entry)
             return entry
+        check_directory(self.cache_dir, self.setting)
+        entry = {name: t.contiguous() for name, t in entry.items()}
+        size = sum(t.nbytes for t in entry.values())
+        check_room(self.cache_dir, size, self.setting)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.path(key).with_suffix(".tmp")
-        torch.save({name: t.contiguous() for name, t in entry.items()}, tmp)
+        with removed_if_the_disk_fills(self.cache_dir, size, self.setting, tmp):
+            with open(tmp, "wb") as file:  # a Python file, so a full disk surfaces as its OSError
+                torch.save(entry | {CHECKSUMS: _checksums(entry)}, file)
+                file.flush()
+                os.fsync(file.fileno())
         tmp.replace(self.path(key))  # atomic: a crashed write never leaves a truncated entry
-        return torch.load(self.path(key), map_location="cpu", mmap=True, weights_only=True)
+        stored = safe_torch_load(
+            self.path(key), "cache file", "delete it to rebuild the cache", error=InvalidDataError, mmap=True
+        )
+        del stored[CHECKSUMS]
+        return stored

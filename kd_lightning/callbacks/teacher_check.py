@@ -42,7 +42,7 @@ class TeacherCheck(Callback):
     * more than ``drop_tolerance`` below the recorded accuracy: wrong weights, wrong input
       statistics, or another data set;
     * more than ``stale_bn_gap`` below its batch-statistics accuracy: stale BatchNorm running
-      statistics (recompute them: the distiller's ``recalibrate_teacher_bn``, or train teachers
+      statistics (recompute them: the distiller's ``teacher_options.recalibrate_bn``, or train teachers
       with :class:`~kd_lightning.callbacks.PreciseBatchNorm`).
 
     Args:
@@ -122,6 +122,7 @@ class TeacherCheck(Callback):
             problems.append(
                 f"the teacher scores {acc:.4f} in eval mode but {result['val_acc_batch_stats']:.4f} with batch "
                 "statistics: its BatchNorm running statistics are stale and every soft label it gives is off. "
-                "Set model.recalibrate_teacher_bn (e.g. 64) or retrain the teacher with the PreciseBatchNorm callback."
+                "Set model.teacher_options.recalibrate_bn (e.g. 64) or retrain the teacher with the PreciseBatchNorm "
+                "callback."
             )
         return problems

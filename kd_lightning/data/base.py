@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
@@ -54,6 +54,9 @@ class ImageClassificationDataModule(L.LightningDataModule):
     """
 
     class_names: list[str] = []
+    #: Whether loader workers stream the training samples (no images in memory): a cache of
+    #: per-sample results is then filled by streaming them (:class:`~kd_lightning.data.sources.StreamedBatchSource`).
+    streams_training_set: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -54,3 +54,17 @@ class FeatureSource(BatchSource):
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return Batch(self.labels[idx], features=self.features[idx])
+
+
+class StreamedBatchSource(BatchSource):
+    """A batch source over the streamed training samples: the DataModule streams them, the source finishes the batches.
+
+    The DataModule then changes two things: every batch carries its sample indices, and the
+    random crop drawn in the loader workers is that of one of the source's ``num_views`` fixed
+    views, seeded by ``view_seed`` (instead of a fresh crop every epoch); the batch says which
+    (:attr:`Batch.view`), so the source attaches what it computed for exactly that view. It is
+    never indexed itself.
+    """
+
+    num_views: int = 1
+    view_seed: int = 0

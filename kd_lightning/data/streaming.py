@@ -27,7 +27,7 @@ from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.batch import Batch
 from kd_lightning.data.decoding import ImageDecoder
 from kd_lightning.data.prepare import read_metadata
-from kd_lightning.data.sources import BatchSource
+from kd_lightning.data.sources import StreamedBatchSource
 from kd_lightning.errors import ConfigError, DataError
 
 
@@ -68,20 +68,6 @@ class StreamedSplit:
     def with_labels(self, labels: torch.Tensor) -> StreamedSplit:
         """The same samples under other labels (some replaced by ``IGNORE_LABEL``: the unlabeled transfer set)."""
         return StreamedSplit(self.input_dir, labels, self.positions)
-
-
-class StreamedBatchSource(BatchSource):
-    """A batch source over the streamed training samples: the DataModule streams them, the source finishes the batches.
-
-    The DataModule then changes two things: every batch carries its sample indices, and the
-    random crop drawn in the loader workers is that of one of the source's ``num_views`` fixed
-    views, seeded by ``view_seed`` (instead of a fresh crop every epoch); the batch says which
-    (:attr:`Batch.view`), so the source attaches what it computed for exactly that view. It is
-    never indexed itself.
-    """
-
-    num_views: int = 1
-    view_seed: int = 0
 
 
 class _DecodingStreamingDataset(StreamingDataset):
@@ -150,6 +136,8 @@ class StreamingImageDataModule(ImageClassificationDataModule):
             then no longer be seen once per epoch; one process never drops any.
         **kwargs: see :class:`ImageClassificationDataModule`.
     """
+
+    streams_training_set = True
 
     def __init__(
         self,

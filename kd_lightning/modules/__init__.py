@@ -3,5 +3,6 @@
 from kd_lightning.modules.base import SupervisedModule
 from kd_lightning.modules.distiller import DistillationModule
 from kd_lightning.modules.finetuner import FrozenBackboneFinetuner
+from kd_lightning.modules.teacher import TeacherOptions
 
-__all__ = ["DistillationModule", "FrozenBackboneFinetuner", "SupervisedModule"]
+__all__ = ["DistillationModule", "FrozenBackboneFinetuner", "SupervisedModule", "TeacherOptions"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -13,8 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from kd_lightning.cache.store import CacheStore
-from kd_lightning.cache.teacher_cache import TeacherCache, shared_backbone_network
+from kd_lightning.cache.teacher import TeacherCache, TeacherCacheConfig, teacher_cache_source
 from kd_lightning.callbacks.teacher_check import TeacherCheck
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.batch import Batch
@@ -26,7 +25,7 @@ from kd_lightning.metrics import TeacherStudentKL
 from kd_lightning.models.feature_taps import FeatureTaps
 from kd_lightning.models.spec import ModelSpec, as_spec
 from kd_lightning.modules.base import SupervisedModule
-from kd_lightning.modules.teacher import FrozenTeacher
+from kd_lightning.modules.teacher import FrozenTeacher, TeacherOptions
 from kd_lightning.outputs import ModelOutputs
 
 TEACHER_PREFIX = "teacher."
@@ -47,7 +46,7 @@ class DistillationModule(SupervisedModule):
 
     The teacher is a :class:`~kd_lightning.modules.teacher.FrozenTeacher`: no gradients, never in
     the optimizer, in eval mode for the whole run, and left out of checkpoints unless
-    ``save_teacher`` is set, since it is rebuilt from its spec.
+    ``teacher_options`` says otherwise, since it is rebuilt from its spec.
 
     Training batches (:class:`~kd_lightning.data.batch.Batch`) may carry the teacher's outputs
     already (the teacher cache, served through the DataModule); otherwise the teacher runs on
@@ -67,23 +66,13 @@ class DistillationModule(SupervisedModule):
             error); ``ce`` is the label cross-entropy (weight 0 when not listed).
         input_shape: ``[C, H, W]`` of one input, for probing tapped feature shapes; defaults
             to the student's registered input config. Only needed by feature losses.
-        save_teacher: also store the teacher's weights in the student's checkpoints.
         teacher_cache: compute the teacher's training outputs once, when ``fit`` sets up, and reuse
-            them every epoch (``True``/``"memory"``, or ``"disk"``: memory-mapped files under
-            ``cache_dir``); see :mod:`kd_lightning.cache.teacher_cache` for how augmented views stay exact
-            (and :mod:`kd_lightning.cache.streamed_teacher_cache` for streamed data sets).
-        cache_views: fixed augmented views per training sample (used when the DataModule augments).
-        cache_topk: store only the top-k teacher logits per sample (many-class data sets); the other
-            classes keep their total probability at the temperature of the KD/DKD/DIST term.
-        cache_dir: directory of the ``"disk"`` teacher cache.
-        cache_backbone_features: let the teacher cache store the teacher backbone's features too and
-            compute logits with its head, so teachers sharing one frozen backbone (linear probes:
-            seeds, label budgets) share one backbone pass (``TeacherCache(share_backbone=True)``).
-        recalibrate_teacher_bn: when ``fit`` sets up, recompute the teacher's BatchNorm statistics over
-            this many training batches (precise BN, :mod:`kd_lightning.models.batchnorm`) before it
-            teaches; 0 keeps the checkpoint's. For teachers whose eval mode lags their weights (the
-            :class:`~kd_lightning.callbacks.TeacherCheck` warning). The recalibrated teacher is no longer
-            what its spec rebuilds, so it is then stored in the student's checkpoints.
+            them every epoch (:class:`~kd_lightning.cache.teacher.entry.TeacherCacheConfig`: storage,
+            views, top-k, directory; see :mod:`kd_lightning.cache.teacher` for how augmented views
+            stay exact). ``None``: the teacher runs on every batch.
+        teacher_options: recalibrating the teacher's BatchNorm statistics before it teaches, and
+            storing it in the student's checkpoints
+            (:class:`~kd_lightning.modules.teacher.TeacherOptions`); ``None``: neither.
         optimizer, lr_scheduler, label_smoothing, channels_last, compile: see :class:`SupervisedModule`.
     """
 
@@ -94,15 +83,10 @@ class DistillationModule(SupervisedModule):
         num_classes: int,
         temperature: float | None = None,
         alpha: float | None = None,
-        save_teacher: bool = False,
         losses: list[LossTerm] | None = None,
         input_shape: tuple[int, int, int] | None = None,
-        teacher_cache: bool | Literal["memory", "disk"] = False,
-        cache_views: int = 1,
-        cache_topk: int | None = None,
-        cache_dir: str = ".kd_cache/teacher",
-        cache_backbone_features: bool = False,
-        recalibrate_teacher_bn: int = 0,
+        teacher_cache: TeacherCacheConfig | None = None,
+        teacher_options: TeacherOptions | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
@@ -119,15 +103,16 @@ class DistillationModule(SupervisedModule):
             _refuse_two_objectives(alpha, temperature)
             terms = [as_term(term) for term in losses]
         student_spec, teacher_spec = as_spec(student), as_spec(teacher)
+        cache_config = None if teacher_cache is None else TeacherCacheConfig.of(teacher_cache)
         # save_hyperparameters reads these locals: plain dicts keep checkpoints loadable with
         # weights_only=True and show up as fields, not object reprs, in loggers such as W&B.
         student, teacher = student_spec.to_dict(), teacher_spec.to_dict()  # type: ignore[assignment]
+        teacher_cache = None if cache_config is None else cache_config.to_dict()  # type: ignore[assignment]
+        options = TeacherOptions.of(teacher_options)
+        teacher_options = options.to_dict()  # type: ignore[assignment]
         losses = None if losses is None else [term.to_dict() for term in terms]  # type: ignore[misc]
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        if recalibrate_teacher_bn < 0:
-            raise ConfigError(f"recalibrate_teacher_bn must be >= 0 (training batches), got {recalibrate_teacher_bn}")
-        self.recalibrate_teacher_bn = recalibrate_teacher_bn
-        self.save_teacher = save_teacher or recalibrate_teacher_bn > 0
+        self.teacher_options = options
         self.network = student_spec.build(num_classes)
         self.teacher = FrozenTeacher(teacher_spec, num_classes)
         # Under DDP the frozen teacher is neither in the gradient sync (it has no trainable
@@ -142,21 +127,15 @@ class DistillationModule(SupervisedModule):
             self.student_taps = self._tap_features(input_shape)
         self.val_teacher_metrics = _teacher_metrics(num_classes, "val/")
         self.test_teacher_metrics = _teacher_metrics(num_classes, "test/")
-        store = CacheStore("memory" if teacher_cache is True else teacher_cache, cache_dir) if teacher_cache else None
-        if cache_backbone_features:
-            if store is None:
-                raise ConfigError("cache_backbone_features needs the teacher cache: set teacher_cache: memory or disk")
-            shared_backbone_network(self.teacher)  # refuses teachers whose outputs are not head(features)
         self.teacher_cache = (
-            TeacherCache(
-                store,
-                cache_views,
-                cache_topk,
-                self.logit_temperature() if cache_topk else HINTON_TEMPERATURE,
-                share_backbone=cache_backbone_features,
+            None
+            if cache_config is None
+            else TeacherCache(
+                cache_config,
+                num_classes,
+                self.logit_temperature() if cache_config.topk else HINTON_TEMPERATURE,
+                self.teacher,
             )
-            if store is not None
-            else None
         )
 
     def logit_temperature(self) -> float:
@@ -171,8 +150,8 @@ class DistillationModule(SupervisedModule):
         temperatures = {loss.temperature for _, loss in self.distillation_losses() if isinstance(loss, LogitLoss)}
         if len(temperatures) > 1:
             raise ConfigError(
-                f"cache_topk keeps the teacher's dropped classes exact at one temperature, but the loss terms "
-                f"soften its logits at {sorted(temperatures)}: use one temperature or drop cache_topk"
+                f"teacher_cache.topk keeps the teacher's dropped classes exact at one temperature, but the loss terms "
+                f"soften its logits at {sorted(temperatures)}: use one temperature or drop teacher_cache.topk"
             )
         return temperatures.pop() if temperatures else HINTON_TEMPERATURE
 
@@ -217,13 +196,13 @@ class DistillationModule(SupervisedModule):
             with as_config_error():
                 for _, loss in self.distillation_losses():
                     loss.bind_training_labels(datamodule.train_set.labels)
-        if self.recalibrate_teacher_bn:
+        if self.teacher_options.recalibrate_bn:
             device = self.trainer.strategy.root_device
             self.teacher.to(device)
-            batches = training_batches(datamodule, self.recalibrate_teacher_bn, seed=0, device=device)
+            batches = training_batches(datamodule, self.teacher_options.recalibrate_bn, seed=0, device=device)
             self.teacher.recalibrate_batchnorm(batches)  # before the teacher cache stores its outputs
         if self.teacher_cache is not None:
-            source = self.teacher_cache.source(self.trainer, self.teacher, self.num_classes)
+            source = teacher_cache_source(self.teacher_cache, self.trainer, self.teacher)
             if source is not None:
                 datamodule.use_source("train", source)
 
@@ -292,7 +271,7 @@ class DistillationModule(SupervisedModule):
         super().on_save_checkpoint(checkpoint)
         # Where the teacher came from and what it was, so evaluation can rebuild and verify it.
         checkpoint["teacher"] = self.teacher.fingerprint()
-        if not self.save_teacher:
+        if not self.teacher_options.stored:
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
                 del state[key]

@@ -40,9 +40,10 @@ class FrozenBackboneFinetuner(SupervisedModule):
         backbone_lr_factor: backbone/head learning-rate ratio after the unfreeze.
         feature_cache: with ``linear_probe``, compute the backbone features of the train and
             val sets once, when ``fit`` sets up, and train the head on them (``True``/``"memory"``:
-            kept in memory; ``"disk"``: memory-mapped files under ``cache_dir``). Skipped, with a
+            kept in memory; ``"disk"``: memory-mapped files under ``feature_cache_dir``). Skipped, with a
             logged reason, when the DataModule augments randomly. See :class:`FeatureCache`.
-        cache_dir: directory of the ``"disk"`` feature cache.
+        feature_cache_dir: directory of the ``"disk"`` feature cache (named apart from the streaming
+            DataModules' ``cache_dir``, since a logger merges both hyper-parameter sets).
         optimizer, lr_scheduler, label_smoothing, channels_last, compile: see :class:`SupervisedModule`.
     """
 
@@ -54,7 +55,7 @@ class FrozenBackboneFinetuner(SupervisedModule):
         unfreeze_at_epoch: int = 1,
         backbone_lr_factor: float = 0.1,
         feature_cache: bool | Literal["memory", "disk"] = False,
-        cache_dir: str = ".kd_cache/features",
+        feature_cache_dir: str = ".kd_cache/features",
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
@@ -78,7 +79,7 @@ class FrozenBackboneFinetuner(SupervisedModule):
         self.feature_cache: FeatureCache | None = None
         if feature_cache:
             storage: Literal["memory", "disk"] = "memory" if feature_cache is True else feature_cache
-            self.feature_cache = FeatureCache(CacheStore(storage, cache_dir))
+            self.feature_cache = FeatureCache(CacheStore(storage, feature_cache_dir, setting="feature_cache_dir"))
 
     def configure_callbacks(self) -> list[Callback]:
         callbacks = super().configure_callbacks()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from kd_lightning.errors import ConfigError
 from kd_lightning.models.batchnorm import recalibrate_batchnorm
 from kd_lightning.models.classifier import Classifier
 from kd_lightning.models.feature_taps import FeatureTaps
@@ -17,6 +19,46 @@ from kd_lightning.models.freezing import freeze
 from kd_lightning.models.spec import ModelSpec
 from kd_lightning.models.weights import read_weights_file
 from kd_lightning.outputs import ModelOutputs
+
+
+@dataclass(frozen=True)
+class TeacherOptions:
+    """What the distiller does with its teacher beyond building it from its spec.
+
+    Args:
+        recalibrate_bn: when ``fit`` sets up, recompute the teacher's BatchNorm statistics over this many
+            training batches (precise BN, :mod:`kd_lightning.models.batchnorm`) before it teaches; 0 keeps
+            the checkpoint's. For teachers whose eval mode lags their weights (the
+            :class:`~kd_lightning.callbacks.TeacherCheck` warning).
+        save_in_checkpoint: also store the teacher's weights in the student's checkpoints, so they resume
+            and evaluate without the teacher's file. A recalibrated teacher is always stored: it is no
+            longer what its spec rebuilds.
+    """
+
+    recalibrate_bn: int = 0
+    save_in_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        if self.recalibrate_bn < 0:
+            raise ConfigError(
+                f"teacher_options.recalibrate_bn must be >= 0 (training batches), got {self.recalibrate_bn}"
+            )
+
+    @property
+    def stored(self) -> bool:
+        """Whether the student's checkpoints carry the teacher's weights."""
+        return self.save_in_checkpoint or self.recalibrate_bn > 0
+
+    @classmethod
+    def of(cls, value: TeacherOptions | dict[str, Any] | None) -> TeacherOptions:
+        """Accept options, the dict stored in a checkpoint's hyper-parameters, or ``None`` (the defaults)."""
+        if value is None:
+            return cls()
+        return value if isinstance(value, TeacherOptions) else cls(**value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only, so the options can live in a checkpoint loaded with ``weights_only=True``."""
+        return asdict(self)
 
 
 class FrozenTeacher(nn.Module):
