@@ -121,6 +121,8 @@ class MLKDLoss(DistillationLoss):
 
     def __init__(self, temperatures: Sequence[float] = MLKD_TEMPERATURES, standardize: bool = False) -> None:
         super().__init__()
+        if not temperatures:
+            raise ValueError("MLKD needs at least one temperature, e.g. the authors' [4, 3, 5, 2, 6]")
         for temperature in temperatures:
             check_temperature(temperature)
         self.temperatures, self.standardize = tuple(temperatures), standardize
