@@ -132,6 +132,7 @@ class WKDLogitLoss(LogitLoss):
     """
 
     needs_labels = True
+    cost: torch.Tensor
 
     def __init__(
         self,
