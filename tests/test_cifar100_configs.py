@@ -1,4 +1,4 @@
-"""The 24 CIFAR-100 recipes follow the RepDistiller/mdistiller protocol, read through the CLI parser.
+"""The CIFAR-100 recipes follow the RepDistiller/mdistiller protocol, read through the CLI parser.
 
 Each recipe is parsed and instantiated by ``kd_lightning.cli`` exactly as ``kd-lightning fit``
 would, and the settings are checked on the objects it builds; each one also takes a training step
@@ -41,9 +41,11 @@ def _is_heavy(path: Path) -> bool:
 
 def test_every_pair_has_a_teacher_and_the_five_methods() -> None:
     names = {str(p.relative_to(RECIPES)) for p in CONFIGS}
-    assert len(names) == 24
+    assert len(names) == 30
     for pair in PAIRS:
         assert {f"{pair}/{m}.yaml" for m in ("kd", "dkd", "fitnet", "at", "crd")} <= names
+    for pair in ("resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2"):  # the newer logit methods' two pairs
+        assert {f"{pair}/{m}.yaml" for m in ("kd_ls", "dkd_ls", "ctkd")} <= names
     for teacher in ("resnet32x4", "wrn_40_2", "resnet56", "vgg13"):
         assert f"teachers/{teacher}.yaml" in names
 
@@ -54,7 +56,7 @@ def test_generated_files_are_up_to_date(tmp_path: Path) -> None:
     spec.loader.exec_module(generate)
     generate.main(out=tmp_path)
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
-    assert len(written) == 25  # 24 recipes + README.md
+    assert len(written) == 31  # 30 recipes + README.md
     for relative in written:
         assert (tmp_path / relative).read_text() == (RECIPES / relative).read_text(), f"rerun generate.py: {relative}"
 
@@ -117,6 +119,8 @@ def test_recipe_follows_the_reference_protocol(
         if isinstance(loss, FitNetLoss):
             assert loss.final_relu and loss.hint_epochs == 0  # RepDistiller: ConvReg ends in a ReLU, one stage
             assert all(isinstance(regressor[-1], nn.ReLU) for regressor in loss.regressors)
+        if path.stem.endswith("_ls"):
+            assert loss.standardize  # LS-KD's --logit-stand
         if isinstance(loss, CRDLoss):
             assert loss.negative_sampling == "other_classes" and loss.num_negatives == 16384
             assert loss.configured_num_samples is None  # sized by the training set, never typed in

@@ -48,6 +48,7 @@ def _built(name: str) -> DistillationLoss:
     student, teacher = _outputs(loss, 0)
     loss.build({k: v.shape for k, v in student.features.items()}, {k: v.shape for k, v in teacher.features.items()})
     loss.bind_training_labels(torch.arange(TRAIN_SIZE) % CLASSES)
+    loss.bind_teacher_head(torch.nn.Linear(8, CLASSES))
     return loss
 
 

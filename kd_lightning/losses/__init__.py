@@ -6,19 +6,24 @@ from kd_lightning.losses.attention import AttentionTransferLoss, at_loss, attent
 from kd_lightning.losses.base import DistillationLoss, LogitLoss
 from kd_lightning.losses.context import StepContext
 from kd_lightning.losses.crd import CRDLoss, crd_loss, nce_loss
+from kd_lightning.losses.ctkd import CTKDLoss, cosine_reversal_strength, kd_loss_at, reverse_gradient
 from kd_lightning.losses.dist import DISTLoss, dist_loss
 from kd_lightning.losses.dkd import DKDLoss, dkd_loss
 from kd_lightning.losses.fitnet import FitNetLoss, hint_loss
 from kd_lightning.losses.kd import KDLoss, kd_loss
+from kd_lightning.losses.mlkd import MLKDLoss, mlkd_loss
+from kd_lightning.losses.nkd import NKDLoss, nkd_loss
 from kd_lightning.losses.pkt import PKTLoss, pkt_loss
 from kd_lightning.losses.rkd import RKDLoss, rkd_angle_loss, rkd_distance_loss, rkd_loss
 from kd_lightning.losses.similarity import SimilarityPreservingLoss, sp_loss
 from kd_lightning.losses.term import LossTerm, as_term
+from kd_lightning.losses.wkd import WKDLogitLoss, classifier_cost_matrix, sinkhorn_distance, wkd_logit_loss
 from kd_lightning.outputs import ModelOutputs
 
 __all__ = [
     "AttentionTransferLoss",
     "CRDLoss",
+    "CTKDLoss",
     "DISTLoss",
     "DKDLoss",
     "DistillationLoss",
@@ -26,27 +31,38 @@ __all__ = [
     "KDLoss",
     "LogitLoss",
     "LossTerm",
+    "MLKDLoss",
     "ModelOutputs",
+    "NKDLoss",
     "PKTLoss",
     "RKDLoss",
     "SimilarityPreservingLoss",
     "StepContext",
+    "WKDLogitLoss",
     "as_term",
     "at_loss",
     "attention_map",
     "check_temperature",
-    "create_loss",
+    "classifier_cost_matrix",
+    "cosine_reversal_strength",
     "crd_loss",
+    "create_loss",
     "dist_loss",
     "dkd_loss",
     "hint_loss",
     "kd_loss",
+    "kd_loss_at",
     "list_losses",
+    "mlkd_loss",
     "nce_loss",
+    "nkd_loss",
     "pkt_loss",
     "register_loss",
+    "reverse_gradient",
     "rkd_angle_loss",
     "rkd_distance_loss",
     "rkd_loss",
+    "sinkhorn_distance",
     "sp_loss",
+    "wkd_logit_loss",
 ]

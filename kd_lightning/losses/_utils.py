@@ -21,6 +21,24 @@ def autocast_off(x: torch.Tensor) -> torch.autocast:
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
+# Added to the standard deviation, as LS-KD does, so a constant logit row does not divide by zero.
+_STANDARDIZE_EPS = 1e-7
+
+
+def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Each sample's logits z-scored over the classes (logit standardisation, Sun et al., CVPR 2024).
+
+    The softmax is invariant to a shift but not to a scale, so a student that must match the
+    teacher's logits up to a temperature also has to match their range; z-scoring lets it match
+    only their ranking and relative gaps. As the authors' code does (and their paper's Eq. 5 does
+    not say), the standard deviation is the unbiased one (divisor ``C − 1``) and ``1e-7`` is added
+    to it; the losses keep their ``T²`` factor after standardising.
+    """
+    mean = logits.mean(dim=-1, keepdim=True)
+    std = logits.std(dim=-1, keepdim=True)
+    return (logits - mean) / (std + _STANDARDIZE_EPS)
+
+
 def check_temperature(temperature: float) -> None:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}; Hinton et al. use 1-20, 4 is common")

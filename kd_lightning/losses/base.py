@@ -70,6 +70,10 @@ class DistillationLoss(nn.Module):
         """Take what the loss needs from the training set's labels (in dataset-index order) before
         fitting, e.g. CRD's memory size and class-excluding negatives; a no-op by default."""
 
+    def bind_teacher_head(self, head: nn.Module) -> None:
+        """Take what the loss needs from the teacher's classifier head once, when the distiller is
+        built, e.g. WKD-L's class-to-class cost from its weights; a no-op by default."""
+
     def trains_alone(self, epoch: int) -> bool:
         """Whether this term is the whole objective at ``epoch`` (a pretraining stage, such as
         FitNets' hint stage); then no other term is optimised. Never, by default."""
@@ -81,13 +85,17 @@ class DistillationLoss(nn.Module):
 
 
 class LogitLoss(DistillationLoss):
-    """A loss on the teacher's logits softened at ``temperature`` (KD, DKD, DIST).
+    """A loss on the teacher's logits softened at ``temperature`` (KD, DKD, DIST, NKD, WKD-L).
 
     The temperature is declared here, once: a top-k teacher cache reads it to keep the dropped
-    classes' probability mass exact at the temperature the loss softens them at.
+    classes' probability mass exact at the temperature the loss softens them at. ``standardize``
+    z-scores each sample's logits before the temperature (logit standardisation,
+    :func:`~kd_lightning.losses._utils.standardize_logits`); it reads every class's logit, so a
+    top-k teacher cache cannot serve it exactly.
     """
 
-    def __init__(self, temperature: float) -> None:
+    def __init__(self, temperature: float, standardize: bool = False) -> None:
         super().__init__()
         check_temperature(temperature)
         self.temperature = temperature
+        self.standardize = standardize

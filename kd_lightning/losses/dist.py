@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 
 from kd_lightning.losses._registry import register_loss
-from kd_lightning.losses._utils import autocast_off, check_logit_pair, check_temperature, full_precision
+from kd_lightning.losses._utils import (
+    autocast_off,
+    check_logit_pair,
+    check_temperature,
+    full_precision,
+    standardize_logits,
+)
 from kd_lightning.losses.base import LogitLoss
 from kd_lightning.losses.context import StepContext
 from kd_lightning.outputs import ModelOutputs
@@ -27,6 +33,7 @@ def dist_loss(
     beta: float = 1.0,
     gamma: float = 1.0,
     temperature: float = 1.0,
+    standardize: bool = False,
 ) -> torch.Tensor:
     """``T²·(β·L_inter + γ·L_intra)`` on ``softmax(z / T)`` (Huang et al. 2022, Eqs. 5, 7 and 8).
 
@@ -42,12 +49,16 @@ def dist_loss(
         beta: weight of the inter-class relation.
         gamma: weight of the intra-class relation.
         temperature: softening temperature ``T``.
+        standardize: z-score each sample's logits first (logit standardisation, Sun et al., CVPR 2024).
     """
     check_temperature(temperature)
     check_logit_pair(student_logits, teacher_logits)
     with autocast_off(student_logits):
-        p_s = (full_precision(student_logits) / temperature).softmax(dim=1)
-        p_t = (full_precision(teacher_logits) / temperature).softmax(dim=1)
+        s, t = full_precision(student_logits), full_precision(teacher_logits)
+        if standardize:
+            s, t = standardize_logits(s), standardize_logits(t)
+        p_s = (s / temperature).softmax(dim=1)
+        p_t = (t / temperature).softmax(dim=1)
         inter = pearson_distance(p_s, p_t)
         intra = pearson_distance(p_s.T, p_t.T)
     return temperature**2 * (beta * inter + gamma * intra)
@@ -57,12 +68,14 @@ def dist_loss(
 class DISTLoss(LogitLoss):
     """Module form of :func:`dist_loss`."""
 
-    def __init__(self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> None:
-        super().__init__(temperature)
+    def __init__(
+        self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0, standardize: bool = False
+    ) -> None:
+        super().__init__(temperature, standardize)
         self.beta, self.gamma = beta, gamma
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, context: StepContext) -> torch.Tensor:
-        return dist_loss(student.logits, teacher.logits, self.beta, self.gamma, self.temperature)
+        return dist_loss(student.logits, teacher.logits, self.beta, self.gamma, self.temperature, self.standardize)
 
     def extra_repr(self) -> str:
-        return f"beta={self.beta}, gamma={self.gamma}, temperature={self.temperature}"
+        return f"beta={self.beta}, gamma={self.gamma}, temperature={self.temperature}, standardize={self.standardize}"

@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from kd_lightning.losses._registry import register_loss
-from kd_lightning.losses._utils import autocast_off, check_logit_pair, check_temperature, full_precision
+from kd_lightning.losses._utils import (
+    autocast_off,
+    check_logit_pair,
+    check_temperature,
+    full_precision,
+    standardize_logits,
+)
 from kd_lightning.losses.base import LogitLoss
 from kd_lightning.losses.context import StepContext
 from kd_lightning.outputs import ModelOutputs
@@ -24,6 +30,7 @@ def dkd_loss(
     alpha: float = 1.0,
     beta: float = 8.0,
     temperature: float = 4.0,
+    standardize: bool = False,
 ) -> torch.Tensor:
     """``α·TCKD + β·NCKD`` of Zhao et al. (2022), Eq. (7), each term ``T²``-scaled, batch mean.
 
@@ -40,11 +47,15 @@ def dkd_loss(
         alpha: weight of TCKD (1.0 in the paper).
         beta: weight of NCKD (8.0 for most CIFAR-100 pairs in the paper).
         temperature: softening temperature ``T``.
+        standardize: z-score each sample's logits first (DKD+LS, Sun et al., CVPR 2024).
     """
     check_temperature(temperature)
     check_logit_pair(student_logits, teacher_logits)
     with autocast_off(student_logits):
-        s, t = full_precision(student_logits) / temperature, full_precision(teacher_logits) / temperature
+        s, t = full_precision(student_logits), full_precision(teacher_logits)
+        if standardize:
+            s, t = standardize_logits(s), standardize_logits(t)
+        s, t = s / temperature, t / temperature
         is_target = F.one_hot(target, s.shape[-1]).bool()
         tckd = _kl(_binary_log_probs(s, is_target), _binary_log_probs(t, is_target))
         nckd = _kl(
@@ -75,14 +86,21 @@ class DKDLoss(LogitLoss):
     the distribution at the context's labels, so it needs a label for every sample.
 
     Args:
-        alpha, beta, temperature: see :func:`dkd_loss`.
+        alpha, beta, temperature, standardize: see :func:`dkd_loss`.
         warmup_epochs: epochs of linear warm-up (0 = off).
     """
 
     needs_labels = True
 
-    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup_epochs: int = 0) -> None:
-        super().__init__(temperature)
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 8.0,
+        temperature: float = 4.0,
+        warmup_epochs: int = 0,
+        standardize: bool = False,
+    ) -> None:
+        super().__init__(temperature, standardize)
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
         self.alpha, self.beta = alpha, beta
@@ -94,10 +112,13 @@ class DKDLoss(LogitLoss):
         return min((epoch + 1) / self.warmup_epochs, 1.0)
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, context: StepContext) -> torch.Tensor:
-        loss = dkd_loss(student.logits, teacher.logits, context.labels, self.alpha, self.beta, self.temperature)
+        loss = dkd_loss(
+            student.logits, teacher.logits, context.labels, self.alpha, self.beta, self.temperature, self.standardize
+        )
         return self.warmup_factor(context.epoch) * loss
 
     def extra_repr(self) -> str:
         return (
-            f"alpha={self.alpha}, beta={self.beta}, temperature={self.temperature}, warmup_epochs={self.warmup_epochs}"
+            f"alpha={self.alpha}, beta={self.beta}, temperature={self.temperature}, "
+            f"warmup_epochs={self.warmup_epochs}, standardize={self.standardize}"
         )

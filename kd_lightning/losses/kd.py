@@ -6,13 +6,21 @@ import torch
 import torch.nn.functional as F
 
 from kd_lightning.losses._registry import register_loss
-from kd_lightning.losses._utils import autocast_off, check_logit_pair, check_temperature, full_precision
+from kd_lightning.losses._utils import (
+    autocast_off,
+    check_logit_pair,
+    check_temperature,
+    full_precision,
+    standardize_logits,
+)
 from kd_lightning.losses.base import LogitLoss
 from kd_lightning.losses.context import StepContext
 from kd_lightning.outputs import ModelOutputs
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0, standardize: bool = False
+) -> torch.Tensor:
     """``T² · KL(softmax(t/T) ‖ softmax(s/T))``, averaged over the batch.
 
     The ``T²`` factor keeps the gradient magnitude of the soft term independent of ``T``
@@ -23,12 +31,16 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
         student_logits: ``[B, C]`` student logits.
         teacher_logits: ``[B, C]`` teacher logits (treated as constants by the caller).
         temperature: softening temperature ``T > 0``.
+        standardize: z-score each sample's logits first (KD+LS, Sun et al., CVPR 2024), keeping ``T²``.
     """
     check_temperature(temperature)
     check_logit_pair(student_logits, teacher_logits)
     with autocast_off(student_logits):
-        log_p_student = F.log_softmax(full_precision(student_logits) / temperature, dim=-1)
-        log_p_teacher = F.log_softmax(full_precision(teacher_logits) / temperature, dim=-1)
+        s, t = full_precision(student_logits), full_precision(teacher_logits)
+        if standardize:
+            s, t = standardize_logits(s), standardize_logits(t)
+        log_p_student = F.log_softmax(s / temperature, dim=-1)
+        log_p_teacher = F.log_softmax(t / temperature, dim=-1)
         kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * temperature**2
 
@@ -37,11 +49,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 class KDLoss(LogitLoss):
     """Module form of :func:`kd_loss`."""
 
-    def __init__(self, temperature: float = 4.0) -> None:
-        super().__init__(temperature)
+    def __init__(self, temperature: float = 4.0, standardize: bool = False) -> None:
+        super().__init__(temperature, standardize)
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, context: StepContext) -> torch.Tensor:
-        return kd_loss(student.logits, teacher.logits, self.temperature)
+        return kd_loss(student.logits, teacher.logits, self.temperature, self.standardize)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
+        return f"temperature={self.temperature}, standardize={self.standardize}"

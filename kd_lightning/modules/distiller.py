@@ -125,6 +125,8 @@ class DistillationModule(SupervisedModule):
         with as_config_error():
             self.loss_terms, self.loss_weights = _build_terms(terms)
             self.student_taps = self._tap_features(input_shape)
+            for _, loss in self.distillation_losses():
+                loss.bind_teacher_head(self.teacher.network.head)
         self.val_teacher_metrics = _teacher_metrics(num_classes, "val/")
         self.test_teacher_metrics = _teacher_metrics(num_classes, "test/")
         self.teacher_cache = (
@@ -145,8 +147,14 @@ class DistillationModule(SupervisedModule):
         Hinton's 4 when no term reads the teacher's logits (the dropped mass then matters to none).
 
         Raises:
-            ConfigError: the logit terms soften at several temperatures.
+            ConfigError: the logit terms soften at several temperatures, or standardise the logits.
         """
+        standardized = [name for name, loss in self.distillation_losses() if getattr(loss, "standardize", False)]
+        if standardized:
+            raise ConfigError(
+                f"cache_topk drops the teacher's other logits, but {standardized} standardise over every class: "
+                "drop cache_topk or standardize"
+            )
         temperatures = {loss.temperature for _, loss in self.distillation_losses() if isinstance(loss, LogitLoss)}
         if len(temperatures) > 1:
             raise ConfigError(
