@@ -125,7 +125,9 @@ def test_a_damaged_disk_teacher_cache_stops_the_next_fit_naming_the_file(teacher
 
 def test_a_damaged_feature_cache_stops_the_next_fit_naming_the_file(teacher_spec, tmp_path):
     def fit() -> None:
-        module = FrozenBackboneFinetuner(teacher_spec, num_classes=10, feature_cache="disk", feature_cache_dir=str(tmp_path))
+        module = FrozenBackboneFinetuner(
+            teacher_spec, num_classes=10, feature_cache="disk", feature_cache_dir=str(tmp_path)
+        )
         make_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1).fit(
             module, DigitsDataModule(batch_size=64)
         )

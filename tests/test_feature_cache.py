@@ -99,7 +99,9 @@ def test_key_parts_change_the_key(teacher_spec) -> None:
 def test_disk_cache_is_reused_across_modules(teacher_spec, tmp_path, monkeypatch) -> None:
     calls = count_calls(monkeypatch, feature_cache_module, "compute_features")
     for _ in range(2):
-        module = FrozenBackboneFinetuner(teacher_spec, num_classes=10, feature_cache="disk", feature_cache_dir=str(tmp_path))
+        module = FrozenBackboneFinetuner(
+            teacher_spec, num_classes=10, feature_cache="disk", feature_cache_dir=str(tmp_path)
+        )
         make_trainer(max_epochs=1, num_sanity_val_steps=0).fit(module, DigitsDataModule(batch_size=64))
     assert len(calls) == 2
     files = sorted(tmp_path.glob("*.pt"))

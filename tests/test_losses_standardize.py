@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from kd_lightning.cache.teacher import TeacherCacheConfig
 from kd_lightning.errors import ConfigError
 from kd_lightning.losses import create_loss, dist_loss, dkd_loss, kd_loss, list_losses, nkd_loss
 from kd_lightning.losses._utils import standardize_logits
@@ -88,8 +89,21 @@ def test_every_logit_loss_takes_standardize(name: str) -> None:
     assert create_loss(name).standardize is False
 
 
-def test_a_top_k_teacher_cache_refuses_standardized_logits(teacher_spec) -> None:
-    terms = [{"name": "ce"}, {"name": "kd", "kwargs": {"temperature": 4.0, "standardize": True}}]
+@pytest.mark.parametrize(
+    "term",
+    [
+        {"name": "kd", "kwargs": {"temperature": 4.0, "standardize": True}},
+        {"name": "ctkd"},  # a learnt temperature
+        {"name": "mlkd"},  # several temperatures
+    ],
+    ids=lambda t: t["name"] + ("+ls" if t.get("kwargs", {}).get("standardize") else ""),
+)
+def test_a_top_k_teacher_cache_refuses_terms_it_cannot_serve(teacher_spec, term) -> None:
+    terms = [{"name": "ce"}, term]
     student = ModelSpec("small_cnn", kwargs={"width": 4})
-    with pytest.raises(ConfigError, match=r"cache_topk drops the teacher's other logits, but \['kd'\] standardise"):
-        DistillationModule(student, teacher_spec, num_classes=10, losses=terms, teacher_cache=True, cache_topk=3)
+    with pytest.raises(
+        ConfigError, match=rf"teacher_cache.topk drops the teacher's other logits, but terms \['{term['name']}'\]"
+    ):
+        DistillationModule(
+            student, teacher_spec, num_classes=10, losses=terms, teacher_cache=TeacherCacheConfig(topk=3)
+        )

@@ -43,6 +43,10 @@ class DistillationLoss(nn.Module):
             unlabeled transfer set (the distiller refuses that combination up front).
     """
 
+    # Whether a top-k teacher cache (the other classes sharing their mass at the logit terms' one
+    # temperature) serves this loss as the full logits would, up to that approximation: not for a loss
+    # that softens the teacher at a learnt or several temperatures, or reads every class's logit.
+    topk_compatible: bool = True
     student_layers: tuple[str, ...] = ()
     teacher_layers: tuple[str, ...] = ()
     needs_labels: bool = False
@@ -99,3 +103,4 @@ class LogitLoss(DistillationLoss):
         check_temperature(temperature)
         self.temperature = temperature
         self.standardize = standardize
+        self.topk_compatible = not standardize

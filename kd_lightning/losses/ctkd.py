@@ -100,6 +100,8 @@ class CTKDLoss(DistillationLoss):
         standardize: z-score each sample's logits first (CTKD+LS, Sun et al., CVPR 2024).
     """
 
+    topk_compatible = False  # softens the teacher at a learnt temperature
+
     def __init__(
         self,
         t_start: float = 1.0,

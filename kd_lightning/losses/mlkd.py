@@ -119,6 +119,8 @@ class MLKDLoss(DistillationLoss):
         standardize: z-score the logits of the instance terms (MLKD+LS).
     """
 
+    topk_compatible = False  # softens the teacher at several temperatures
+
     def __init__(self, temperatures: Sequence[float] = MLKD_TEMPERATURES, standardize: bool = False) -> None:
         super().__init__()
         if not temperatures:

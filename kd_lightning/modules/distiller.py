@@ -147,13 +147,14 @@ class DistillationModule(SupervisedModule):
         Hinton's 4 when no term reads the teacher's logits (the dropped mass then matters to none).
 
         Raises:
-            ConfigError: the logit terms soften at several temperatures, or standardise the logits.
+            ConfigError: the logit terms soften at several temperatures, or a term cannot be served from the
+                top-k logits at all.
         """
-        standardized = [name for name, loss in self.distillation_losses() if getattr(loss, "standardize", False)]
-        if standardized:
+        misfits = [name for name, loss in self.distillation_losses() if not loss.topk_compatible]
+        if misfits:
             raise ConfigError(
-                f"cache_topk drops the teacher's other logits, but {standardized} standardise over every class: "
-                "drop cache_topk or standardize"
+                f"teacher_cache.topk drops the teacher's other logits, but terms {misfits} read every class's logit "
+                "or soften them at a learnt or several temperatures: drop teacher_cache.topk (or standardize)"
             )
         temperatures = {loss.temperature for _, loss in self.distillation_losses() if isinstance(loss, LogitLoss)}
         if len(temperatures) > 1:
