@@ -2,51 +2,76 @@
 
 from kd_lightning.losses._registry import create_loss, list_losses, register_loss
 from kd_lightning.losses._utils import check_temperature
+from kd_lightning.losses.ab import ABLoss, ab_loss, activation_boundary_loss
 from kd_lightning.losses.attention import AttentionTransferLoss, at_loss, attention_map
 from kd_lightning.losses.base import DistillationLoss, LogitLoss
+from kd_lightning.losses.cc import CCLoss, cc_loss
 from kd_lightning.losses.context import StepContext
 from kd_lightning.losses.crd import CRDLoss, crd_loss, nce_loss
 from kd_lightning.losses.dist import DISTLoss, dist_loss
 from kd_lightning.losses.dkd import DKDLoss, dkd_loss
 from kd_lightning.losses.fitnet import FitNetLoss, hint_loss
+from kd_lightning.losses.fsp import FSPLoss, fsp_loss, fsp_matrix
+from kd_lightning.losses.ft import FTLoss, factor_map, ft_loss
 from kd_lightning.losses.kd import KDLoss, kd_loss
+from kd_lightning.losses.kdsvd import KDSVDLoss, kdsvd_loss, singular_vectors
+from kd_lightning.losses.nst import NSTLoss, nst_loss
 from kd_lightning.losses.pkt import PKTLoss, pkt_loss
 from kd_lightning.losses.rkd import RKDLoss, rkd_angle_loss, rkd_distance_loss, rkd_loss
 from kd_lightning.losses.similarity import SimilarityPreservingLoss, sp_loss
 from kd_lightning.losses.term import LossTerm, as_term
+from kd_lightning.losses.vid import VIDLoss, vid_loss
 from kd_lightning.outputs import ModelOutputs
 
 __all__ = [
+    "ABLoss",
     "AttentionTransferLoss",
+    "CCLoss",
     "CRDLoss",
     "DISTLoss",
     "DKDLoss",
     "DistillationLoss",
+    "FSPLoss",
+    "FTLoss",
     "FitNetLoss",
     "KDLoss",
+    "KDSVDLoss",
     "LogitLoss",
     "LossTerm",
     "ModelOutputs",
+    "NSTLoss",
     "PKTLoss",
     "RKDLoss",
     "SimilarityPreservingLoss",
     "StepContext",
+    "VIDLoss",
+    "ab_loss",
+    "activation_boundary_loss",
     "as_term",
     "at_loss",
     "attention_map",
+    "cc_loss",
     "check_temperature",
-    "create_loss",
     "crd_loss",
+    "create_loss",
     "dist_loss",
     "dkd_loss",
+    "factor_map",
+    "fsp_loss",
+    "fsp_matrix",
+    "ft_loss",
     "hint_loss",
     "kd_loss",
+    "kdsvd_loss",
     "list_losses",
     "nce_loss",
+    "nst_loss",
     "pkt_loss",
     "register_loss",
     "rkd_angle_loss",
     "rkd_distance_loss",
     "rkd_loss",
+    "singular_vectors",
     "sp_loss",
+    "vid_loss",
 ]
