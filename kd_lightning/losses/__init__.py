@@ -16,6 +16,7 @@ from kd_lightning.losses.ft import FTLoss, factor_map, ft_loss
 from kd_lightning.losses.kd import KDLoss, kd_loss
 from kd_lightning.losses.kdsvd import KDSVDLoss, kdsvd_loss, singular_vectors
 from kd_lightning.losses.nst import NSTLoss, nst_loss
+from kd_lightning.losses.ofd import OFDLoss, ofd_loss, ofd_margins
 from kd_lightning.losses.pkt import PKTLoss, pkt_loss
 from kd_lightning.losses.rkd import RKDLoss, rkd_angle_loss, rkd_distance_loss, rkd_loss
 from kd_lightning.losses.similarity import SimilarityPreservingLoss, sp_loss
@@ -40,6 +41,7 @@ __all__ = [
     "LossTerm",
     "ModelOutputs",
     "NSTLoss",
+    "OFDLoss",
     "PKTLoss",
     "RKDLoss",
     "SimilarityPreservingLoss",
@@ -66,6 +68,8 @@ __all__ = [
     "list_losses",
     "nce_loss",
     "nst_loss",
+    "ofd_loss",
+    "ofd_margins",
     "pkt_loss",
     "register_loss",
     "rkd_angle_loss",

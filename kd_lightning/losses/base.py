@@ -70,6 +70,10 @@ class DistillationLoss(nn.Module):
         """Take what the loss needs from the training set's labels (in dataset-index order) before
         fitting, e.g. CRD's memory size and class-excluding negatives; a no-op by default."""
 
+    def bind_teacher(self, teacher: nn.Module) -> None:
+        """Take what the loss needs from the frozen teacher's weights before fitting, e.g. OFD's margins
+        from its BatchNorm parameters; a no-op by default."""
+
     def trains_alone(self, epoch: int) -> bool:
         """Whether this term is the whole objective at ``epoch`` (a pretraining stage, such as
         FitNets' hint stage); then no other term is optimised. Never, by default."""

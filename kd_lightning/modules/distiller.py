@@ -188,6 +188,7 @@ class DistillationModule(SupervisedModule):
         teacher_shapes = self.teacher.tap(teacher_layers, sample)
         for loss in losses:
             loss.build(student_taps.shapes, teacher_shapes)
+            loss.bind_teacher(self.teacher.network)
         return student_taps
 
     def _input_shape(self, input_shape: tuple[int, int, int] | None) -> tuple[int, int, int]:
