@@ -147,8 +147,9 @@ def distill_config(teacher: str, student: str, method: str, hint, at_layers, bet
     return {"seed_everything": 0, "trainer": trainer(run_dir), "model": model, "data": data(method == "crd")}
 
 
-# Feature methods beyond FitNets/AT/CRD, each on resnet32x4 -> resnet8x4 and resnet56 -> resnet20 (the
-# CRD paper's Table 1 reports both; KDSVD has a recipe only where mdistiller ships one and no published number).
+# Feature methods beyond FitNets/AT/CRD, each on resnet32x4 -> resnet8x4 and resnet56 -> resnet20: RepDistiller's
+# with the CRD paper's Table 1 numbers, mdistiller's OFD with the DKD paper's; KDSVD only where mdistiller ships a
+# config, for which no number is published.
 FEATURE_PAIRS = [("resnet32x4", "resnet8x4", 5, 1), ("resnet56", "resnet20", 9, 3)]  # blocks per stage
 FEATURE_TARGETS: dict[str, dict[str, float | None]] = {
     "nst": {"resnet32x4_resnet8x4": 73.30, "resnet56_resnet20": 69.60},
@@ -158,8 +159,9 @@ FEATURE_TARGETS: dict[str, dict[str, float | None]] = {
     "kdsvd": {"resnet32x4_resnet8x4": None},
     "ab": {"resnet32x4_resnet8x4": 73.17, "resnet56_resnet20": 69.47},
     "ft": {"resnet32x4_resnet8x4": 72.86, "resnet56_resnet20": 69.84},
+    "ofd": {"resnet32x4_resnet8x4": 74.95, "resnet56_resnet20": 70.98},
 }
-FEATURE_SOURCES = {"kdsvd": "none published (mdistiller's config)"}
+FEATURE_SOURCES = {"kdsvd": "none published (mdistiller's config)", "ofd": DKD_TABLE}
 # RepDistiller's --init_epochs: AB, FSP and FT first train alone for 30 epochs, then the 240 epochs follow.
 INIT_EPOCHS = 30
 STAGED = ("ab", "fsp", "ft")
@@ -172,7 +174,7 @@ def preact(blocks: int) -> list[str]:
 
 
 def feature_losses(method: str, teacher_blocks: int, student_blocks: int) -> list[dict]:
-    """RepDistiller's ``-r 1 -a 0 -b <weight>`` for each method (mdistiller's defaults for KDSVD)."""
+    """RepDistiller's ``-r 1 -a 0 -b <weight>`` for each method (mdistiller's defaults for KDSVD and OFD)."""
     ce = {"name": "ce", "weight": 1.0}
     both = {"student_layers": STAGES, "teacher_layers": STAGES}
     if method == "nst":
@@ -206,6 +208,13 @@ def feature_losses(method: str, teacher_blocks: int, student_blocks: int) -> lis
             "reconstruction_weight": 1 / 200,
         }
         return [ce, {"name": "ft", "weight": 200.0, "kwargs": kwargs}]
+    if method == "ofd":
+        kwargs = {
+            "student_layers": preact(student_blocks),
+            "teacher_layers": preact(teacher_blocks),
+            "teacher_batchnorms": [f"{stage}.{teacher_blocks - 1}.bn2" for stage in STAGES],
+        }
+        return [ce, {"name": "ofd", "weight": 0.001, "kwargs": kwargs}]
     raise ValueError(method)
 
 
@@ -239,6 +248,7 @@ FEATURE_HEADERS = {
     "fsp": "FSP: 30 epochs of FSP alone on the stem and {stages}, then 240 epochs of CE.",
     "ab": "AB: 30 epochs of AB alone (margin 1) on the stages' pre-activations, then 240 epochs of CE.",
     "ft": "FT: 30 epochs training the paraphraser (rate 0.5) on layer3, then CE + 200 x FT.",
+    "ofd": "OFD: CE + 0.001 x OFD on the stages' pre-activations, margins from each stage's last bn2.",
 }
 
 
