@@ -18,6 +18,7 @@ from kd_lightning.losses.kdsvd import KDSVDLoss, kdsvd_loss, singular_vectors
 from kd_lightning.losses.nst import NSTLoss, nst_loss
 from kd_lightning.losses.ofd import OFDLoss, ofd_loss, ofd_margins
 from kd_lightning.losses.pkt import PKTLoss, pkt_loss
+from kd_lightning.losses.reviewkd import ReviewKDLoss, hcl_loss
 from kd_lightning.losses.rkd import RKDLoss, rkd_angle_loss, rkd_distance_loss, rkd_loss
 from kd_lightning.losses.similarity import SimilarityPreservingLoss, sp_loss
 from kd_lightning.losses.term import LossTerm, as_term
@@ -44,6 +45,7 @@ __all__ = [
     "OFDLoss",
     "PKTLoss",
     "RKDLoss",
+    "ReviewKDLoss",
     "SimilarityPreservingLoss",
     "StepContext",
     "VIDLoss",
@@ -62,6 +64,7 @@ __all__ = [
     "fsp_loss",
     "fsp_matrix",
     "ft_loss",
+    "hcl_loss",
     "hint_loss",
     "kd_loss",
     "kdsvd_loss",
