@@ -1,7 +1,7 @@
 """Write the CIFAR-100 recipes (RepDistiller/mdistiller protocol) as LightningCLI YAML files.
 
 The YAML files and the recipe table of README.md are the product and are committed; this script
-only keeps the 24 files and the table consistent (a test checks that they are up to date). Run
+only keeps the files and the table consistent (a test checks that they are up to date). Run
 from the repository root: ``python configs/cifar100/generate.py``.
 """
 
@@ -148,8 +148,8 @@ def distill_config(teacher: str, student: str, method: str, hint, at_layers, bet
 
 
 # Feature methods beyond FitNets/AT/CRD, each on resnet32x4 -> resnet8x4 and resnet56 -> resnet20: RepDistiller's
-# with the CRD paper's Table 1 numbers, mdistiller's OFD with the DKD paper's; KDSVD only where mdistiller ships a
-# config, for which no number is published.
+# with the CRD paper's Table 1 numbers, OFD and ReviewKD with the DKD paper's; KDSVD only where mdistiller ships
+# a config, for which no number is published.
 FEATURE_PAIRS = [("resnet32x4", "resnet8x4", 5, 1), ("resnet56", "resnet20", 9, 3)]  # blocks per stage
 FEATURE_TARGETS: dict[str, dict[str, float | None]] = {
     "nst": {"resnet32x4_resnet8x4": 73.30, "resnet56_resnet20": 69.60},
@@ -160,8 +160,11 @@ FEATURE_TARGETS: dict[str, dict[str, float | None]] = {
     "ab": {"resnet32x4_resnet8x4": 73.17, "resnet56_resnet20": 69.47},
     "ft": {"resnet32x4_resnet8x4": 72.86, "resnet56_resnet20": 69.84},
     "ofd": {"resnet32x4_resnet8x4": 74.95, "resnet56_resnet20": 70.98},
+    "reviewkd": {"resnet32x4_resnet8x4": 75.63, "resnet56_resnet20": 71.89},
 }
-FEATURE_SOURCES = {"kdsvd": "none published (mdistiller's config)", "ofd": DKD_TABLE}
+FEATURE_SOURCES = {"kdsvd": "none published (mdistiller's config)", "ofd": DKD_TABLE, "reviewkd": DKD_TABLE}
+# ReviewKD's weight: mdistiller's config (resnet32x4) and the authors' script (resnet56, --kd-loss-weight 0.6).
+REVIEWKD_WEIGHTS = {"resnet8x4": 5.0, "resnet20": 0.6}
 # RepDistiller's --init_epochs: AB, FSP and FT first train alone for 30 epochs, then the 240 epochs follow.
 INIT_EPOCHS = 30
 STAGED = ("ab", "fsp", "ft")
@@ -173,8 +176,8 @@ def preact(blocks: int) -> list[str]:
     return [f"{stage}.{blocks - 1}.relu@input" for stage in STAGES]
 
 
-def feature_losses(method: str, teacher_blocks: int, student_blocks: int) -> list[dict]:
-    """RepDistiller's ``-r 1 -a 0 -b <weight>`` for each method (mdistiller's defaults for KDSVD and OFD)."""
+def feature_losses(method: str, student: str, teacher_blocks: int, student_blocks: int) -> list[dict]:
+    """RepDistiller's ``-r 1 -a 0 -b <weight>`` for each method (mdistiller's for KDSVD, OFD and ReviewKD)."""
     ce = {"name": "ce", "weight": 1.0}
     both = {"student_layers": STAGES, "teacher_layers": STAGES}
     if method == "nst":
@@ -215,6 +218,13 @@ def feature_losses(method: str, teacher_blocks: int, student_blocks: int) -> lis
             "teacher_batchnorms": [f"{stage}.{teacher_blocks - 1}.bn2" for stage in STAGES],
         }
         return [ce, {"name": "ofd", "weight": 0.001, "kwargs": kwargs}]
+    if method == "reviewkd":
+        kwargs = {
+            "student_layers": [*STAGES, "backbone"],
+            "teacher_layers": [*preact(teacher_blocks), "backbone"],
+            "warmup_epochs": 20,
+        }
+        return [ce, {"name": "reviewkd", "weight": REVIEWKD_WEIGHTS[student], "kwargs": kwargs}]
     raise ValueError(method)
 
 
@@ -231,7 +241,7 @@ def feature_config(teacher: str, student: str, method: str, teacher_blocks: int,
         "init_args": {
             "student": {"name": student},
             "teacher": {"name": teacher, "weights_path": f"runs/cifar100/{teacher}/last.ckpt"},
-            "losses": feature_losses(method, teacher_blocks, student_blocks),
+            "losses": feature_losses(method, student, teacher_blocks, student_blocks),
             "optimizer": OPTIMIZER,
             "lr_scheduler": scheduler,
         },
@@ -249,6 +259,7 @@ FEATURE_HEADERS = {
     "ab": "AB: 30 epochs of AB alone (margin 1) on the stages' pre-activations, then 240 epochs of CE.",
     "ft": "FT: 30 epochs training the paraphraser (rate 0.5) on layer3, then CE + 200 x FT.",
     "ofd": "OFD: CE + 0.001 x OFD on the stages' pre-activations, margins from each stage's last bn2.",
+    "reviewkd": "ReviewKD: CE + {weight} x review of the stages and pooled features (20 warm-up epochs).",
 }
 
 
@@ -268,7 +279,8 @@ def write_feature_recipes(out: Path) -> None:
             )
             write(
                 out / pair / f"{method}.yaml",
-                f"# CIFAR-100 {teacher} -> {student}. {FEATURE_HEADERS[method].format(stages=STAGES)}\n# {schedule}\n"
+                f"# CIFAR-100 {teacher} -> {student}. "
+                f"{FEATURE_HEADERS[method].format(stages=STAGES, weight=REVIEWKD_WEIGHTS.get(student))}\n# {schedule}\n"
                 f"# Target: {stated}. Train the teacher first.\n"
                 f"#   {COMMAND.format(f'{pair}/{method}.yaml')}\n",
                 feature_config(teacher, student, method, teacher_blocks, student_blocks),
