@@ -68,7 +68,8 @@ class ABLoss(DistillationLoss):
     only: ``init_epochs`` > 0 makes this term the whole objective for the first ``init_epochs``
     epochs (weight 1, RepDistiller's unweighted stage) and zero afterwards, so a 240-epoch schedule
     becomes ``max_epochs: 270`` with milestones shifted by 30. With ``init_epochs: 0`` the term is
-    added to the others for the whole run.
+    added to the others for the whole run. After the stage the connectors get no gradient, so
+    under DDP use ``strategy: ddp_find_unused_parameters_true``.
 
     Args:
         student_layers: student pre-activation layers.

@@ -69,7 +69,9 @@ class FTLoss(DistillationLoss):
     ``1 / weight``). Afterwards the paraphraser is fixed and the term is :func:`ft_loss` between the
     translator's factor of the student and the paraphraser's factor of the teacher. RepDistiller
     trains its paraphraser with lr 0.01 on CIFAR ResNets and WRNs, and a fresh optimizer;
-    here the stage shares the run's optimizer and learning rate.
+    here the stage shares the run's optimizer and learning rate. The paraphraser's decoder (and,
+    in each stage, the part not trained then) gets no gradient, so under DDP use
+    ``strategy: ddp_find_unused_parameters_true``.
 
     Args:
         student_layers: the one student layer translated (RepDistiller: the last stage).

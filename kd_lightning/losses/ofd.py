@@ -43,7 +43,7 @@ def ofd_loss(student: torch.Tensor, teacher: torch.Tensor, margins: torch.Tensor
     to the student's size.
     """
     s = full_precision(student)
-    t = F.adaptive_avg_pool2d(full_precision(teacher), s.shape[-2:])
+    t = F.adaptive_avg_pool2d(full_precision(teacher), (s.shape[-2], s.shape[-1]))
     m = margins.to(s.dtype).view(1, -1, 1, 1)
     loss = (
         (s - m).pow(2) * ((s > m) & (t <= m))

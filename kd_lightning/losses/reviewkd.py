@@ -52,13 +52,13 @@ class ABF(nn.Module):
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool) -> None:
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
-        self.conv2 = nn.Sequential(
-            nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels)
-        )
+        squeeze = nn.Conv2d(in_channels, mid_channels, 1, bias=False)
+        expand = nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False)
+        self.conv1 = nn.Sequential(squeeze, nn.BatchNorm2d(mid_channels))
+        self.conv2 = nn.Sequential(expand, nn.BatchNorm2d(out_channels))
         self.attention = nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None
-        nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
-        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
+        for conv in (squeeze, expand):
+            nn.init.kaiming_uniform_(conv.weight, a=1)
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None, out_size: int
@@ -139,7 +139,8 @@ class ReviewKDLoss(DistillationLoss):
             raise RuntimeError("ReviewKDLoss.build() was not called: its fusions need the probed feature shapes")
         pairs = self.feature_pairs(student, teacher)
         students = [_as_map(s) for s, _ in reversed(pairs)]
-        fused, residual = [], None
+        fused: list[torch.Tensor] = []
+        residual = None
         for x, fusion, out_size in zip(students, self.fusions, self.out_sizes, strict=True):
             out, residual = fusion(x, residual, out_size)
             fused.insert(0, out)

@@ -62,6 +62,11 @@ class VIDHead(nn.Module):
         # softplus⁻¹(init_variance − eps), so that softplus(log_scale) + eps starts at init_variance.
         initial = math.log(math.expm1(init_variance - eps)) * torch.ones(out_channels)
         self.log_scale = nn.Parameter(initial, requires_grad=learn_variance)
+        self.eps = eps
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """:func:`vid_loss` of the teacher's map under this head's model of it."""
+        return vid_loss(self.mean(student), teacher, self.log_scale, self.eps)
 
 
 @register_loss("vid")
@@ -108,11 +113,8 @@ class VIDLoss(DistillationLoss):
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, context: StepContext) -> torch.Tensor:
         if len(self.heads) != len(self.student_layers):
             raise RuntimeError("VIDLoss.build() was not called: its heads need the probed feature shapes")
-        losses = []
-        for head, (s, t) in zip(self.heads, self.feature_pairs(student, teacher), strict=True):
-            s, t = pool_to_smaller(s, t)
-            losses.append(vid_loss(head.mean(s), t, head.log_scale, self.eps))
-        return torch.stack(losses).sum()
+        pairs = self.feature_pairs(student, teacher)
+        return torch.stack([head(*pool_to_smaller(s, t)) for head, (s, t) in zip(self.heads, pairs, strict=True)]).sum()
 
     def extra_repr(self) -> str:
         return f"init_variance={self.init_variance}, eps={self.eps}, learn_variance={self.learn_variance}"
