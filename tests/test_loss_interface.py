@@ -21,7 +21,7 @@ STUDENT = ModelSpec("small_cnn", kwargs={"width": 4})
 AT = {"name": "at", "kwargs": {"student_layers": ["5"], "teacher_layers": ["5"]}}  # small_cnn's first stage
 BATCH, CLASSES, TRAIN_SIZE = 6, 5, 20
 # The fewest hyper-parameters that make each loss cheap on a toy batch (CRD's default 16384 negatives).
-MINIMAL_KWARGS: dict[str, dict] = {"crd": {"num_negatives": 8}}
+MINIMAL_KWARGS: dict[str, dict] = {"crd": {"num_negatives": 8}, "ofd": {"teacher_batchnorms": ["bn"] * 3}}
 # Losses that compare the two networks directly, so identical outputs give (about) zero; FitNets goes
 # through a learned regressor and CRD contrasts with a memory, so neither is zero there.
 ZERO_ON_IDENTICAL = {"kd", "dkd", "dist", "at", "sp", "rkd", "pkt"}
@@ -48,8 +48,18 @@ def _built(name: str) -> DistillationLoss:
     student, teacher = _outputs(loss, 0)
     loss.build({k: v.shape for k, v in student.features.items()}, {k: v.shape for k, v in teacher.features.items()})
     loss.bind_training_labels(torch.arange(TRAIN_SIZE) % CLASSES)
-    loss.bind_teacher_head(torch.nn.Linear(8, CLASSES))
+    loss.bind_teacher(_teacher_with_batchnorm())
     return loss
+
+
+def _teacher_with_batchnorm() -> torch.nn.Module:
+    """A stand-in teacher whose one BatchNorm (``bn``, as wide as the toy maps) gives OFD its margins and whose
+    linear ``head`` gives WKD-L its class costs."""
+    teacher = torch.nn.Module()
+    teacher.bn = torch.nn.BatchNorm2d(4)
+    teacher.head = torch.nn.Linear(8, CLASSES)
+    torch.nn.init.normal_(teacher.bn.bias)
+    return teacher
 
 
 def _context() -> StepContext:

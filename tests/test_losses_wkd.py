@@ -107,12 +107,14 @@ def test_module_takes_its_cost_from_the_teacher_head() -> None:
     head = nn.Linear(3, 4).double()
     with torch.no_grad():
         head.weight.copy_(HEAD)
-    module.bind_teacher_head(head)
+    module.bind_teacher(nn.ModuleDict({"head": head}))
     assert "cost" not in module.state_dict()  # rebuilt from the teacher, never stored
     value = module(ModelOutputs(S), ModelOutputs(T), StepContext(Y))
     assert value.item() == pytest.approx(_wkd(2.0, 1.0, 0.05, 10), rel=1e-9)
     with pytest.raises(ValueError, match="teacher's head is a Identity"):
-        module.bind_teacher_head(nn.Identity())
+        module.bind_teacher(nn.ModuleDict({"head": nn.Identity()}))
+    with pytest.raises(ValueError, match="teacher's head is a NoneType"):
+        module.bind_teacher(nn.Linear(3, 4))
 
 
 def test_distiller_binds_the_teacher_head_and_trains(teacher_spec) -> None:

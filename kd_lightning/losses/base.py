@@ -74,9 +74,10 @@ class DistillationLoss(nn.Module):
         """Take what the loss needs from the training set's labels (in dataset-index order) before
         fitting, e.g. CRD's memory size and class-excluding negatives; a no-op by default."""
 
-    def bind_teacher_head(self, head: nn.Module) -> None:
-        """Take what the loss needs from the teacher's classifier head once, when the distiller is
-        built, e.g. WKD-L's class-to-class cost from its weights; a no-op by default."""
+    def bind_teacher(self, teacher: nn.Module) -> None:
+        """Take what the loss needs from the frozen teacher network's weights once, when the distiller is
+        built, e.g. OFD's margins from its BatchNorm parameters or WKD-L's class costs from its
+        classifier ``head``; a no-op by default."""
 
     def trains_alone(self, epoch: int) -> bool:
         """Whether this term is the whole objective at ``epoch`` (a pretraining stage, such as

@@ -119,8 +119,9 @@ def wkd_logit_loss(
 class WKDLogitLoss(LogitLoss):
     """Module form of :func:`wkd_logit_loss`, its cost from the teacher's classifier, ``γ`` on a cosine decay.
 
-    The distiller hands the teacher's classifier head to :meth:`bind_teacher_head` once, when it
-    is built; the cost matrix is a non-persistent buffer (rebuilt from the teacher, never stored).
+    The distiller hands the teacher network to :meth:`bind_teacher` once, when it is built, and the
+    loss reads its classifier ``head``; the cost matrix is a non-persistent buffer (rebuilt from the
+    teacher, never stored).
     As in the authors' code, ``γ`` stays constant up to ``decay_start_epoch`` and then follows a
     half cosine to 0 at ``max_epochs``; epochs count from 1 there, from 0 in the context.
 
@@ -156,13 +157,14 @@ class WKDLogitLoss(LogitLoss):
         self.decay_start_epoch, self.max_epochs = decay_start_epoch, max_epochs
         self.register_buffer("cost", torch.empty(0), persistent=False)
 
-    def bind_teacher_head(self, head: nn.Module) -> None:
-        weight = getattr(head, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+    def bind_teacher(self, teacher: nn.Module) -> None:
+        head = teacher.get_submodule("head") if "head" in dict(teacher.named_children()) else None
+        if not isinstance(head, nn.Linear):
             raise ValueError(
                 f"WKD-L takes its class costs from the weights of the teacher's linear classifier, but the "
-                f"teacher's head is a {type(head).__name__}: use a teacher whose head is an nn.Linear"
+                f"teacher's head is a {type(head).__name__}: use a teacher whose `head` is an nn.Linear"
             )
+        weight = head.weight
         self.cost = classifier_cost_matrix(weight, self.sharpen).to(self.cost.device)
 
     def gamma_at(self, epoch: int) -> float:
@@ -176,7 +178,7 @@ class WKDLogitLoss(LogitLoss):
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, context: StepContext) -> torch.Tensor:
         if self.cost.numel() == 0:
-            raise RuntimeError("WKDLogitLoss.bind_teacher_head() was not called: its cost comes from the teacher")
+            raise RuntimeError("WKDLogitLoss.bind_teacher() was not called: its cost comes from the teacher")
         return wkd_logit_loss(
             student.logits,
             teacher.logits,

@@ -4,6 +4,8 @@ A layer reference is ``<module>[@input|@output]``: ``<module>`` is a module path
 ``backbone.layer3``, ``head``) or a stage of the backbone's declared stages (``stage:0`` the
 first, ``stage:-1`` the last; see ``NetworkParts.stages``), and ``@input`` taps what the module
 receives instead of what it returns (torchdistill's ``io: input``; ``@output`` is the default).
+A module called several times in one forward pass (a block's shared ``relu``) is recorded at its
+last call: ``layer1.0.relu@input`` is the pre-activation output of a CIFAR ResNet's first block.
 """
 
 from __future__ import annotations
@@ -112,7 +114,12 @@ class _InputHook:
         self.record = record
 
     def __call__(self, module: nn.Module, args) -> None:
-        self.record(args[0] if args else None)
+        tensor = args[0] if args else None
+        if getattr(module, "inplace", False) and isinstance(tensor, torch.Tensor):
+            # An in-place module (``ReLU(inplace=True)``) overwrites its input: keep what it received,
+            # e.g. a pre-activation map (``layer1.0.relu@input``), not the activation it becomes.
+            tensor = tensor.clone()
+        self.record(tensor)
 
 
 class _OutputHook:

@@ -126,7 +126,7 @@ class DistillationModule(SupervisedModule):
             self.loss_terms, self.loss_weights = _build_terms(terms)
             self.student_taps = self._tap_features(input_shape)
             for _, loss in self.distillation_losses():
-                loss.bind_teacher_head(self.teacher.network.head)
+                loss.bind_teacher(self.teacher.network)
         self.val_teacher_metrics = _teacher_metrics(num_classes, "val/")
         self.test_teacher_metrics = _teacher_metrics(num_classes, "test/")
         self.teacher_cache = (
