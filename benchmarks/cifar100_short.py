@@ -67,19 +67,39 @@ def scaled_milestones(milestones: list[int], epochs: int) -> list[int]:
     return [max(1, round(m * epochs / RECIPE_EPOCHS)) for m in milestones]
 
 
+def init_stage(model: dict) -> tuple[dict, int] | None:
+    """The loss term's kwargs that hold an initialisation stage (AB, FSP, FT) and its epochs, if any."""
+    for term in model.get("losses") or []:
+        kwargs = term.get("kwargs", {})
+        if "init_epochs" in kwargs:
+            return kwargs, int(kwargs["init_epochs"])
+    return None
+
+
 def scheduled(config: dict, epochs: int, root: str, smoke: bool) -> dict:
-    """The recipe with ``epochs`` epochs, scaled milestones and its outputs under ``root``."""
+    """The recipe with ``epochs`` epochs, scaled milestones and its outputs under ``root``.
+
+    A recipe with an initialisation stage runs that stage before its 240 epochs: the stage is scaled
+    by the same ratio, and the milestones stay counted from its end.
+    """
     config = copy.deepcopy(config)
     move = lambda path: root + path.removeprefix(RECIPE_ROOT)  # noqa: E731
     trainer = config["trainer"]
-    trainer["max_epochs"] = epochs
+    model = config["model"]["init_args"]
+    stage = init_stage(model)
+    recipe_init = init = 0
+    if stage is not None:
+        kwargs, recipe_init = stage
+        init = max(1, round(recipe_init * epochs / RECIPE_EPOCHS))
+        kwargs["init_epochs"] = init
+    trainer["max_epochs"] = init + epochs
     trainer["default_root_dir"] = move(trainer["default_root_dir"])
     for callback in trainer["callbacks"]:
         if "dirpath" in callback["init_args"]:
             callback["init_args"]["dirpath"] = move(callback["init_args"]["dirpath"])
-    model = config["model"]["init_args"]
     scheduler = model["lr_scheduler"]["init_args"]
-    scheduler["milestones"] = scaled_milestones(scheduler["milestones"], epochs)
+    main_milestones = [m - recipe_init for m in scheduler["milestones"]]
+    scheduler["milestones"] = [init + m for m in scaled_milestones(main_milestones, epochs)]
     if "teacher" in model:
         model["teacher"]["weights_path"] = move(model["teacher"]["weights_path"])
     if smoke:

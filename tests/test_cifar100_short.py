@@ -20,6 +20,17 @@ def test_milestones_keep_their_fractions_of_the_schedule() -> None:
     assert cifar100_short.scaled_milestones([150, 180, 210], 10) == [6, 8, 9]
 
 
+def test_a_staged_recipe_scales_its_initialisation_stage_and_counts_milestones_after_it() -> None:
+    recipe = yaml.safe_load(cifar100_short.recipe_path("resnet32x4_resnet8x4/ab").read_text())
+    assert recipe["trainer"]["max_epochs"] == 270  # 30 initialisation epochs, then the 240 of the protocol
+    full = cifar100_short.scheduled(recipe, 240, "runs/cifar100", smoke=False)
+    assert full["trainer"] == recipe["trainer"] and full["model"] == recipe["model"]
+    short = cifar100_short.scheduled(recipe, 24, "runs/cifar100_e24", smoke=False)
+    (stage,) = [t["kwargs"] for t in short["model"]["init_args"]["losses"] if "init_epochs" in t.get("kwargs", {})]
+    assert stage["init_epochs"] == 3 and short["trainer"]["max_epochs"] == 27
+    assert short["model"]["init_args"]["lr_scheduler"]["init_args"]["milestones"] == [18, 21, 24]
+
+
 def test_short_schedule_changes_only_the_schedule_and_the_output_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
