@@ -126,6 +126,8 @@ class Setting:
     out: Path = RESULTS
     accelerator: str = "cpu"
     _features: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Taken when the run starts: the code a process runs is the code it loaded, whatever the tree holds later.
+    code: dict[str, str] = field(default_factory=lambda: provenance())
 
     @property
     def device(self) -> torch.device:
@@ -434,15 +436,14 @@ def command_of(regime: str, model: str, seed: int, setting: Setting) -> str:
     return f"python benchmarks/few_labels.py --regimes {regime} --models {model} --seeds {seed}{extra}"
 
 
-def provenance() -> dict:
-    """The commit the run ran on (``dirty`` when tracked files differ from it) and this machine."""
+def provenance() -> dict[str, str]:
+    """The commit checked out (``dirty`` when tracked files differ from it) and this machine."""
     git = ["git", "-C", str(ROOT)]
     commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
     return {
         "commit": commit + (" dirty" if changed.stdout.strip() else ""),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
-        "time": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
     }
 
 
@@ -456,7 +457,8 @@ def run_one(regime: str, model: str, seed: int, setting: Setting) -> dict:
         accelerator=setting.accelerator,
         command=command_of(regime, model, seed, setting),
         invocation=shlex.join(["python", *sys.argv]),
-        **provenance(),
+        **setting.code,
+        time=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
     )
 
 
@@ -739,7 +741,7 @@ def main(argv: list[str] | None = None) -> None:
                     rebuild(args.out, args.smoke)
         if args.latency:
             append_row(
-                args.out / "few_labels_latency.jsonl", {"latency_b1_ms": measure_latency(setting), **provenance()}
+                args.out / "few_labels_latency.jsonl", {"latency_b1_ms": measure_latency(setting), **setting.code}
             )
     summary = rebuild(args.out, args.smoke)
     print(json.dumps({k: v for k, v in summary.items() if k != "protocol"}, indent=2))
