@@ -45,7 +45,7 @@ class FixMatchModule(SupervisedModule):
 
     The DataModule's training batches are the unlabeled stream (every training image, labelled or not:
     their labels are not read there); its ``batch_size`` is FixMatch's ``μ·B``. The labelled images
-    (those whose label is not ``IGNORE_LABEL``) are kept on the device and ``labeled_batch_size`` (B) of
+    (those whose label is not ``IGNORE_LABEL``) are kept on the module's device and ``labeled_batch_size`` (B) of
     them are drawn, with replacement, at every step. Set the DataModule's own augmentation off
     (``crop_padding: 0``, ``hflip: false``): the module makes its views itself.
 
@@ -104,14 +104,17 @@ class FixMatchModule(SupervisedModule):
         labeled = datamodule.train_set.labels != IGNORE_LABEL
         if not labeled.any():
             raise ConfigError("FixMatchModule found no labelled training image: set data.samples_per_class")
-        self.labeled_images = datamodule.train_set.images[labeled].to(self.device)
-        self.labeled_targets = datamodule.train_set.labels[labeled].to(self.device)
+        self.labeled_images = datamodule.train_set.images[labeled]
+        self.labeled_targets = datamodule.train_set.labels[labeled]
         self.image_size = datamodule.image_size
 
     def labeled_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``labeled_batch_size`` labelled images (float, not augmented yet) and their labels, with replacement."""
         if self.labeled_images is None or self.labeled_targets is None:
             raise RuntimeError("FixMatchModule trains only inside fit (prepare_training_data keeps the labels)")
+        if self.labeled_images.device != self.device:  # setup runs before Lightning moves the module
+            self.labeled_images = self.labeled_images.to(self.device)
+            self.labeled_targets = self.labeled_targets.to(self.device)
         index = torch.randint(len(self.labeled_targets), (self.labeled_batch_size,), device=self.labeled_targets.device)
         return to_float_images(self.labeled_images[index], self.image_size), self.labeled_targets[index]
 
