@@ -635,6 +635,12 @@ def report_lines(summary: dict) -> list[str]:
                     f"- {regime}, {a} − {b}: {per_seed}; mean {100 * statistics.mean(d for _, d in diffs):+.2f}, "
                     f"ahead on {wins} of {len(diffs)} seeds"
                 )
+    lines += [
+        "",
+        "What holds so far (the issue's bar: distilled ahead of scratch and of pseudo_label on every seed):",
+        "",
+    ]
+    lines += verdict_lines(summary)
     expected = {regime: len(SEEDS[regime]) for regime in REGIMES}
     missing = [
         f"{regime}/{model}: {expected[regime] - len(summary.get(regime, {}).get(model, {}).get('seeds', []))}"
@@ -648,6 +654,37 @@ def report_lines(summary: dict) -> list[str]:
         for model, entry in summary.get(regime, {}).items():
             lines.append(f"- {regime} {model}: `{entry['command']}`")
     return [*lines, SECTION_END]
+
+
+def verdict_lines(summary: dict) -> list[str]:
+    """One line per regime and comparison: how many finished seeds the distilled student is ahead on, and the size
+    ratio of the teacher as it runs to the student."""
+    lines = []
+    for regime in REGIMES:
+        complete = len(SEEDS[regime])
+        for a, b in COMPARISONS:
+            diffs = paired(summary, regime, a, b)
+            if not diffs:
+                continue
+            state = "all seeds finished" if len(diffs) == complete else f"{len(diffs)} of {complete} seeds finished"
+            counts = {
+                "ahead": sum(d > 0 for _, d in diffs),
+                "behind": sum(d < 0 for _, d in diffs),
+                "level": sum(d == 0 for _, d in diffs),
+            }
+            unanimous = [word for word, n in counts.items() if n == len(diffs)]
+            verdict = (
+                f"{unanimous[0]} on every finished seed"
+                if unanimous
+                else ", ".join(f"{word} on {n}" for word, n in counts.items() if n)
+            )
+            mean = 100 * statistics.mean(d for _, d in diffs)
+            lines.append(f"- {regime}: {a} vs {b}: {verdict} ({state}; mean {mean:+.2f} points).")
+        models = summary.get(regime, {})
+        if "teacher" in models and "distilled" in models:
+            ratio = models["teacher"]["params"] / models["distilled"]["params"]
+            lines.append(f"- {regime}: the student has {ratio:.0f}× fewer parameters than the teacher as it runs.")
+    return lines or ["- no paired runs yet."]
 
 
 def write_section(report: Path, lines: list[str]) -> None:

@@ -123,6 +123,12 @@ def test_summary_has_the_issue_schema_with_seeds_aligned() -> None:
     assert summary["k10"]["teacher"]["latency_b1_ms"] == 11.0
     assert summary["k10"]["teacher"]["latency_b1_ms_range"] == [10.0, 14.0]
     assert few_labels.paired(summary, "k100", "distilled", "scratch") == [(0, 0.0), (1, 0.0)]
+    rows += [_row("k100", "pseudo_label", 0, 0.4), _row("k100", "pseudo_label", 1, 0.7)]
+    verdicts = few_labels.verdict_lines(few_labels.summarise(rows, {}))
+    assert verdicts == [
+        "- k100: distilled vs scratch: level on every finished seed (2 of 5 seeds finished; mean +0.00 points).",
+        "- k100: distilled vs pseudo_label: ahead on 1, behind on 1 (2 of 5 seeds finished; mean +0.00 points).",
+    ]
 
 
 def test_results_section_is_replaced_in_place(tmp_path: Path) -> None:
