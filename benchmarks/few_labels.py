@@ -31,7 +31,7 @@ rows after every run (and by ``--report``).
     python benchmarks/few_labels.py                                   # everything not yet run, k100 first
     python benchmarks/few_labels.py --regimes k100 --models teacher scratch --seeds 0 1
     python benchmarks/few_labels.py --accelerator gpu                 # the same protocol on a GPU
-    python benchmarks/few_labels.py --latency                         # (re)measure batch-1 CPU latency
+    python benchmarks/few_labels.py --latency                         # only (re)measure batch-1 CPU latency
     python benchmarks/few_labels.py --report                          # rebuild json / plot / RESULTS.md only
     python benchmarks/few_labels.py --smoke --out /tmp/fl             # the whole protocol on digits, minutes
 """
@@ -745,7 +745,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--regimes", nargs="+", choices=list(REGIMES), default=["k100", "k10"])
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--seeds", nargs="+", type=int, help="default: every seed of each regime")
-    parser.add_argument("--latency", action="store_true", help="(re)measure batch-1 CPU latency")
+    parser.add_argument("--latency", action="store_true", help="only (re)measure batch-1 CPU latency")
     parser.add_argument("--report", action="store_true", help="only rebuild few_labels.json, the plot and RESULTS.md")
     parser.add_argument("--features", action="store_true", help="only compute the teacher backbone's features")
     parser.add_argument("--smoke", action="store_true", help="digits, a random teacher backbone, one epoch")
@@ -766,7 +766,9 @@ def main(argv: list[str] | None = None) -> None:
             assert dataset is not None
             backbone_features(setting, network, dataset.images, kind)
         return
-    if not args.report:
+    if args.latency:
+        append_row(args.out / "few_labels_latency.jsonl", {"latency_b1_ms": measure_latency(setting), **setting.code})
+    elif not args.report:
         done = {(r["regime"], r["model"], r["seed"]) for r in load_rows(runs_file)}
         for regime in args.regimes:
             for seed in args.seeds if args.seeds is not None else SEEDS[regime]:
@@ -776,10 +778,6 @@ def main(argv: list[str] | None = None) -> None:
                         continue
                     append_row(runs_file, run_one(regime, model, seed, setting))
                     rebuild(args.out, args.smoke)
-        if args.latency:
-            append_row(
-                args.out / "few_labels_latency.jsonl", {"latency_b1_ms": measure_latency(setting), **setting.code}
-            )
     summary = rebuild(args.out, args.smoke)
     print(json.dumps({k: v for k, v in summary.items() if k != "protocol"}, indent=2))
 

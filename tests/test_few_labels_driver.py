@@ -160,7 +160,8 @@ def test_finished_runs_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_smoke_protocol_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "results"
-    few_labels.main(["--smoke", "--out", str(out), "--regimes", "k10", "--seeds", "0", "1", "--latency"])
+    few_labels.main(["--smoke", "--out", str(out), "--regimes", "k10", "--seeds", "0", "1"])
+    few_labels.main(["--smoke", "--out", str(out), "--latency"])
     summary = json.loads((out / "few_labels.json").read_text())
     assert summary["protocol"]["subset_differs_per_seed"] is True
     assert summary["protocol"]["labels_used"]["k10"] == 100
