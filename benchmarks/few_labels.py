@@ -73,8 +73,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 REPORT = ROOT / "benchmarks" / "RESULTS.md"
 SECTION_START = "<!-- few_labels: written by benchmarks/few_labels.py --report -->"
 SECTION_END = "<!-- few_labels: end -->"
-REGIMES = {"k10": 10, "k100": 100}
-SEEDS = {"k10": tuple(range(10)), "k100": tuple(range(5))}
+REGIMES = {"k100": 100, "k10": 10}
+SEEDS = {"k100": tuple(range(5)), "k10": tuple(range(10))}
 MODELS = ("teacher", "scratch", "pseudo_label", "fixmatch", "distilled")
 STUDENT_CONFIGS = {
     "scratch": "student_scratch.yaml",
@@ -500,7 +500,7 @@ def append_row(path: Path, row: dict) -> None:
 def summarise(rows: list[dict], latency: dict[str, dict[str, float]]) -> dict:
     """The issue's schema: ``{"protocol": {...}, regime: {model: {test_acc: [in seed order], seeds, params,
     latency_b1_ms, command, ...}}}``."""
-    summary: dict = {"protocol": protocol(rows)}
+    summary: dict = {"protocol": protocol(rows)} | {regime: {} for regime in REGIMES}
     for regime in REGIMES:
         for model in MODELS:
             runs = sorted((r for r in rows if r["regime"] == regime and r["model"] == model), key=lambda r: r["seed"])
@@ -707,7 +707,7 @@ def plot_accuracy(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    regimes = [r for r in REGIMES if r in summary]
+    regimes = [r for r in REGIMES if summary.get(r)]
     fig, axes = plt.subplots(1, max(1, len(regimes)), figsize=(5 * max(1, len(regimes)), 3.8), squeeze=False)
     for ax, regime in zip(axes[0], regimes, strict=False):
         for i, model in enumerate(MODELS):
