@@ -125,7 +125,7 @@ class Setting:
     smoke: bool = False
     out: Path = RESULTS
     accelerator: str = "cpu"
-    _features: dict[str, torch.Tensor] = field(default_factory=dict)
+    _features: dict[tuple, torch.Tensor] = field(default_factory=dict)
     # Taken when the run starts: the code a process runs is the code it loaded, whatever the tree holds later.
     code: dict[str, str] = field(default_factory=lambda: provenance())
 
@@ -145,7 +145,7 @@ class Setting:
         return self.run_dir(regime, "teacher", seed) / "teacher.pt"
 
     @property
-    def teacher_epochs_steps(self) -> int:
+    def teacher_steps(self) -> int:
         return SMOKE_TEACHER_STEPS if self.smoke else TEACHER_STEPS
 
 
@@ -265,7 +265,7 @@ def fit_teacher(regime: str, seed: int, setting: Setting) -> dict:
     test = backbone_features(setting, network, data.test_set.images, "test")
     labelled = labelled_positions(data)
     standardise_head(network, train)
-    train_head(network, train[labelled], data.train_set.labels[labelled], setting.teacher_epochs_steps, seed)
+    train_head(network, train[labelled], data.train_set.labels[labelled], setting.teacher_steps, seed)
     with torch.no_grad():
         direct = network(to_float_images(data.test_set.images[:8]))
         if not torch.allclose(network.head(test[:8]), direct, atol=1e-4, rtol=1e-4):
@@ -283,7 +283,7 @@ def fit_teacher(regime: str, seed: int, setting: Setting) -> dict:
         params_stored=count_parameters(network),
         size_bytes=state_dict_bytes(executed),
         input_size=network.input_size,
-        steps=setting.teacher_epochs_steps,
+        steps=setting.teacher_steps,
         fit_s=round(time.time() - start, 1),
     )
 
