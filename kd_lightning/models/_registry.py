@@ -9,6 +9,7 @@ from typing import NamedTuple
 from torch import nn
 
 from kd_lightning.models.classifier import InputConfig
+from kd_lightning.text.inputs import TextInputConfig
 
 
 class Backbone(NamedTuple):
@@ -18,7 +19,8 @@ class Backbone(NamedTuple):
         trunk: maps images to ``[B, feature_dim]`` features (the original classifier removed).
         feature_dim: width of the trunk output.
         head: the original pretrained classifier, kept when its class count matches the request.
-        input_config: overrides the registered input config (e.g. read from pretrained weights).
+        input_config: overrides the registered input config (e.g. read from pretrained weights); a
+            :class:`~kd_lightning.text.inputs.TextInputConfig` makes the model a text classifier.
         stages: trunk-relative names of the modules that end each stage, shallow to deep (like
             timm's ``feature_info``), so feature losses can name ``stage:1`` or ``stage:-1`` on any
             architecture.
@@ -27,7 +29,7 @@ class Backbone(NamedTuple):
     trunk: nn.Module
     feature_dim: int
     head: nn.Module | None = None
-    input_config: InputConfig | None = None
+    input_config: InputConfig | TextInputConfig | None = None
     stages: tuple[str, ...] = ()
 
 
