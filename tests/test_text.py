@@ -180,3 +180,31 @@ def test_distiller_step_on_text_trains_the_student_and_not_the_teacher(
     assert "network" in changed and "teacher" not in changed
     assert 0.0 <= trainer.callback_metrics["val/agreement"].item() <= 1.0
     assert trainer.callback_metrics["train/kd"].item() > 0.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the teacher cache serves TensorImageDataset or streamed images only: TeacherCache.source sends any other "
+    "train_set to the streamed path, which refuses it; text needs an in-memory entry keyed on the token ids",
+)
+def test_teacher_cache_on_text(toy_data: TextClassificationDataModule, bert_dir: Path, tmp_path: Path) -> None:
+    teacher = ModelSpec(f"hf/{bert_dir}", pretrained=True)
+    torch.save(teacher.build(2).state_dict(), tmp_path / "teacher.pt")
+    teacher.weights_path = str(tmp_path / "teacher.pt")
+    student = ModelSpec("bilstm", kwargs={"tokenizer": str(bert_dir), "embed_dim": 8, "hidden": 8})
+    module = DistillationModule(student, teacher, num_classes=2, teacher_cache=True)
+    make_trainer(limit_train_batches=2, limit_val_batches=1).fit(module, datamodule=toy_data)
+    assert module.teacher_cache is not None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="DistillationModule._input_shape/_tap_features probe layer shapes with a float torch.rand(2, C, H, W) "
+    "built from InputConfig.in_chans/input_size; text needs an integer [2, L] probe from the model's input config",
+)
+def test_feature_taps_on_a_text_student(bert_dir: Path, tmp_path: Path) -> None:
+    teacher = ModelSpec(f"hf/{bert_dir}", pretrained=True)
+    student = ModelSpec("bilstm", kwargs={"tokenizer": str(bert_dir), "embed_dim": 8, "hidden": 8})
+    fitnet = {"name": "fitnet", "kwargs": {"student_layers": ["backbone"], "teacher_layers": ["backbone"]}}
+    module = DistillationModule(student, teacher, num_classes=2, losses=[{"name": "kd"}, fitnet])
+    assert module.student_taps is not None

@@ -78,11 +78,14 @@ def load_encoder(source: str, pretrained: bool | str) -> Any:
     local = Path(source).is_dir()
     try:
         if pretrained:
-            model = AutoModel.from_pretrained(source, local_files_only=local, add_pooling_layer=False)
+            model = AutoModel.from_pretrained(source, local_files_only=local)
         else:
             model = AutoModel.from_config(AutoConfig.from_pretrained(source, local_files_only=local))
     except OSError as err:
         raise ConfigError(f"cannot load encoder {source!r} ({str(err).splitlines()[0]}): check the path") from err
+    if getattr(model, "pooler", None) is not None:
+        # The trunk pools the hidden states itself; an unused pooler would only add weights to checkpoints.
+        model.pooler = None
     return model.train()
 
 

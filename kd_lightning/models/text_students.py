@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from kd_lightning.models._registry import Backbone, register_backbone
 from kd_lightning.text.inputs import TextInputConfig, attention_mask
@@ -19,34 +18,42 @@ def vocabulary(tokenizer: str | None, vocab_size: int, pad_id: int, max_length: 
     return TextInputConfig(pad_id=tok.pad_id, max_length=max_length, vocab_size=tok.vocab_size, vocab=tok.fingerprint())
 
 
+def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each row's first ``lengths`` positions of ``[B, L, D]``, padding left in place (its own inverse)."""
+    position = torch.arange(x.shape[1], device=x.device)
+    index = torch.where(position < lengths[:, None], lengths[:, None] - 1 - position, position)
+    return x.gather(1, index[:, :, None].expand_as(x))
+
+
 class BiLSTMTrunk(nn.Module):
     """Embedding → bidirectional LSTM over each text's real tokens → max over time.
 
-    The sequences are packed, so padding never enters the recurrence: a text gets the same
-    features alone or in a batch padded to a longer one.
+    The backward direction reads each text reversed within its own length, so padding never
+    enters the recurrence of a real token: a text gets the same features alone or padded in a
+    batch. Written with a gather instead of packed sequences, which ``torch.export`` (and so
+    ONNX export with a dynamic sequence axis) cannot trace.
     """
 
     def __init__(self, vocab_size: int, pad_id: int, embed_dim: int, hidden: int, layers: int, dropout: float) -> None:
         super().__init__()
         self.pad_id = pad_id
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
-        self.lstm = nn.LSTM(
-            embed_dim,
-            hidden,
-            num_layers=layers,
-            bidirectional=True,
-            batch_first=True,
-            dropout=dropout if layers > 1 else 0.0,
-        )
+        widths = [embed_dim] + [2 * hidden] * (layers - 1)
+        self.forward_lstms = nn.ModuleList(nn.LSTM(w, hidden, batch_first=True) for w in widths)
+        self.backward_lstms = nn.ModuleList(nn.LSTM(w, hidden, batch_first=True) for w in widths)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         mask = attention_mask(ids, self.pad_id)
-        lengths = mask.sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(self.dropout(self.embed(ids)), lengths, batch_first=True, enforce_sorted=False)
-        out, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=ids.shape[1])
-        out = out.masked_fill(mask[:, :, None] == 0, float("-inf"))
-        return self.dropout(out.amax(dim=1))
+        lengths = mask.sum(1)
+        x = self.dropout(self.embed(ids))
+        for index, (forward, backward) in enumerate(zip(self.forward_lstms, self.backward_lstms, strict=True)):
+            if index:
+                x = self.dropout(x)
+            reverse = reverse_within_length(backward(reverse_within_length(x, lengths))[0], lengths)
+            x = torch.cat([forward(x)[0], reverse], dim=-1)
+        x = x.masked_fill(mask[:, :, None] == 0, float("-inf"))
+        return self.dropout(x.amax(dim=1))
 
 
 class TextCNNTrunk(nn.Module):
@@ -87,7 +94,7 @@ def bilstm(
         raise ValueError("bilstm has no pretrained weights; train it or pass weights_path")
     text = vocabulary(tokenizer, vocab_size, pad_id, max_length)
     trunk = BiLSTMTrunk(text.vocab_size, text.pad_id, embed_dim, hidden, layers, dropout)
-    return Backbone(trunk, 2 * hidden, input_config=text, stages=("lstm",))
+    return Backbone(trunk, 2 * hidden, input_config=text, stages=tuple(f"forward_lstms.{i}" for i in range(layers)))
 
 
 @register_backbone("textcnn")
