@@ -17,6 +17,7 @@ from those rows after every run.
 
     python benchmarks/text_distillation.py --data trec6 --student bilstm --seeds 0 1 2 3 4
     python benchmarks/text_distillation.py --report            # rebuild text.json / RESULTS.md only
+    python benchmarks/text_distillation.py --smoke --out /tmp/t # the protocol on 64 texts, 1 epoch
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ RESULTS = Path("benchmarks/results")
 RUNS = RESULTS / "text_runs.jsonl"
 SUMMARY = RESULTS / "text.json"
 RESULTS_MD = Path("benchmarks/RESULTS.md")
+CACHE = Path("runs/text")
 SECTION = "## Text: MiniLM teacher, BiLSTM and DistilBERT-style students (issue 25)"
 TEACHER_FOLDER = "data/all-MiniLM-L6-v2"
 DATA = {"trec6": (TREC6DataModule, 64, "trec"), "rotten_tomatoes": (RottenTomatoesDataModule, 96, "rotten_tomatoes")}
@@ -101,7 +103,7 @@ def datamodule(name: str) -> TextClassificationDataModule:
 
 def teacher_outputs(name: str, data: TextClassificationDataModule, checkpoint: Path) -> dict[str, torch.Tensor]:
     """The teacher's logits on the training and test texts, computed once per checkpoint and kept on disk."""
-    cache = Path("runs/text") / f"{name}_teacher_logits.pt"
+    cache = CACHE / f"{name}_teacher_logits.pt"
     stamp = f"{checkpoint.stat().st_size}:{checkpoint.stat().st_mtime_ns}"
     if cache.is_file():
         stored = torch.load(cache, weights_only=True)
@@ -294,7 +296,16 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="only rebuild text.json and RESULTS.md")
+    parser.add_argument("--smoke", action="store_true", help="64 training and test texts, one epoch, into --out")
+    parser.add_argument("--out", type=Path, help="folder for the smoke run's rows and summaries")
     args = parser.parse_args()
+    if args.smoke:
+        global RUNS, SUMMARY, RESULTS_MD, CACHE
+        out = args.out or Path("runs/text_smoke")
+        out.mkdir(parents=True, exist_ok=True)
+        RUNS, SUMMARY, RESULTS_MD, CACHE = out / "runs.jsonl", out / "text.json", out / "RESULTS.md", out
+        for setting in STUDENTS.values():
+            setting["epochs"] = 1
     if args.report:
         write_report()
         return
@@ -307,6 +318,8 @@ def main() -> None:
     _, _, config_dir = DATA[args.data]
     checkpoint = Path(f"runs/{config_dir}/teacher/best.ckpt")
     data = datamodule(args.data)
+    if args.smoke:
+        data.train_set, data.test_set = data.train_set.subset(torch.arange(64)), data.test_set.subset(torch.arange(64))
     teacher = teacher_outputs(args.data, data, checkpoint)
     example = median_example(data.test_set)
     done = {(r["data"], r["arm"], r.get("student"), r.get("seed")) for r in load_rows()}

@@ -73,7 +73,7 @@ def create_model(
         with as_config_error():
             built = entry.builder(pretrained=pretrained, **options)
         input_config = built.input_config or entry.input_config
-        if in_chans is not None and input_config.in_chans != in_chans:
+        if in_chans is not None and isinstance(input_config, InputConfig) and input_config.in_chans != in_chans:
             input_config = _with_channels(input_config, in_chans)
     elif name.startswith(TIMM_PREFIX) or (
         not name.startswith(TORCHVISION_PREFIX) and not _torchvision.has_model(name) and _timm.has_model(name)
