@@ -15,9 +15,9 @@ only the student's step. Each finished run is appended to ``benchmarks/results/t
 rerun skips the runs already there; ``text.json`` and the section of ``benchmarks/RESULTS.md`` are rebuilt
 from those rows after every run.
 
-    python benchmarks/text_distillation.py --data trec6 --student bilstm --seeds 0 1 2 3 4
-    python benchmarks/text_distillation.py --report            # rebuild text.json / RESULTS.md only
-    python benchmarks/text_distillation.py --smoke --out /tmp/t # the protocol on 64 texts, 1 epoch
+    python -m benchmarks.text_distillation --data trec6 --student bilstm --seeds 0 1 2 3 4
+    python -m benchmarks.text_distillation --report            # rebuild text.json / RESULTS.md only
+    python -m benchmarks.text_distillation --smoke --out /tmp/t # the protocol on 64 texts, 1 epoch
 """
 
 from __future__ import annotations
@@ -312,7 +312,7 @@ def main() -> None:
     quiet()
     torch.set_num_threads(args.threads)
     command = (
-        f"python benchmarks/text_distillation.py --data {args.data} --student {args.student} "
+        f"python -m benchmarks.text_distillation --data {args.data} --student {args.student} "
         f"--arms {' '.join(args.arms)} --seeds {' '.join(map(str, args.seeds))} --threads {args.threads}"
     )
     _, _, config_dir = DATA[args.data]
