@@ -12,9 +12,11 @@ from kd_lightning.data import TextClassificationDataModule
 from kd_lightning.data.batch import IGNORE_LABEL, Batch
 from kd_lightning.data.text_dataset import TokenizedTextDataset
 from kd_lightning.errors import ConfigError
-from kd_lightning.models import ModelSpec, create_model
+from kd_lightning.models import ModelSpec, create_model, list_backbones
+from kd_lightning.models._registry import get_backbone_entry
 from kd_lightning.models.text_classifier import TextClassifier
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
+from kd_lightning.text import TextInputConfig
 from tests._extras import require_extra
 from tests._text_helpers import SPECIALS, WORDS, toy_rows, write_rows, write_tiny_bert, write_tokenizer
 from tests.conftest import make_trainer
@@ -107,6 +109,19 @@ def test_text_students_give_a_text_the_same_logits_alone_and_padded(name: str, k
     torch.testing.assert_close(padded[0], alone[0], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="integer token ids"):
         model(torch.rand(1, 1, 8, 8))
+
+
+TEXT_BACKBONES = [n for n in list_backbones() if isinstance(get_backbone_entry(n).input_config, TextInputConfig)]
+
+
+@pytest.mark.parametrize("name", TEXT_BACKBONES)
+def test_every_registered_text_backbone_builds_and_runs_on_token_ids(name: str, bert_dir: Path) -> None:
+    source = {"source": str(bert_dir)} if name == "distil_hf" else {"tokenizer": str(bert_dir)}
+    model = create_model(name, 7, **source)
+    assert isinstance(model, TextClassifier) and isinstance(model.input_config, TextInputConfig)
+    ids = torch.tensor([[2, 5, 9, 3, 0], [2, 6, 7, 8, 3]])
+    assert model(ids).shape == (2, 7)
+    assert model.forward_features(ids).shape == (2, model.feature_dim)
 
 
 def test_hf_encoder_by_folder_loads_the_weights_and_masks_padding(bert_dir: Path) -> None:

@@ -43,7 +43,7 @@ class BackboneEntry:
 
     name: str
     builder: BackboneBuilder
-    input_config: InputConfig
+    input_config: InputConfig | TextInputConfig
     description: str = ""
 
 
@@ -51,7 +51,7 @@ _BACKBONES: dict[str, BackboneEntry] = {}
 
 
 def register_backbone(
-    name: str | None = None, *, input_config: InputConfig = DEFAULT_INPUT
+    name: str | None = None, *, input_config: InputConfig | TextInputConfig = DEFAULT_INPUT
 ) -> Callable[[BackboneBuilder], BackboneBuilder]:
     """Register a builder ``fn(pretrained=False, in_chans=..., **kwargs) -> Backbone`` by name.
 

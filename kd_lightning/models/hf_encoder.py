@@ -11,7 +11,7 @@ from torch import nn
 
 from kd_lightning.errors import ConfigError
 from kd_lightning.models._registry import Backbone, register_backbone
-from kd_lightning.text.inputs import TextInputConfig, attention_mask
+from kd_lightning.text.inputs import TEXT_INPUT, TextInputConfig, attention_mask
 from kd_lightning.text.tokenizer import load_tokenizer
 
 Pooling = Literal["mean", "cls"]
@@ -96,7 +96,7 @@ def build_hf(source: str, pretrained: bool | str = False, pooling: Pooling = "me
     return _backbone(model, pad_id, pooling, max_length, _vocabulary(source))
 
 
-@register_backbone("distil_hf")
+@register_backbone("distil_hf", input_config=TEXT_INPUT)
 def distil_hf(
     pretrained: bool | str = False,
     source: str = "",
@@ -124,7 +124,7 @@ def distil_hf(
     return _backbone(model, pad_id, pooling, max_length, _vocabulary(source))
 
 
-@register_backbone("small_bert")
+@register_backbone("small_bert", input_config=TEXT_INPUT)
 def small_bert(
     pretrained: bool | str = False,
     tokenizer: str | None = None,

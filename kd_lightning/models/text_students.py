@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from kd_lightning.models._registry import Backbone, register_backbone
-from kd_lightning.text.inputs import TextInputConfig, attention_mask
+from kd_lightning.text.inputs import TEXT_INPUT, TextInputConfig, attention_mask
 from kd_lightning.text.tokenizer import load_tokenizer
 
 
@@ -77,7 +77,7 @@ class TextCNNTrunk(nn.Module):
         return self.dropout(torch.cat(pooled, dim=1))
 
 
-@register_backbone("bilstm")
+@register_backbone("bilstm", input_config=TEXT_INPUT)
 def bilstm(
     pretrained: bool | str = False,
     tokenizer: str | None = None,
@@ -97,7 +97,7 @@ def bilstm(
     return Backbone(trunk, 2 * hidden, input_config=text, stages=tuple(f"forward_lstms.{i}" for i in range(layers)))
 
 
-@register_backbone("textcnn")
+@register_backbone("textcnn", input_config=TEXT_INPUT)
 def textcnn(
     pretrained: bool | str = False,
     tokenizer: str | None = None,

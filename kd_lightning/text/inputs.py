@@ -40,6 +40,10 @@ class TextInputConfig:
             )
 
 
+# What a registered text backbone declares before it is built (the build reads the tokenizer's real values).
+TEXT_INPUT = TextInputConfig()
+
+
 class TokenIds(nn.Module):
     """The input adapter of a text model: checks that token ids, not images, arrive."""
 
