@@ -63,7 +63,7 @@ STUDENTS: dict[str, dict[str, Any]] = {
     "distilbert": {
         "spec": {"name": "distil_hf", "pretrained": True, "kwargs": {"source": TEACHER_FOLDER}},
         "optimizer": (torch.optim.AdamW, {"lr": 1e-4, "weight_decay": 0.01}),
-        "epochs": 2,
+        "epochs": 1,
     },
 }
 
