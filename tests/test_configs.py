@@ -16,8 +16,9 @@ from tests._extras import require_extra
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # The ImageNet recipes ask for 8 GPUs and a prepared data set: tests/test_imagenet_configs.py runs them on a
-# synthetic folder instead.
-ALL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if "imagenet" not in p.relative_to(CONFIGS).parts)
+# synthetic folder instead; the text recipes read a prepared teacher folder: tests/test_text_configs.py.
+ON_PREPARED_DATA = {"imagenet", "trec", "rotten_tomatoes"}
+ALL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if not ON_PREPARED_DATA & set(p.relative_to(CONFIGS).parts))
 # Fragments (a logger, a scaling strategy) are used as a second --config on top of a full one.
 BASE_CONFIG = CONFIGS / "digits" / "student_scratch.yaml"
 

@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kd_lightning"
 # A module is placed by its longest matching prefix.
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("kd_lightning.errors", "kd_lightning.outputs", "kd_lightning._distributed", "kd_lightning.safe_load"),
+    ("kd_lightning.text",),  # token-id inputs and tokenizers: what text models and data both read
     ("kd_lightning.data", "kd_lightning.models", "kd_lightning.losses", "kd_lightning.metrics"),
     ("kd_lightning.checkpointing", "kd_lightning.cache", "kd_lightning.callbacks"),
     ("kd_lightning.modules",),

@@ -18,7 +18,7 @@ from nbclient import NotebookClient
 from tests._extras import require_extra
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["01_transfer_learning", "02_knowledge_distillation", "03_teacher_to_deployment"]
+NAMES = ["01_transfer_learning", "02_knowledge_distillation", "03_teacher_to_deployment", "04_text_distillation"]
 SCRIPTS = [ROOT / "notebooks" / f"{name}.py" for name in NAMES]
 
 _spec = importlib.util.spec_from_file_location("refresh", ROOT / "notebooks" / "refresh.py")

@@ -4,6 +4,8 @@ from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.digits import DigitsDataModule
 from kd_lightning.data.image_folder import ImageFolderDataModule
 from kd_lightning.data.tensor_dataset import TensorImageDataset
+from kd_lightning.data.text import TextClassificationDataModule
+from kd_lightning.data.text_sets import RottenTomatoesDataModule, TREC6DataModule
 from kd_lightning.data.torchvision_sets import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -22,8 +24,11 @@ __all__ = [
     "ImageClassificationDataModule",
     "ImageFolderDataModule",
     "MNISTDataModule",
+    "RottenTomatoesDataModule",
     "StreamingImageDataModule",
+    "TREC6DataModule",
     "TensorImageDataset",
+    "TextClassificationDataModule",
     "TorchvisionDataModule",
     "prepare_dataset",
 ]

@@ -32,6 +32,8 @@ class Batch:
         teacher: the teacher's outputs for ``images``, when a cache computed them ahead of time.
         view: which fixed view of a teacher cache a streamed batch's ``images`` were decoded as, so
             the cache attaches the outputs of that view (decided where the images are decoded).
+        tokens: ``[B, L]`` token ids of a text batch (in place of ``images``), padded with the
+            pad id the text models declare; each model derives its attention mask from it.
     """
 
     labels: torch.Tensor
@@ -40,6 +42,7 @@ class Batch:
     features: torch.Tensor | None = None
     teacher: ModelOutputs | None = None
     view: int | None = None
+    tokens: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -58,10 +61,12 @@ class Batch:
 
     @property
     def inputs(self) -> torch.Tensor:
-        """The images, refusing a batch that carries only features (a module that needs images got a cache's)."""
-        if self.images is None:
-            raise ValueError("this batch carries pre-computed features, not images")
-        return self.images
+        """What the network reads: the images or the token ids, refusing a batch that carries only features."""
+        if self.images is not None:
+            return self.images
+        if self.tokens is not None:
+            return self.tokens
+        raise ValueError("this batch carries pre-computed features, not images or tokens")
 
     def labeled(self) -> torch.Tensor:
         """``[B]`` mask of the samples that have a label."""
@@ -91,4 +96,4 @@ class Batch:
         if teacher is not None:
             teacher = ModelOutputs(move(teacher.logits), {name: move(t) for name, t in teacher.features.items()})
         images, indices, features = optional(self.images), optional(self.indices), optional(self.features)
-        return Batch(move(self.labels), images, indices, features, teacher, self.view)
+        return Batch(move(self.labels), images, indices, features, teacher, self.view, optional(self.tokens))

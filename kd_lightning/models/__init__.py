@@ -6,7 +6,9 @@ from kd_lightning.models import (  # noqa: F401  (register the built-in nets)
     cifar_vgg,
     cifar_wrn,
     efficientnet_lite,
+    hf_encoder,
     small,
+    text_students,
 )
 from kd_lightning.models._registry import NetworkParts, list_backbones, register_backbone
 from kd_lightning.models.classifier import IMAGENET_INPUT, Classifier, InputConfig

@@ -9,6 +9,7 @@ from typing import NamedTuple
 from torch import nn
 
 from kd_lightning.models.classifier import InputConfig
+from kd_lightning.text.inputs import TextInputConfig
 
 
 class NetworkParts(NamedTuple):
@@ -18,7 +19,8 @@ class NetworkParts(NamedTuple):
         backbone: the trunk, mapping images to ``[B, feature_dim]`` features (the original classifier removed).
         feature_dim: width of the backbone output.
         head: the original pretrained classifier, kept when its class count matches the request.
-        input_config: overrides the registered input config (e.g. read from pretrained weights).
+        input_config: overrides the registered input config (e.g. read from pretrained weights); a
+            :class:`~kd_lightning.text.inputs.TextInputConfig` makes the model a text classifier.
         stages: trunk-relative names of the modules that end each stage, shallow to deep (like
             timm's ``feature_info``), so feature losses can name ``stage:1`` or ``stage:-1`` on any
             architecture.
@@ -27,7 +29,7 @@ class NetworkParts(NamedTuple):
     backbone: nn.Module
     feature_dim: int
     head: nn.Module | None = None
-    input_config: InputConfig | None = None
+    input_config: InputConfig | TextInputConfig | None = None
     stages: tuple[str, ...] = ()
 
 
@@ -41,7 +43,7 @@ class BackboneEntry:
 
     name: str
     builder: BackboneBuilder
-    input_config: InputConfig
+    input_config: InputConfig | TextInputConfig
     description: str = ""
 
 
@@ -49,7 +51,7 @@ _BACKBONES: dict[str, BackboneEntry] = {}
 
 
 def register_backbone(
-    name: str | None = None, *, input_config: InputConfig = DEFAULT_INPUT
+    name: str | None = None, *, input_config: InputConfig | TextInputConfig = DEFAULT_INPUT
 ) -> Callable[[BackboneBuilder], BackboneBuilder]:
     """Register a builder ``fn(pretrained=False, in_chans=..., **kwargs) -> NetworkParts`` by name.
 

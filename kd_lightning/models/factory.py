@@ -11,10 +11,14 @@ from kd_lightning.errors import ConfigError, as_config_error, check_keyword_argu
 from kd_lightning.models import _timm, _torchvision
 from kd_lightning.models._registry import get_backbone_entry, list_backbones
 from kd_lightning.models.classifier import Classifier, InputConfig
+from kd_lightning.models.hf_encoder import build_hf
+from kd_lightning.models.text_classifier import TextClassifier
 from kd_lightning.models.weights import WeightsFile, load_weights
+from kd_lightning.text.inputs import TextInputConfig
 
 TORCHVISION_PREFIX = "torchvision/"
 TIMM_PREFIX = "timm/"
+HF_PREFIX = "hf/"
 
 
 def create_model(
@@ -34,7 +38,8 @@ def create_model(
     """Build a classifier by name with a head of ``num_classes`` outputs.
 
     Names are looked up in kd_lightning's registry first, then torchvision, then timm; a
-    ``torchvision/`` or ``timm/`` prefix picks the source explicitly.
+    ``torchvision/`` or ``timm/`` prefix picks the source explicitly, and ``hf/<folder or Hub
+    name>`` builds a Hugging Face text encoder (a :class:`TextClassifier` over token ids).
 
     Args:
         name: registry name, e.g. ``resnet8x4``, ``resnet18``, ``timm/efficientnet_b0``.
@@ -57,14 +62,18 @@ def create_model(
     options = dict(kwargs)
     if in_chans is not None:
         options["in_chans"] = in_chans
-    input_config: InputConfig | None
-    if entry is not None:
+    input_config: InputConfig | TextInputConfig | None
+    if name.startswith(HF_PREFIX):
+        with as_config_error():
+            built = build_hf(name.removeprefix(HF_PREFIX), pretrained=pretrained, **options)
+        input_config = built.input_config
+    elif entry is not None:
         check_keyword_arguments(entry.builder, options, f"backbone {name!r}")
         # A builder's ValueError (no such pretrained weights, a depth it cannot build) is the config's to fix.
         with as_config_error():
             built = entry.builder(pretrained=pretrained, **options)
         input_config = built.input_config or entry.input_config
-        if in_chans is not None and input_config.in_chans != in_chans:
+        if in_chans is not None and isinstance(input_config, InputConfig) and input_config.in_chans != in_chans:
             input_config = _with_channels(input_config, in_chans)
     elif name.startswith(TIMM_PREFIX) or (
         not name.startswith(TORCHVISION_PREFIX) and not _torchvision.has_model(name) and _timm.has_model(name)
@@ -84,18 +93,24 @@ def create_model(
     head = built.head
     if head is not None and (getattr(head, "out_features", None) != num_classes or feature_layers or head_norm):
         head = None
-    model = Classifier(
-        built.backbone,
-        built.feature_dim,
-        num_classes,
-        input_config,
-        head=head,
-        name=name,
-        stages=built.stages,
-        input_size=input_size,
-        feature_layers=tuple(feature_layers),
-        head_norm=head_norm,
-    )
+    model: Classifier
+    if isinstance(input_config, TextInputConfig):
+        if input_size is not None or feature_layers or head_norm:
+            raise ConfigError(f"{name} reads token ids: input_size, feature_layers and head_norm are for image models")
+        model = TextClassifier(built.backbone, built.feature_dim, num_classes, input_config, head, name, built.stages)
+    else:
+        model = Classifier(
+            built.backbone,
+            built.feature_dim,
+            num_classes,
+            input_config,
+            head=head,
+            name=name,
+            stages=built.stages,
+            input_size=input_size,
+            feature_layers=tuple(feature_layers),
+            head_norm=head_norm,
+        )
     if weights_path is not None:
         report = load_weights(model, weights_path, strict_head=strict_head, key_map=key_map, positional=positional)
         rank_zero_info(f"{name}: {report}")

@@ -1,0 +1,64 @@
+"""How a text model reads its input: token ids of one tokenizer, with a declared pad id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kd_lightning.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TextInputConfig:
+    """The text counterpart of :class:`~kd_lightning.models.classifier.InputConfig`.
+
+    A text model takes one ``[B, L]`` integer tensor and derives its attention mask as
+    ``ids != pad_id``, so every module that calls ``network(batch.inputs)`` serves text unchanged.
+
+    Args:
+        pad_id: the id that pads a batch's shorter texts.
+        max_length: the longest sequence the model reads (position embeddings, export).
+        vocab_size: rows of the model's token embedding.
+        vocab: a fingerprint of the tokenizer's vocabulary (:meth:`TextTokenizer.fingerprint`),
+            when the model knows its tokenizer; data tokenized otherwise is refused.
+    """
+
+    pad_id: int = 0
+    max_length: int = 128
+    vocab_size: int = 30522
+    vocab: str | None = None
+
+    def check_tokenizer(self, name: str, vocab_size: int, pad_id: int, vocab: str) -> None:
+        """Refuse a tokenizer other than the one this model embeds over (one line, cause and fix)."""
+        if (self.vocab is not None and self.vocab != vocab) or vocab_size > self.vocab_size or pad_id != self.pad_id:
+            raise ConfigError(
+                f"model {name!r} reads ids of another tokenizer than the data's (vocabulary {self.vocab} of "
+                f"{self.vocab_size}, pad {self.pad_id}; data: {vocab} of {vocab_size}, pad {pad_id}): teacher, student "
+                "and data must share one tokenizer (two-tokenizer distillation is not supported yet)"
+            )
+
+
+# What a registered text backbone declares before it is built (the build reads the tokenizer's real values).
+TEXT_INPUT = TextInputConfig()
+
+
+class TokenIds(nn.Module):
+    """The input adapter of a text model: checks that token ids, not images, arrive."""
+
+    def __init__(self, config: TextInputConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.dim() != 2 or ids.is_floating_point():
+            raise ValueError(
+                f"a text model takes [B, L] integer token ids, got a {ids.dtype} tensor {tuple(ids.shape)}"
+            )
+        return ids[:, : self.config.max_length]
+
+
+def attention_mask(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """``[B, L]`` 1 for real tokens, 0 for padding."""
+    return (ids != pad_id).long()
