@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import warnings
 from argparse import ArgumentError
@@ -20,8 +21,10 @@ from jsonargparse import Namespace
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from kd_lightning.callbacks.confusion import ConfusionMatrixLogger
+from kd_lightning.callbacks.interrupt import GracefulInterrupt, RunInterrupted
 from kd_lightning.callbacks.resume import check_checkpoint_class, check_checkpoint_config
 from kd_lightning.callbacks.save_config import LoggerSaveConfigCallback
 from kd_lightning.checkpointing import (
@@ -138,16 +141,34 @@ class KDLightningCLI(LightningCLI):
                 read_checkpoint(ckpt_path), self.model, self.datamodule, ckpt_path, subcommand, CHECKPOINT_CONFIG_FLAG
             )
         lock = RunFolderLock(checkpoint_folders(self.trainer)) if subcommand == "fit" else nullcontext()
-        with lock:
-            super()._run_subcommand(subcommand)
+        try:
+            with lock:
+                super()._run_subcommand(subcommand)
+        except (SIGTERMException, SystemExit) as err:
+            raise interrupted(self.trainer, subcommand, err) from None
         if subcommand in ("validate", "test"):
             check_finite_metrics(self.trainer.callback_metrics, subcommand)
+
+
+def interrupted(trainer: L.Trainer, subcommand: str, err: BaseException) -> BaseException:
+    """What a trainer that ended by a signal raises to the CLI: :class:`RunInterrupted`, else ``err``.
+
+    Lightning ends a run stopped by SIGTERM with ``SIGTERMException`` (a ``SystemExit`` of status
+    0) and one interrupted by a forced Ctrl+C with ``sys.exit(1)``.
+    """
+    handler = next((cb for cb in trainer.callbacks if isinstance(cb, GracefulInterrupt)), None)  # type: ignore[attr-defined]
+    signum = handler.signum if handler is not None else None
+    if signum is None and isinstance(err, SIGTERMException):
+        signum = signal.SIGTERM
+    if signum is None:
+        return err
+    return RunInterrupted(signum, subcommand, handler.last_checkpoint if handler is not None else None)
 
 
 def default_callbacks(enable_progress_bar: bool | None, configured: list) -> list[Callback]:
     """What every CLI run gets unless the config already has its own (or turns the bar off)."""
     class_paths = " ".join(str(getattr(c, "class_path", type(c).__name__)) for c in configured)
-    callbacks: list[Callback] = []
+    callbacks: list[Callback] = [GracefulInterrupt()]
     if enable_progress_bar is not False and "ProgressBar" not in class_paths:
         callbacks.append(RichProgressBar())
     if "ConfusionMatrixLogger" not in class_paths:
@@ -222,6 +243,12 @@ def main(argv: list[str] | None = None) -> None:
             run_typed_command(argv[0], COMMANDS[argv[0]], strip_option(argv[1:], IMPORTS_FLAG))
         else:
             lightning_main(argv)
+    except RunInterrupted as err:
+        print(f"interrupted: {err.message}", file=sys.stderr)
+        raise SystemExit(err.exit_status) from None
+    except KeyboardInterrupt:  # Ctrl+C outside a trainer's run (building it, preparing data)
+        print(f"interrupted: {argv[0] if argv else 'the command'} stopped by SIGINT", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
     except ArgumentError as err:  # an argument a command's parser rejected
         _exit_with_error(ConfigError(" ".join(str(err).split())), err, show_traceback)
     except Exception as err:
