@@ -26,6 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from kd_lightning.callbacks.confusion import ConfusionMatrixLogger
 from kd_lightning.callbacks.interrupt import GracefulInterrupt, RunInterrupted
 from kd_lightning.callbacks.resume import check_checkpoint_class, check_checkpoint_config
+from kd_lightning.callbacks.run_checks import MonitoredMetricCheck
 from kd_lightning.callbacks.save_config import LoggerSaveConfigCallback
 from kd_lightning.checkpointing import (
     check_finite_metrics,
@@ -35,7 +36,7 @@ from kd_lightning.checkpointing import (
 )
 from kd_lightning.commands import run_typed_command, space_separated_lists, strip_option
 from kd_lightning.data import ImageClassificationDataModule
-from kd_lightning.errors import ConfigError, KDLightningError
+from kd_lightning.errors import ConfigError, KDLightningError, refused_value
 from kd_lightning.modules import SupervisedModule
 from kd_lightning.run_lock import RunFolderLock, checkpoint_folders
 from kd_lightning.user_imports import IMPORTS_FLAG, import_user_modules, requested_imports
@@ -62,6 +63,8 @@ WANDB_LOGGER = {
 # Set to 1 to see the full traceback of a user error (or pass --traceback).
 TRACEBACK_ENV = "KD_LIGHTNING_TRACEBACK"
 CHECKPOINT_CONFIG_FLAG = "use_checkpoint_config"
+# NumPy's global generator, which seed_everything seeds too, takes 32-bit seeds only.
+SEED_MAX = 2**32 - 1
 
 
 class KDLightningCLI(LightningCLI):
@@ -123,6 +126,12 @@ class KDLightningCLI(LightningCLI):
                 "the model takes the data's class count (data.num_classes), so leave model.num_classes out"
             )
 
+    def _set_seed(self) -> None:
+        seed = self._get(self.config, "seed_everything")
+        if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed <= SEED_MAX:
+            raise ConfigError(f"seed_everything must be in 0..{SEED_MAX} (a 32-bit seed), got {seed}")
+        super()._set_seed()
+
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         use_safe_checkpoint_io(trainer)
@@ -147,7 +156,20 @@ class KDLightningCLI(LightningCLI):
         except (SIGTERMException, SystemExit) as err:
             raise interrupted(self.trainer, subcommand, err) from None
         if subcommand in ("validate", "test"):
+            check_evaluated_something(self.trainer, subcommand)
             check_finite_metrics(self.trainer.callback_metrics, subcommand)
+
+
+def check_evaluated_something(trainer: L.Trainer, subcommand: str) -> None:
+    """Refuse a ``validate``/``test`` that ran on zero samples: it would exit 0 with no metric at all."""
+    validating = subcommand == "validate"
+    if not sum(trainer.num_val_batches if validating else trainer.num_test_batches):
+        split, limit = ("validation", "limit_val_batches") if validating else ("test", "limit_test_batches")
+        give = "data.val_fraction > 0 or a validation split" if validating else "a test split"
+        raise ConfigError(
+            f"{subcommand} ran on zero samples: the {split} set is empty or trainer.{limit} is 0; "
+            f"give it data ({give}) and a non-zero {limit}"
+        )
 
 
 def interrupted(trainer: L.Trainer, subcommand: str, err: BaseException) -> BaseException:
@@ -168,7 +190,7 @@ def interrupted(trainer: L.Trainer, subcommand: str, err: BaseException) -> Base
 def default_callbacks(enable_progress_bar: bool | None, configured: list) -> list[Callback]:
     """What every CLI run gets unless the config already has its own (or turns the bar off)."""
     class_paths = " ".join(str(getattr(c, "class_path", type(c).__name__)) for c in configured)
-    callbacks: list[Callback] = [GracefulInterrupt()]
+    callbacks: list[Callback] = [GracefulInterrupt(), MonitoredMetricCheck()]
     if enable_progress_bar is not False and "ProgressBar" not in class_paths:
         callbacks.append(RichProgressBar())
     if "ConfusionMatrixLogger" not in class_paths:
@@ -252,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     except ArgumentError as err:  # an argument a command's parser rejected
         _exit_with_error(ConfigError(" ".join(str(err).split())), err, show_traceback)
     except Exception as err:
-        user_error = find_user_error(err)
+        user_error = find_user_error(err) or refused_value(err)
         if user_error is None:
             raise
         _exit_with_error(user_error, err, show_traceback)
