@@ -35,6 +35,7 @@ from kd_lightning.checkpointing import (
     use_safe_checkpoint_io,
 )
 from kd_lightning.commands import run_typed_command, space_separated_lists, strip_option
+from kd_lightning.config_yaml import use_bounded_yaml
 from kd_lightning.data import ImageClassificationDataModule
 from kd_lightning.errors import ConfigError, KDLightningError, refused_value
 from kd_lightning.modules import SupervisedModule
@@ -256,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     show_traceback = "--traceback" in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--traceback"]
+    use_bounded_yaml()
     try:
         if argv and not argv[0].startswith("-") and argv[0] not in (*LIGHTNING_COMMANDS, *COMMANDS):
             known = ", ".join((*LIGHTNING_COMMANDS, *COMMANDS))
