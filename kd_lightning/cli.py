@@ -282,10 +282,19 @@ def main(argv: list[str] | None = None) -> None:
         _exit_with_error(user_error, err, show_traceback)
 
 
+def one_line(message: str) -> str:
+    """A user error's message on one line, also when a DataLoader worker raised it: PyTorch then
+    re-raises it in this process with the worker's whole traceback as its message."""
+    if "Original Traceback" in message:
+        last = message.rstrip().splitlines()[-1]
+        message = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(message.split())
+
+
 def _exit_with_error(user_error: BaseException, raised: BaseException, show_traceback: bool) -> None:
     if show_traceback:
         raise raised
-    print(f"error: {user_error}", file=sys.stderr)
+    print(f"error: {one_line(str(user_error))}", file=sys.stderr)
     print(f"(run with --traceback or {TRACEBACK_ENV}=1 for the full traceback)", file=sys.stderr)
     raise SystemExit(2) from None
 
