@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import warnings
 from argparse import ArgumentError
@@ -20,8 +21,11 @@ from jsonargparse import Namespace
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from kd_lightning.callbacks.confusion import ConfusionMatrixLogger
+from kd_lightning.callbacks.interrupt import GracefulInterrupt, RunInterrupted
+from kd_lightning.callbacks.run_checks import MonitoredMetricCheck
 from kd_lightning.callbacks.save_config import LoggerSaveConfigCallback
 from kd_lightning.checkpointing import (
     check_checkpoint_class,
@@ -31,8 +35,9 @@ from kd_lightning.checkpointing import (
     resolve_ckpt_keyword,
     use_safe_checkpoint_io,
 )
+from kd_lightning.config_yaml import use_bounded_yaml
 from kd_lightning.data import ImageClassificationDataModule
-from kd_lightning.errors import ConfigError, KDLightningError
+from kd_lightning.errors import ConfigError, KDLightningError, refused_value
 from kd_lightning.modules import SupervisedModule
 from kd_lightning.run_lock import RunFolderLock, checkpoint_folders
 from kd_lightning.typed_commands import run_typed_command, space_separated_lists, strip_option
@@ -60,6 +65,8 @@ WANDB_LOGGER = {
 # Set to 1 to see the full traceback of a user error (or pass --traceback).
 TRACEBACK_ENV = "KD_LIGHTNING_TRACEBACK"
 CHECKPOINT_CONFIG_FLAG = "use_checkpoint_config"
+# NumPy's global generator, which seed_everything seeds too, takes 32-bit seeds only.
+SEED_MAX = 2**32 - 1
 
 
 class KDLightningCLI(LightningCLI):
@@ -121,6 +128,12 @@ class KDLightningCLI(LightningCLI):
                 "the model takes the data's class count (data.num_classes), so leave model.num_classes out"
             )
 
+    def _set_seed(self) -> None:
+        seed = self._get(self.config, "seed_everything")
+        if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed <= SEED_MAX:
+            raise ConfigError(f"seed_everything must be in 0..{SEED_MAX} (a 32-bit seed), got {seed}")
+        super()._set_seed()
+
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         use_safe_checkpoint_io(trainer)
@@ -139,16 +152,47 @@ class KDLightningCLI(LightningCLI):
                 read_checkpoint(ckpt_path), self.model, self.datamodule, ckpt_path, subcommand, CHECKPOINT_CONFIG_FLAG
             )
         lock = RunFolderLock(checkpoint_folders(self.trainer)) if subcommand == "fit" else nullcontext()
-        with lock:
-            super()._run_subcommand(subcommand)
+        try:
+            with lock:
+                super()._run_subcommand(subcommand)
+        except (SIGTERMException, SystemExit) as err:
+            raise interrupted(self.trainer, subcommand, err) from None
         if subcommand in ("validate", "test"):
+            check_evaluated_something(self.trainer, subcommand)
             check_finite_metrics(self.trainer.callback_metrics, subcommand)
+
+
+def check_evaluated_something(trainer: L.Trainer, subcommand: str) -> None:
+    """Refuse a ``validate``/``test`` that ran on zero samples: it would exit 0 with no metric at all."""
+    validating = subcommand == "validate"
+    if not sum(trainer.num_val_batches if validating else trainer.num_test_batches):
+        split, limit = ("validation", "limit_val_batches") if validating else ("test", "limit_test_batches")
+        give = "data.val_fraction > 0 or a validation split" if validating else "a test split"
+        raise ConfigError(
+            f"{subcommand} ran on zero samples: the {split} set is empty or trainer.{limit} is 0; "
+            f"give it data ({give}) and a non-zero {limit}"
+        )
+
+
+def interrupted(trainer: L.Trainer, subcommand: str, err: BaseException) -> BaseException:
+    """What a trainer that ended by a signal raises to the CLI: :class:`RunInterrupted`, else ``err``.
+
+    Lightning ends a run stopped by SIGTERM with ``SIGTERMException`` (a ``SystemExit`` of status
+    0) and one interrupted by a forced Ctrl+C with ``sys.exit(1)``.
+    """
+    handler = next((cb for cb in trainer.callbacks if isinstance(cb, GracefulInterrupt)), None)  # type: ignore[attr-defined]
+    signum = handler.signum if handler is not None else None
+    if signum is None and isinstance(err, SIGTERMException):
+        signum = signal.SIGTERM
+    if signum is None:
+        return err
+    return RunInterrupted(signum, subcommand, handler.last_checkpoint if handler is not None else None)
 
 
 def default_callbacks(enable_progress_bar: bool | None, configured: list) -> list[Callback]:
     """What every CLI run gets unless the config already has its own (or turns the bar off)."""
     class_paths = " ".join(str(getattr(c, "class_path", type(c).__name__)) for c in configured)
-    callbacks: list[Callback] = []
+    callbacks: list[Callback] = [GracefulInterrupt(), MonitoredMetricCheck()]
     if enable_progress_bar is not False and "ProgressBar" not in class_paths:
         callbacks.append(RichProgressBar())
     if "ConfusionMatrixLogger" not in class_paths:
@@ -214,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     show_traceback = "--traceback" in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--traceback"]
+    use_bounded_yaml()
     try:
         if argv and not argv[0].startswith("-") and argv[0] not in (*LIGHTNING_COMMANDS, *TASK_COMMANDS):
             known = ", ".join((*LIGHTNING_COMMANDS, *TASK_COMMANDS))
@@ -223,19 +268,34 @@ def main(argv: list[str] | None = None) -> None:
             run_typed_command(argv[0], TASK_COMMANDS[argv[0]], strip_option(argv[1:], IMPORTS_FLAG))
         else:
             lightning_main(argv)
+    except RunInterrupted as err:
+        print(f"interrupted: {err.message}", file=sys.stderr)
+        raise SystemExit(err.exit_status) from None
+    except KeyboardInterrupt:  # Ctrl+C outside a trainer's run (building it, preparing data)
+        print(f"interrupted: {argv[0] if argv else 'the command'} stopped by SIGINT", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
     except ArgumentError as err:  # an argument a command's parser rejected
         _exit_with_error(ConfigError(" ".join(str(err).split())), err, show_traceback)
     except Exception as err:
-        user_error = find_user_error(err)
+        user_error = find_user_error(err) or refused_value(err)
         if user_error is None:
             raise
         _exit_with_error(user_error, err, show_traceback)
 
 
+def one_line(message: str) -> str:
+    """A user error's message on one line, also when a DataLoader worker raised it: PyTorch then
+    re-raises it in this process with the worker's whole traceback as its message."""
+    if "Original Traceback" in message:
+        last = message.rstrip().splitlines()[-1]
+        message = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(message.split())
+
+
 def _exit_with_error(user_error: BaseException, raised: BaseException, show_traceback: bool) -> None:
     if show_traceback:
         raise raised
-    print(f"error: {user_error}", file=sys.stderr)
+    print(f"error: {one_line(str(user_error))}", file=sys.stderr)
     print(f"(run with --traceback or {TRACEBACK_ENV}=1 for the full traceback)", file=sys.stderr)
     raise SystemExit(2) from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -79,3 +80,64 @@ def as_config_error() -> Iterator[None]:
         raise
     except ValueError as err:
         raise ConfigError(str(err)) from err
+
+
+# Libraries whose refusal of a value (an optimizer's learning rate, a Trainer setting, a loss's
+# argument) is the user's input to fix, not a kd_lightning bug: the error is raised in their code.
+VALUE_CHECKING_LIBRARIES = ("torch", "lightning", "pytorch_lightning", "numpy", "jsonargparse", "torchmetrics")
+ALLOCATION_FAILURES = ("can't allocate memory", "not enough memory", "out of memory", "cannot allocate memory")
+
+
+def refused_value(err: BaseException) -> ConfigError | None:
+    """A library's refusal of a config value, anywhere in ``err``'s chain, as a :class:`ConfigError`.
+
+    Lightning's ``MisconfigurationException``; a ``ValueError`` raised inside torch, Lightning,
+    NumPy or jsonargparse (an optimizer's learning rate, a scheduler's step); a torch
+    ``RuntimeError`` that names a bound (``label_smoothing must be between 0.0 and 1.0``); and an
+    allocation that cannot succeed (an ``image_size`` whose batch would not fit in memory).
+    """
+    for current in _chain(err):
+        message = " ".join(str(current).split())
+        if type(current).__name__ == "MisconfigurationException":
+            return ConfigError(f"Lightning refused the configuration: {message} Change that setting in the config")
+        if isinstance(current, MemoryError) or (
+            isinstance(current, RuntimeError) and any(text in message.lower() for text in ALLOCATION_FAILURES)
+        ):
+            return ConfigError(
+                f"not enough memory for what the config asks ({_allocation(message)}); lower data.image_size, "
+                "batch_size or the model's width"
+            )
+        library = _raised_in(current)
+        if library is None:
+            continue
+        if isinstance(current, ValueError) or (isinstance(current, RuntimeError) and " must be " in message):
+            return ConfigError(f"{library} refused a value of the config: {message}; change it in the config")
+    return None
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack += [current.__cause__, current.__context__]
+
+
+def _raised_in(err: BaseException) -> str | None:
+    """The value-checking library whose code raised ``err`` (its innermost Python frame), if any."""
+    traceback = err.__traceback__
+    module = None
+    while traceback is not None:
+        module = traceback.tb_frame.f_globals.get("__name__", "")
+        traceback = traceback.tb_next
+    top = (module or "").split(".")[0]
+    return top if top in VALUE_CHECKING_LIBRARIES else None
+
+
+def _allocation(message: str) -> str:
+    requested = re.search(r"allocate (\d+) bytes", message)
+    return f"{int(requested.group(1)) / 2**30:,.1f} GiB requested" if requested else message

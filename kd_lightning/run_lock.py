@@ -11,6 +11,7 @@ live: the message says which file to delete once that run is known to be gone.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from pathlib import Path
@@ -21,7 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from kd_lightning.checkpointing import remove_temp_files
-from kd_lightning.errors import RunFolderBusyError
+from kd_lightning.errors import ConfigError, RunFolderBusyError
 
 LOCK_SUFFIX = ".kd_lightning.lock"
 
@@ -36,14 +37,21 @@ class RunFolderLock:
         RunFolderBusyError: a folder is locked by a live process (on entering).
     """
 
-    def __init__(self, folders: list[Path]) -> None:
+    def __init__(
+        self,
+        folders: list[Path],
+        create: bool = True,
+        elsewhere: str = "write this run elsewhere (trainer.default_root_dir / ModelCheckpoint dirpath)",
+    ) -> None:
         self.folders = [Path(f) for f in dict.fromkeys(str(Path(f).resolve()) for f in folders)]
+        self.create = create
+        self.elsewhere = elsewhere
         self._held: list[Path] = []
 
     def __enter__(self) -> RunFolderLock:
         try:
             for folder in self.folders:
-                self._held.append(acquire(folder))
+                self._held.append(acquire(folder, self.create, self.elsewhere))
                 remove_temp_files(folder)
         except BaseException:
             self.release()
@@ -62,21 +70,30 @@ class RunFolderLock:
         self._held = []
 
 
-def acquire(folder: Path) -> Path:
-    """Create the lock file of ``folder`` holding this process's pid; return its path."""
-    folder.mkdir(parents=True, exist_ok=True)
+def acquire(folder: Path, create: bool = True, elsewhere: str = "write this run elsewhere") -> Path:
+    """Create the lock file of ``folder`` holding this process's pid; return its path.
+
+    ``create`` makes the folder too (else only its parent must exist); ``elsewhere`` is the
+    alternative the message offers when the folder is busy.
+    """
     path = lock_path(folder)
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _unwritable(folder, path, err) from err
     for _ in range(2):  # the second try follows the removal of a stale lock
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+        except OSError as err:
+            if err.errno != errno.EEXIST:
+                raise _unwritable(folder, path, err) from err
             owner = read_owner(path)
             if owner is not None and _is_alive(owner):
                 pid, host = owner
                 raise RunFolderBusyError(
                     f"{folder} is being written by another run (pid {pid} on {host}, lock file {path}); wait for "
-                    "it to finish or write this run elsewhere (trainer.default_root_dir / ModelCheckpoint dirpath). "
-                    "Delete the lock file only if that run is gone."
+                    f"it to finish or {elsewhere}. Delete the lock file only if that run is gone."
                 ) from None
             path.unlink(missing_ok=True)
             rank_zero_info(f"removed a stale lock of a run that is no longer alive: {path} ({owner})")
@@ -86,6 +103,21 @@ def acquire(folder: Path) -> Path:
             f.write(f"{pid} {host}\n")
         return path
     raise RunFolderBusyError(f"{folder}: another run took the lock {path} at the same moment; try again")
+
+
+def _unwritable(folder: Path, path: Path, err: OSError) -> OSError:
+    if err.errno == errno.ENAMETOOLONG:
+        return ConfigError(
+            f"the folder name {folder.name!r} is too long for its file system once the lock file {path.name!r} is "
+            "named after it; choose a shorter run folder (trainer.default_root_dir / ModelCheckpoint dirpath)"
+        )
+    if err.errno in (errno.EEXIST, errno.ENOTDIR):
+        return ConfigError(f"the run folder {folder} is, or runs through, a file; choose another folder")
+    if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOSPC):
+        return ConfigError(
+            f"cannot write the lock file {path}: {os.strerror(err.errno or 0)}; write this run elsewhere"
+        )
+    return err
 
 
 def lock_path(folder: Path) -> Path:

@@ -19,6 +19,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
+from kd_lightning.data.integrity import check_encoded_image
 from kd_lightning.errors import InvalidDataError
 
 # ImageNet evaluation convention: resize the shorter side to size / 0.875 (256 for 224), centre-crop.
@@ -26,8 +27,10 @@ EVAL_CROP_FRACTION = 0.875
 
 
 def decode_bytes(data: bytes, channels: int) -> torch.Tensor:
-    """Encoded image → ``uint8`` ``[channels, H, W]`` (``channels`` is 1 or 3)."""
+    """Encoded image → ``uint8`` ``[channels, H, W]`` (``channels`` is 1 or 3), its structure checked first
+    (:func:`~kd_lightning.data.integrity.check_encoded_image`): damage is an error, not a crash in libpng."""
     try:
+        check_encoded_image(data)
         mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
     except (RuntimeError, ValueError) as err:

@@ -9,6 +9,7 @@ that do not fit in memory at the chosen size are not what this module is for.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -100,13 +101,39 @@ def _to_rgb_tensor(image: Image.Image, path: Path) -> torch.Tensor:
 
 
 def list_class_folders(root: Path) -> list[str]:
-    """Sorted class sub-folder names of ``root`` (hidden folders ignored)."""
+    """Sorted class sub-folder names of ``root`` (hidden folders ignored).
+
+    Raises:
+        InvalidDataError: a class folder is a link back into the tree (``loop -> .``), which would
+            become a class holding copies of other classes' images, or its name is not UTF-8
+            (it could not be written into a checkpoint, a log or a report).
+    """
     if not root.is_dir():
         raise DataError(f"image folder not found: {root.resolve()}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    for folder in folders:
+        _check_class_folder(root, folder)
+    classes = [p.name for p in folders]
     if len(classes) < 2:
         raise InvalidDataError(f"{root} needs at least two class sub-folders (root/<class>/<image>), found {classes}")
     return classes
+
+
+def _check_class_folder(root: Path, folder: Path) -> None:
+    try:
+        folder.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidDataError(
+            f"class folder {os.fsencode(folder)!r} has a name that is not UTF-8; rename it "
+            "(the name becomes a class name)"
+        ) from None
+    if folder.is_symlink():
+        target, top = folder.resolve(), root.resolve()
+        if target == top or target in top.parents or top in target.parents:
+            raise InvalidDataError(
+                f"class folder {folder} is a link to {target}, inside the image folder or above it: it would "
+                "become a class holding copies of other images; remove the link"
+            )
 
 
 def list_images(folder: Path) -> list[Path]:

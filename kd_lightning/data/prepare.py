@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
-import shutil
+import re
 from collections.abc import Callable
 from itertools import accumulate
 from pathlib import Path
@@ -28,6 +28,13 @@ from torchvision.io import encode_png
 from kd_lightning.data._litdata import StreamingDataset, optimize
 from kd_lightning.data.digits import DigitsDataModule
 from kd_lightning.data.image_folder import IMAGE_SUFFIXES, list_class_folders, list_images, read_rgb
+from kd_lightning.data.output_folder import (
+    check_free_space,
+    check_name_length,
+    check_not_overlapping,
+    check_replaceable,
+    staged_output,
+)
 from kd_lightning.data.torchvision_sets import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -37,6 +44,19 @@ from kd_lightning.data.torchvision_sets import (
 from kd_lightning.errors import ConfigError, DataError, InvalidDataError
 
 METADATA_FILE = "kd_lightning.json"
+# ``--chunk_bytes`` units, decimal as LitData counts them.
+BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+}
 SPLITS = ("train", "val", "test")
 EXIF_ORIENTATION = 0x0112
 
@@ -132,41 +152,60 @@ def prepare_dataset(
         data_dir: where the named data sets live.
         chunk_bytes: target size of one chunk file (LitData's unit of download and shuffling).
         num_workers: processes that read and write in parallel.
-        overwrite: replace an existing ``OUTPUT_DIR/SPLIT`` instead of refusing.
+        overwrite: replace an existing ``OUTPUT_DIR/SPLIT`` written by ``prepare`` instead of refusing
+            (only once the new one is complete; a folder ``prepare`` did not write is never replaced).
         verbose: show LitData's progress bar.
 
     Returns:
         The written folder ``OUTPUT_DIR/SPLIT``.
     """
     out = Path(output_dir) / split
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"{out} already exists; pass --overwrite true to replace it")
-        shutil.rmtree(out)
+    size = parse_chunk_bytes(chunk_bytes)
+    reads = Path(data_dir) if source in ARRAY_SETS else Path(source)
+    check_not_overlapping(out, reads, contains_only=source in ARRAY_SETS)
+    check_name_length(out)
+    check_replaceable(out, overwrite)
     inputs, item_fn, class_names, channels = _collect(source, split, data_dir)
     if not inputs:
         raise InvalidDataError(f"{source} has no images for split {split!r}")
+    check_free_space(out, _stored_size(inputs))
     if item_fn is _file_item:
         check_images([path for _, path, _ in inputs], num_workers)
-    optimize(
-        fn=item_fn,
-        inputs=inputs,
-        output_dir=str(out),
-        chunk_bytes=chunk_bytes,
-        num_workers=num_workers,
-        # Chunks keep the input order, so a sample's position in the data set is its ``index``.
-        reorder_files=False,
-        keep_data_ordered=True,
-        mode="overwrite",
-        # Spawned workers re-import torch (seconds each, per call); forked ones start at once.
-        start_method="fork",
-        verbose=verbose,
-    )
-    labels = [label for _, _, label in inputs]
-    _check_order(out, len(labels))
-    metadata = {"source": str(source), "class_names": class_names, "channels": channels, "labels": labels}
-    (out / METADATA_FILE).write_text(json.dumps(metadata))
+    with staged_output(out) as staging:
+        optimize(
+            fn=item_fn,
+            inputs=inputs,
+            output_dir=str(staging),
+            chunk_bytes=size,
+            num_workers=num_workers,
+            # Chunks keep the input order, so a sample's position in the data set is its ``index``.
+            reorder_files=False,
+            keep_data_ordered=True,
+            mode="overwrite",
+            # Spawned workers re-import torch (seconds each, per call); forked ones start at once.
+            start_method="fork",
+            verbose=verbose,
+        )
+        labels = [label for _, _, label in inputs]
+        _check_order(staging, len(labels))
+        metadata = {"source": str(source), "class_names": class_names, "channels": channels, "labels": labels}
+        (staging / METADATA_FILE).write_text(json.dumps(metadata))
     return out
+
+
+def parse_chunk_bytes(chunk_bytes: str) -> int:
+    """``64MB``, ``512KB``, ``1GB`` or a plain byte count, as bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", chunk_bytes)
+    unit = BYTE_UNITS.get(match.group(2).lower()) if match else None
+    size = int(float(match.group(1)) * unit) if match and unit else 0
+    if size <= 0:
+        raise ConfigError(f"--chunk_bytes {chunk_bytes!r} is not a size: write one like 64MB, 512KB or 1GB")
+    return size
+
+
+def _stored_size(inputs: list[tuple[int, Any, int]]) -> int:
+    """Bytes the chunks will take, about: the files' own sizes, or the raw pixels of array images (an upper bound)."""
+    return sum(Path(item).stat().st_size if isinstance(item, str) else item.numel() for _, item, _ in inputs)
 
 
 def _collect(source: str, split: str, data_dir: str) -> tuple[list[tuple[int, Any, int]], Callable, list[str], int]:
@@ -218,4 +257,13 @@ def read_metadata(split_dir: str, storage_options: dict[str, Any] | None = None)
         _get_fs_provider(split_dir, storage_options).download_file(remote, str(path))
     if not path.is_file():
         raise DataError(f"{path} not found: prepare the data set first (kd-lightning prepare SOURCE OUTPUT_DIR)")
-    return json.loads(path.read_text())
+    try:
+        metadata = json.loads(path.read_bytes())
+        if not isinstance(metadata, dict) or not {"class_names", "channels", "labels"} <= metadata.keys():
+            raise ValueError("class_names, channels or labels missing")
+    except ValueError as err:
+        raise InvalidDataError(
+            f"{path} is damaged or cut short ({err}); prepare the split again "
+            "(kd-lightning prepare ... --overwrite true)"
+        ) from err
+    return metadata

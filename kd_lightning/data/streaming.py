@@ -26,9 +26,10 @@ from kd_lightning.data._litdata import StreamingDataLoader, StreamingDataset
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.batch import Batch
 from kd_lightning.data.decoding import ImageDecoder
+from kd_lightning.data.integrity import PREPARE_AGAIN, check_chunk_files
 from kd_lightning.data.prepare import read_metadata
 from kd_lightning.data.sources import StreamedBatchSource
-from kd_lightning.errors import ConfigError, DataError
+from kd_lightning.errors import ConfigError, DataError, InvalidDataError
 
 
 class StreamedSplit:
@@ -82,18 +83,38 @@ class _DecodingStreamingDataset(StreamingDataset):
     seeds a fresh crop every epoch.
     """
 
-    def __init__(self, input_dir: str, decoder: ImageDecoder, num_views: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        input_dir: str,
+        decoder: ImageDecoder,
+        num_views: int | None = None,
+        chunk_files: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(input_dir, **kwargs)
         self.decoder = decoder
         self.num_views = num_views
         self.view: int | None = None
+        self.chunk_files = chunk_files or []
 
     def __getitem__(self, index: Any) -> Any:
-        item = super().__getitem__(index)
         view = self.view
         if view is None and self.num_views is not None:
             view = (self.current_epoch - 1) % self.num_views
-        return *self.decoder(item, self.current_epoch if view is None else view), view
+        try:
+            item = super().__getitem__(index)
+            return *self.decoder(item, self.current_epoch if view is None else view), view
+        except Exception as err:  # damaged bytes surface as any of several types, in LitData or the decoder
+            raise InvalidDataError(
+                f"{self._where(index)}: a stored sample cannot be read ({err}); {PREPARE_AGAIN}"
+            ) from err
+
+    def _where(self, index: Any) -> str:
+        """The chunk file that holds ``index`` where it is known, else the split's folder."""
+        chunk = getattr(index, "chunk_index", None)
+        if isinstance(chunk, int) and 0 <= chunk < len(self.chunk_files):
+            return f"chunk file {Path(self.input_dir.path or '') / self.chunk_files[chunk]}"
+        return f"the prepared split {self.input_dir.path or self.input_dir.url}"
 
 
 class _Collate:
@@ -162,6 +183,8 @@ class StreamingImageDataModule(ImageClassificationDataModule):
         self.channels = int(self.metadata["train"]["channels"])
         self.train_loader: StreamingDataLoader | None = None
         self._loader_state: dict[str, Any] | None = None
+        # Chunk file names of each local split, checked whole: named when a sample cannot be read.
+        self.chunk_files: dict[str, list[str]] = {}
 
     def _split_dir(self, split: str) -> str | None:
         if split not in self.metadata:
@@ -177,6 +200,8 @@ class StreamingImageDataModule(ImageClassificationDataModule):
         folder = self._split_dir(split)
         if folder is None:
             return None
+        if "://" not in folder:
+            self.chunk_files[folder] = check_chunk_files(Path(folder))
         return StreamedSplit(folder, torch.tensor(self.metadata[split]["labels"], dtype=torch.long))
 
     def load_split(self, split: str) -> StreamedSplit:  # type: ignore[override]
@@ -217,6 +242,7 @@ class StreamingImageDataModule(ImageClassificationDataModule):
             split.input_dir,
             decoder,
             num_views=num_views,
+            chunk_files=self.chunk_files.get(split.input_dir),
             shuffle=shuffle,
             # On one process every sample is seen once per epoch. Under DDP every rank must run the
             # same number of steps, so LitData drops the last partial global batch (LitData's
