@@ -138,3 +138,13 @@ def test_several_teachers_are_fingerprinted_each() -> None:
     fingerprint = module.teacher.fingerprint()
     assert [f["spec"]["kwargs"]["width"] for f in fingerprint["teachers"]] == [4, 6]
     assert fingerprint["teachers"][0]["sha256"] != fingerprint["teachers"][1]["sha256"]
+
+
+def test_a_checkpoint_without_the_teachers_verifies_each_of_them(teacher_specs) -> None:
+    module = DistillationModule(STUDENT, teacher_specs, num_classes=10)
+    student_state = {k: v for k, v in module.state_dict().items() if not k.startswith("teacher.")}
+    checkpoint = {"state_dict": student_state, "teacher": module.teacher.fingerprint()}
+    module.on_load_checkpoint(checkpoint)  # the same three teachers: accepted
+    checkpoint["teacher"]["teachers"][2]["sha256"] = "0" * 64
+    with pytest.raises(CheckpointError):
+        module.on_load_checkpoint(checkpoint)

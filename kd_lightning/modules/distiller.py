@@ -14,6 +14,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from kd_lightning.cache.teacher import TeacherCache, TeacherCacheConfig, teacher_cache_source
+from kd_lightning.cache.teacher.entry import Teacher
 from kd_lightning.callbacks.teacher_check import TeacherCheck
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.batch import Batch
@@ -119,9 +120,8 @@ class DistillationModule(SupervisedModule):
         # save_hyperparameters reads these locals: plain dicts keep checkpoints loadable with
         # weights_only=True and show up as fields, not object reprs, in loggers such as W&B.
         student = student_spec.to_dict()  # type: ignore[assignment]
-        teacher = (
-            [spec.to_dict() for spec in teacher_specs] if isinstance(teacher, list) else teacher_specs[0].to_dict()
-        )  # type: ignore[assignment]
+        teacher_dicts = [spec.to_dict() for spec in teacher_specs]
+        teacher = teacher_dicts if isinstance(teacher, list) else teacher_dicts[0]  # type: ignore[assignment]
         teacher_cache = None if cache_config is None else cache_config.to_dict()  # type: ignore[assignment]
         options = TeacherOptions.of(teacher_options)
         teacher_options = options.to_dict()  # type: ignore[assignment]
@@ -158,9 +158,14 @@ class DistillationModule(SupervisedModule):
                 cache_config,
                 num_classes,
                 self.logit_temperature() if cache_config.topk else HINTON_TEMPERATURE,
-                self.teacher,
+                self.cached_teacher(),
             )
         )
+
+    def cached_teacher(self) -> Teacher:
+        """The teacher as the cache sees it; an ensemble's members are digested one by one
+        (:func:`~kd_lightning.cache.teacher.entry.teacher_digest`), its networks moved together."""
+        return cast(Teacher, self.teacher)
 
     def logit_temperature(self) -> float:
         """The one temperature at which the logit terms (:class:`~kd_lightning.losses.LogitLoss`) soften
@@ -243,7 +248,7 @@ class DistillationModule(SupervisedModule):
                     f"the teacher cache of a streamed data set stores one teacher's logits, but ensemble {ensemble} "
                     "reads each teacher's: use ensemble mean_logits or drop teacher_cache"
                 )
-            source = teacher_cache_source(self.teacher_cache, self.trainer, self.teacher)
+            source = teacher_cache_source(self.teacher_cache, self.trainer, self.cached_teacher())
             if source is not None:
                 datamodule.use_source("train", source)
 
