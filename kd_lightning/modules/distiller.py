@@ -14,17 +14,28 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from kd_lightning.cache.teacher import TeacherCache, TeacherCacheConfig, teacher_cache_source
+from kd_lightning.cache.teacher.entry import Teacher
 from kd_lightning.callbacks.teacher_check import TeacherCheck
 from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.batch import Batch
 from kd_lightning.data.calibration import training_batches
 from kd_lightning.errors import ConfigError, as_config_error
 from kd_lightning.losses import DistillationLoss, LogitLoss, LossTerm, StepContext, as_term, create_loss
+from kd_lightning.losses.kd import KDLoss
 from kd_lightning.losses.term import CROSS_ENTROPY
 from kd_lightning.metrics import TeacherStudentKL
 from kd_lightning.models.feature_taps import FeatureTaps
 from kd_lightning.models.spec import ModelSpec, as_spec
 from kd_lightning.modules.base import SupervisedModule
+from kd_lightning.modules.ensemble import (
+    MEAN_LOGITS,
+    MEAN_LOSS,
+    SAMPLE_WEIGHTED,
+    TeacherEnsemble,
+    member_outputs,
+    sample_weights,
+    weighted_kd,
+)
 from kd_lightning.modules.teacher import FrozenTeacher, TeacherOptions
 from kd_lightning.outputs import ModelOutputs
 
@@ -56,7 +67,8 @@ class DistillationModule(SupervisedModule):
     Args:
         student: the network to train (registry name and optional weights).
         teacher: the trained network to learn from: a registry name with ``pretrained`` weights,
-            or ``weights_path`` to a kd_lightning Lightning checkpoint or a state-dict file.
+            or ``weights_path`` to a kd_lightning Lightning checkpoint or a state-dict file. A list of
+            them: several teachers, combined as ``teacher_options.ensemble`` says (logit terms only).
         num_classes: classes of the task; the teacher must have as many.
         temperature: softening temperature ``T`` of the KD term; 4 when not given. Only without
             ``losses`` (a KD term in ``losses`` takes its own ``kwargs: {temperature: T}``).
@@ -79,7 +91,7 @@ class DistillationModule(SupervisedModule):
     def __init__(
         self,
         student: ModelSpec,
-        teacher: ModelSpec,
+        teacher: ModelSpec | list[ModelSpec],
         num_classes: int,
         temperature: float | None = None,
         alpha: float | None = None,
@@ -102,11 +114,14 @@ class DistillationModule(SupervisedModule):
         else:
             _refuse_two_objectives(alpha, temperature)
             terms = [as_term(term) for term in losses]
-        student_spec, teacher_spec = as_spec(student), as_spec(teacher)
+        student_spec = as_spec(student)
+        teacher_specs = [as_spec(spec) for spec in teacher] if isinstance(teacher, list) else [as_spec(teacher)]
         cache_config = None if teacher_cache is None else TeacherCacheConfig.of(teacher_cache)
         # save_hyperparameters reads these locals: plain dicts keep checkpoints loadable with
         # weights_only=True and show up as fields, not object reprs, in loggers such as W&B.
-        student, teacher = student_spec.to_dict(), teacher_spec.to_dict()  # type: ignore[assignment]
+        student = student_spec.to_dict()  # type: ignore[assignment]
+        teacher_dicts = [spec.to_dict() for spec in teacher_specs]
+        teacher = teacher_dicts if isinstance(teacher, list) else teacher_dicts[0]  # type: ignore[assignment]
         teacher_cache = None if cache_config is None else cache_config.to_dict()  # type: ignore[assignment]
         options = TeacherOptions.of(teacher_options)
         teacher_options = options.to_dict()  # type: ignore[assignment]
@@ -114,7 +129,11 @@ class DistillationModule(SupervisedModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.teacher_options = options
         self.network = student_spec.build(num_classes)
-        self.teacher = FrozenTeacher(teacher_spec, num_classes)
+        self.teacher: FrozenTeacher | TeacherEnsemble = (
+            TeacherEnsemble(teacher_specs, num_classes, options.ensemble)
+            if len(teacher_specs) > 1
+            else FrozenTeacher(teacher_specs[0], num_classes)
+        )
         # Under DDP the frozen teacher is neither in the gradient sync (it has no trainable
         # parameters) nor in the per-step buffer broadcast: every rank builds the same one.
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
@@ -124,9 +143,12 @@ class DistillationModule(SupervisedModule):
         # ValueError here is the user's to fix, so it becomes a one-line ConfigError.
         with as_config_error():
             self.loss_terms, self.loss_weights = _build_terms(terms)
+            if isinstance(self.teacher, TeacherEnsemble):
+                _check_ensemble_terms(self.distillation_losses(), options.ensemble)
             self.student_taps = self._tap_features(input_shape)
-            for _, loss in self.distillation_losses():
-                loss.bind_teacher(self.teacher.network)
+            if isinstance(self.teacher, FrozenTeacher):
+                for _, loss in self.distillation_losses():
+                    loss.bind_teacher(self.teacher.network)
         self.val_teacher_metrics = _teacher_metrics(num_classes, "val/")
         self.test_teacher_metrics = _teacher_metrics(num_classes, "test/")
         self.teacher_cache = (
@@ -136,9 +158,14 @@ class DistillationModule(SupervisedModule):
                 cache_config,
                 num_classes,
                 self.logit_temperature() if cache_config.topk else HINTON_TEMPERATURE,
-                self.teacher,
+                self.cached_teacher(),
             )
         )
+
+    def cached_teacher(self) -> Teacher:
+        """The teacher as the cache sees it; an ensemble's members are digested one by one
+        (:func:`~kd_lightning.cache.teacher.entry.teacher_digest`), its networks moved together."""
+        return cast(Teacher, self.teacher)
 
     def logit_temperature(self) -> float:
         """The one temperature at which the logit terms (:class:`~kd_lightning.losses.LogitLoss`) soften
@@ -173,7 +200,7 @@ class DistillationModule(SupervisedModule):
             return None
         sample = torch.rand(2, *self._input_shape(input_shape))
         student_taps = FeatureTaps(self.network, student_layers, sample)
-        teacher_shapes = self.teacher.tap(teacher_layers, sample)
+        teacher_shapes = cast(FrozenTeacher, self.teacher).tap(teacher_layers, sample)
         for loss in losses:
             loss.build(student_taps.shapes, teacher_shapes)
         return student_taps
@@ -211,7 +238,17 @@ class DistillationModule(SupervisedModule):
             batches = training_batches(datamodule, self.teacher_options.recalibrate_bn, seed=0, device=device)
             self.teacher.recalibrate_batchnorm(batches)  # before the teacher cache stores its outputs
         if self.teacher_cache is not None:
-            source = teacher_cache_source(self.teacher_cache, self.trainer, self.teacher)
+            ensemble = self.teacher_options.ensemble
+            if (
+                isinstance(self.teacher, TeacherEnsemble)
+                and ensemble != MEAN_LOGITS
+                and datamodule.streams_training_set
+            ):
+                raise ConfigError(
+                    f"the teacher cache of a streamed data set stores one teacher's logits, but ensemble {ensemble} "
+                    "reads each teacher's: use ensemble mean_logits or drop teacher_cache"
+                )
+            source = teacher_cache_source(self.teacher_cache, self.trainer, self.cached_teacher())
             if source is not None:
                 datamodule.use_source("train", source)
 
@@ -219,12 +256,14 @@ class DistillationModule(SupervisedModule):
         """The base callbacks, and a :class:`TeacherCheck` at fit start unless the Trainer has one."""
         callbacks = super().configure_callbacks()
         present = self._trainer.callbacks if self._trainer is not None else []  # type: ignore[attr-defined]
-        if not any(isinstance(cb, TeacherCheck) for cb in present):
+        # The check reads one teacher's network and recorded scores.
+        if isinstance(self.teacher, FrozenTeacher) and not any(isinstance(cb, TeacherCheck) for cb in present):
             callbacks.append(TeacherCheck())
         return callbacks
 
     def networks_to_compile(self) -> list[nn.Module]:
-        return [self.network, self.teacher.network]
+        teachers = self.teacher.members() if isinstance(self.teacher, TeacherEnsemble) else [self.teacher]
+        return [self.network, *(teacher.network for teacher in teachers)]
 
     def student_outputs(self, x: torch.Tensor) -> ModelOutputs:
         if self.student_taps is None:
@@ -237,8 +276,17 @@ class DistillationModule(SupervisedModule):
         """Every weighted term by label (``ce`` plus each distillation loss), unweighted; every loss
         gets the same ``context`` and reads what it needs from it."""
         terms = {CROSS_ENTROPY: self.cross_entropy(student.logits, context.labels)}
-        for name, loss in self.loss_terms.items():
-            terms[name] = loss(student, teacher, context)
+        ensemble = self.teacher_options.ensemble if isinstance(self.teacher, TeacherEnsemble) else None
+        for name, loss in self.distillation_losses():
+            if ensemble == MEAN_LOSS:
+                members = member_outputs(teacher)
+                terms[name] = torch.stack([loss(student, t, context) for t in members]).mean()
+            elif ensemble in SAMPLE_WEIGHTED:
+                logits = torch.stack([t.logits for t in member_outputs(teacher)])
+                weights = sample_weights(ensemble, logits, context.labels)
+                terms[name] = weighted_kd(student.logits, logits, weights, cast(LogitLoss, loss).temperature)
+            else:
+                terms[name] = loss(student, teacher, context)
         return terms
 
     def distillation_losses(self) -> list[tuple[str, DistillationLoss]]:
@@ -320,6 +368,28 @@ def _refuse_two_objectives(alpha: float | None, temperature: float | None) -> No
             "objective: drop them and set each term's weight and temperature in losses, e.g. "
             "[{name: ce, weight: 0.1}, {name: kd, weight: 0.9, kwargs: {temperature: 4.0}}]"
         )
+
+
+def _check_ensemble_terms(losses: list[tuple[str, DistillationLoss]], ensemble: str) -> None:
+    """Several teachers serve logit terms only; ``ebkd``/``camkd`` weight the per-sample KD term and nothing else."""
+    unbound = DistillationLoss.bind_teacher
+    misfits = [
+        name
+        for name, loss in losses
+        if loss.teacher_layers or loss.student_layers or type(loss).bind_teacher is not unbound
+    ]
+    if misfits:
+        raise ValueError(
+            f"loss terms {misfits} read one teacher's layers or weights, but there are several teachers: "
+            "use logit terms (kd, dkd, dist, ...) or one teacher"
+        )
+    if ensemble in SAMPLE_WEIGHTED:
+        others = [name for name, loss in losses if not isinstance(loss, KDLoss) or loss.standardize]
+        if others:
+            raise ValueError(
+                f"ensemble {ensemble} weights each teacher's per-sample KD term, but terms {others} are not plain "
+                "kd: use ce and kd only, or ensemble mean_loss"
+            )
 
 
 def _build_terms(terms: list[LossTerm]) -> tuple[nn.ModuleDict, dict[str, float]]:

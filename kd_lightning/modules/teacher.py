@@ -33,10 +33,14 @@ class TeacherOptions:
         save_in_checkpoint: also store the teacher's weights in the student's checkpoints, so they resume
             and evaluate without the teacher's file. A recalibrated teacher is always stored: it is no
             longer what its spec rebuilds.
+        ensemble: how several teachers (``teacher`` a list of specs) teach: ``mean_logits`` (one teacher
+            of averaged logits), ``mean_loss`` (every term averaged over the teachers), ``ebkd`` or ``camkd``
+            (the KD term per sample, weighted per teacher: :mod:`kd_lightning.modules.ensemble`).
     """
 
     recalibrate_bn: int = 0
     save_in_checkpoint: bool = False
+    ensemble: str = "mean_logits"
 
     def __post_init__(self) -> None:
         if self.recalibrate_bn < 0:

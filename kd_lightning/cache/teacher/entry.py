@@ -95,7 +95,14 @@ class Teacher(Protocol):
 
 
 def teacher_digest(teacher: Teacher) -> str:
-    """What decides the teacher's outputs: its weights, its input resize and pooled layers, its taps."""
+    """What decides the teacher's outputs: its weights, its input resize and pooled layers, its taps.
+
+    Several teachers (:class:`~kd_lightning.modules.ensemble.TeacherEnsemble`): each member's digest and
+    the ensemble, which decides whether the entry holds each member's logits or only their mean.
+    """
+    members = getattr(teacher, "teachers", None)
+    if members is not None:
+        return cache_key(teachers=[teacher_digest(member) for member in members], ensemble=teacher.ensemble)  # type: ignore[attr-defined]
     network = teacher.network
     return cache_key(
         state=module_digest(network),
@@ -107,6 +114,11 @@ def teacher_digest(teacher: Teacher) -> str:
 
 def shared_backbone_network(teacher: Teacher) -> Classifier:
     """The teacher's classifier, refused when its outputs are more than its head over its backbone's features."""
+    if getattr(teacher, "teachers", None) is not None:
+        raise ConfigError(
+            "the teacher cache shares one teacher's backbone, but there are several teachers: "
+            "turn teacher_cache.share_backbone_features off"
+        )
     if teacher.taps is not None:
         raise ConfigError(
             "the teacher cache cannot share the backbone: the losses tap the teacher's layers "

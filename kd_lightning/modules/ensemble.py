@@ -1,0 +1,154 @@
+"""Several frozen teachers teaching one student, and how their signals are combined.
+
+``mean_logits`` averages the teachers' logits into one teacher; the others keep each teacher's logits
+(as ``ensemble.<k>`` entries of the outputs' features, so the teacher cache stores them like tapped
+layers) and combine per-teacher losses: ``mean_loss`` averages every term over the teachers, ``ebkd``
+and ``camkd`` weight each teacher's per-sample KD term, as the reference code of CA-MKD
+(Rorozhl/CA-MKD, ``helper/loops.py``) does for both methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kd_lightning.errors import ConfigError, KDLightningError
+from kd_lightning.losses._utils import autocast_off, full_precision
+from kd_lightning.models.spec import ModelSpec
+from kd_lightning.modules.teacher import FrozenTeacher
+from kd_lightning.outputs import ModelOutputs
+
+MEAN_LOGITS = "mean_logits"
+MEAN_LOSS = "mean_loss"
+EBKD = "ebkd"
+CAMKD = "camkd"
+ENSEMBLES = (MEAN_LOGITS, MEAN_LOSS, EBKD, CAMKD)
+# The ensembles that weight each teacher's per-sample KD term (so they need the KD term and only it).
+SAMPLE_WEIGHTED = (EBKD, CAMKD)
+MEMBER = "ensemble."  # feature-name prefix of one teacher's logits
+
+
+def check_ensemble(ensemble: str) -> None:
+    if ensemble not in ENSEMBLES:
+        raise ConfigError(f"teacher_options.ensemble must be one of {list(ENSEMBLES)}, got {ensemble!r}")
+
+
+class TeacherEnsemble(nn.Module):
+    """Frozen teachers called as one: the mean logits, and each teacher's logits unless ``ensemble`` averages them.
+
+    Each member is a :class:`FrozenTeacher` (frozen, hashed, recalibrated like a lone teacher).
+
+    Args:
+        specs: the teachers' networks and weights.
+        num_classes: classes of the task; a teacher with another head is refused, by name.
+        ensemble: one of :data:`ENSEMBLES`.
+    """
+
+    taps = None  # several teachers tap no layers: feature losses pair one teacher's layers
+
+    def __init__(self, specs: Sequence[ModelSpec], num_classes: int, ensemble: str) -> None:
+        super().__init__()
+        check_ensemble(ensemble)
+        members = []
+        for k, spec in enumerate(specs):
+            try:
+                members.append(FrozenTeacher(spec, num_classes))
+            except KDLightningError as error:
+                raise type(error)(f"teacher {k} ({spec.name!r}): {error}") from error
+        self.teachers = nn.ModuleList(members)
+        self.ensemble = ensemble
+
+    @property
+    def network(self) -> nn.ModuleList:
+        """The members' networks, moved to a device together (the teacher cache's use)."""
+        return nn.ModuleList(self.members())
+
+    def members(self) -> list[FrozenTeacher]:
+        return list(self.teachers)  # type: ignore[arg-type]  # a ModuleList of them
+
+    @property
+    def recorded_scores(self) -> dict[str, float]:
+        return {}
+
+    def train(self, mode: bool = True) -> TeacherEnsemble:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> ModelOutputs:
+        logits = [teacher(x).logits for teacher in self.members()]
+        mean = torch.stack(logits).mean(0)
+        if self.ensemble == MEAN_LOGITS:
+            return ModelOutputs(mean)
+        return ModelOutputs(mean, {f"{MEMBER}{k}": t for k, t in enumerate(logits)})
+
+    def state_names(self, prefix: str) -> list[str]:
+        return [prefix + name for name in self.state_dict()]
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"teachers": [teacher.fingerprint() for teacher in self.members()]}
+
+    def verify(self, fingerprint: dict[str, Any]) -> None:
+        for teacher, recorded in zip(self.members(), fingerprint["teachers"], strict=True):
+            teacher.verify(recorded)
+
+    def recalibrate_batchnorm(self, batches: Iterable[torch.Tensor]) -> int:
+        """Recompute every member's BatchNorm statistics over the same training ``batches``."""
+        batches = list(batches)
+        return min(teacher.recalibrate_batchnorm(batches) for teacher in self.members())
+
+    def rehash(self) -> None:
+        for teacher in self.members():
+            teacher.rehash()
+
+
+def member_outputs(teacher: ModelOutputs) -> list[ModelOutputs]:
+    """Each teacher's outputs, from what :class:`TeacherEnsemble` (or its cache entry) gives."""
+    names = sorted((n for n in teacher.features if n.startswith(MEMBER)), key=lambda n: int(n.removeprefix(MEMBER)))
+    return [ModelOutputs(teacher.features[name]) for name in names]
+
+
+def ebkd_weights(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """``[K, B]`` entropy-based weights (Kwon et al., 2020): ``1 − H_k / Σ_j H_j`` per sample, at temperature 1.
+
+    A confident (low-entropy) teacher weighs more; the weights sum to ``K − 1`` per sample.
+    """
+    p = teacher_logits.softmax(-1)
+    entropy = -(p * p.log()).sum(-1)
+    return 1.0 - entropy / entropy.sum(0, keepdim=True)
+
+
+def camkd_weights(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[K, B]`` confidence-aware weights (CA-MKD, Zhang et al., 2022): ``(1 − softmax_k(CE_k)) / (K − 1)``.
+
+    ``CE_k`` is teacher ``k``'s cross-entropy with the label, so a teacher that predicts the label
+    better weighs more; the weights sum to 1 per sample.
+    """
+    num_teachers = teacher_logits.shape[0]
+    ce = torch.stack([F.cross_entropy(t, labels, reduction="none") for t in teacher_logits])
+    return (1.0 - ce.softmax(0)) / (num_teachers - 1)
+
+
+def weighted_kd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, weights: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """``Σ_k Σ_b w_kb · T² · KL(p_kb ‖ q_b) / (B · K)``: per-sample KD weighted per teacher.
+
+    The division by ``K`` besides ``B`` is the reference code's (both EBKD and CA-MKD there).
+    """
+    num_teachers, batch = teacher_logits.shape[:2]
+    with autocast_off(student_logits):
+        s, t = full_precision(student_logits), full_precision(teacher_logits)
+        log_q = F.log_softmax(s / temperature, dim=-1)
+        log_p = F.log_softmax(t / temperature, dim=-1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1) * temperature**2
+    return (weights.to(kl.dtype) * kl).sum() / (batch * num_teachers)
+
+
+def sample_weights(ensemble: str, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The ``[K, B]`` weights of a :data:`SAMPLE_WEIGHTED` ensemble."""
+    t = full_precision(teacher_logits)
+    return ebkd_weights(t) if ensemble == EBKD else camkd_weights(t, labels)
