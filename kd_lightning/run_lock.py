@@ -105,7 +105,7 @@ def acquire(folder: Path, create: bool = True, elsewhere: str = "write this run 
     raise RunFolderBusyError(f"{folder}: another run took the lock {path} at the same moment; try again")
 
 
-def _unwritable(folder: Path, path: Path, err: OSError) -> OSError:
+def _unwritable(folder: Path, path: Path, err: OSError) -> OSError | ConfigError:
     if err.errno == errno.ENAMETOOLONG:
         return ConfigError(
             f"the folder name {folder.name!r} is too long for its file system once the lock file {path.name!r} is "

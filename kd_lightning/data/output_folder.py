@@ -127,7 +127,7 @@ def _replace(out: Path, staging: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _as_config_error(err: OSError, out: Path) -> OSError:
+def _as_config_error(err: OSError, out: Path) -> OSError | ConfigError:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return ConfigError(
             f"the file system of {out} is full ({os.strerror(err.errno)}); nothing was kept: free some space or "
