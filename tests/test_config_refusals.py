@@ -23,7 +23,7 @@ def _config(run: Path) -> dict:
     trainer["callbacks"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoint}]
     model = {
         "class_path": "kd_lightning.modules.FrozenBackboneFinetuner",
-        "init_args": {"backbone": {"name": "small_cnn", "kwargs": {"width": 4}}, "strategy": "full"},
+        "init_args": {"network": {"name": "small_cnn", "kwargs": {"width": 4}}, "strategy": "full"},
     }
     data = {"class_path": "kd_lightning.data.DigitsDataModule", "init_args": {"batch_size": 64}}
     return {"trainer": trainer, "model": model, "data": data}

@@ -51,7 +51,7 @@ def _config(data_dir: Path, tmp_path: Path, num_workers: int = 0) -> Path:
         "trainer": {"logger": False, "enable_progress_bar": False, "default_root_dir": str(tmp_path / "run")},
         "model": {
             "class_path": "kd_lightning.modules.FrozenBackboneFinetuner",
-            "init_args": {"backbone": {"name": "resnet8", "kwargs": {}}, "strategy": "full"},
+            "init_args": {"network": {"name": "resnet8", "kwargs": {}}, "strategy": "full"},
         },
         "data": {
             "class_path": "kd_lightning.data.StreamingImageDataModule",

@@ -40,7 +40,7 @@ def _fit_config(tmp_path: Path, train_dir: Path, run: Path | None = None) -> Pat
         },
         "model": {
             "class_path": "kd_lightning.modules.FrozenBackboneFinetuner",
-            "init_args": {"backbone": {"name": "small_cnn", "kwargs": {"width": 4, "in_chans": 3}}},
+            "init_args": {"network": {"name": "small_cnn", "kwargs": {"width": 4, "in_chans": 3}}},
         },
         "data": {
             "class_path": "kd_lightning.data.ImageFolderDataModule",

@@ -38,7 +38,7 @@ def _config(root: Path, signal_at: dict | None = None, max_epochs: int = 2, save
         },
         "model": {
             "class_path": "kd_lightning.modules.FrozenBackboneFinetuner",
-            "init_args": {"backbone": {"name": "small_cnn", "kwargs": {"width": 4}}, "strategy": "full"},
+            "init_args": {"network": {"name": "small_cnn", "kwargs": {"width": 4}}, "strategy": "full"},
         },
         "data": {"class_path": "kd_lightning.data.DigitsDataModule", "init_args": {"batch_size": 64}},
     }
