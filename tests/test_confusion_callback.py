@@ -8,6 +8,8 @@ from lightning.pytorch.callbacks import RichProgressBar
 
 from kd_lightning.callbacks import ConfusionMatrixLogger
 from kd_lightning.callbacks.confusion import confusion_matrix, per_class_table
+from kd_lightning.callbacks.interrupt import GracefulInterrupt
+from kd_lightning.callbacks.run_checks import MonitoredMetricCheck
 from kd_lightning.cli import default_callbacks
 from kd_lightning.data import DigitsDataModule
 from kd_lightning.models import ModelSpec
@@ -71,9 +73,10 @@ def test_finetuner_table_has_no_teacher_column(tmp_path):
 
 
 def test_cli_defaults_rich_progress_bar_and_confusion_matrix():
-    kinds = [type(c) for c in default_callbacks(None, [])]
-    assert kinds == [RichProgressBar, ConfusionMatrixLogger]
-    assert [type(c) for c in default_callbacks(False, [])] == [ConfusionMatrixLogger]
+    # The run guards (signals as outcomes, monitored metrics that will be logged) come first in every run.
+    guards = [GracefulInterrupt, MonitoredMetricCheck]
+    assert [type(c) for c in default_callbacks(None, [])] == [*guards, RichProgressBar, ConfusionMatrixLogger]
+    assert [type(c) for c in default_callbacks(False, [])] == [*guards, ConfusionMatrixLogger]
     # A config's own progress bar and confusion-matrix callback win (parsed configs hold class paths).
     configured = [
         Namespace(class_path="lightning.pytorch.callbacks.TQDMProgressBar"),
