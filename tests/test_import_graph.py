@@ -15,16 +15,23 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kd_lightning"
 # Floors, lowest first: a module imports from its own floor or lower ones, never from a higher one.
 # A module is placed by its longest matching prefix.
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("kd_lightning.errors", "kd_lightning.outputs", "kd_lightning._distributed", "kd_lightning.safe_load"),
+    (
+        "kd_lightning.errors",
+        "kd_lightning.outputs",
+        "kd_lightning._distributed",
+        "kd_lightning.safe_load",
+        # Atomic checkpoint files and the run-folder lock: plain file handling that prepare and fit share.
+        "kd_lightning.checkpointing",
+        "kd_lightning.run_lock",
+    ),
     ("kd_lightning.text",),  # token-id inputs and tokenizers: what text models and data both read
     ("kd_lightning.data", "kd_lightning.models", "kd_lightning.losses", "kd_lightning.metrics"),
-    ("kd_lightning.checkpointing", "kd_lightning.cache", "kd_lightning.callbacks"),
+    ("kd_lightning.cache", "kd_lightning.callbacks"),
     ("kd_lightning.modules",),
     (
         "kd_lightning.loading",
         "kd_lightning.report",
         "kd_lightning.export",
-        "kd_lightning.run_lock",
         "kd_lightning.user_imports",
         "kd_lightning.quickstart",
     ),
