@@ -44,7 +44,7 @@ def _cifar100(root: Path) -> Path:
     for name, count in (("train", 200), ("test", 100)):
         batch = {
             "data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
-            "fine_labels": list(np.arange(count) % 100),
+            "fine_labels": [int(i) for i in np.arange(count) % 100],
         }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)]}, protocol=2))
