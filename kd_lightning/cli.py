@@ -37,7 +37,7 @@ from kd_lightning.checkpointing import (
 )
 from kd_lightning.config_yaml import use_bounded_yaml
 from kd_lightning.data import ImageClassificationDataModule
-from kd_lightning.errors import ConfigError, KDLightningError, refused_value
+from kd_lightning.errors import ConfigError, KDLightningError, exception_chain, refused_value
 from kd_lightning.modules import SupervisedModule
 from kd_lightning.run_lock import RunFolderLock, checkpoint_folders
 from kd_lightning.typed_commands import run_typed_command, space_separated_lists, strip_option
@@ -238,17 +238,7 @@ def find_user_error(err: BaseException) -> KDLightningError | None:
     jsonargparse re-raises errors of class instantiation as its own ``ValueError`` chained to
     the original, so the chain is searched rather than the outermost type alone.
     """
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [err]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, KDLightningError):
-            return current
-        stack += [current.__cause__, current.__context__]
-    return None
+    return next((e for e in exception_chain(err) if isinstance(e, KDLightningError)), None)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -96,7 +96,7 @@ def refused_value(err: BaseException) -> ConfigError | None:
     ``RuntimeError`` that names a bound (``label_smoothing must be between 0.0 and 1.0``); and an
     allocation that cannot succeed (an ``image_size`` whose batch would not fit in memory).
     """
-    for current in _chain(err):
+    for current in exception_chain(err):
         message = " ".join(str(current).split())
         if type(current).__name__ == "MisconfigurationException":
             return ConfigError(f"Lightning refused the configuration: {message} Change that setting in the config")
@@ -115,7 +115,7 @@ def refused_value(err: BaseException) -> ConfigError | None:
     return None
 
 
-def _chain(err: BaseException) -> Iterator[BaseException]:
+def exception_chain(err: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
     stack: list[BaseException | None] = [err]
     while stack:
