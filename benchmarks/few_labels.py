@@ -78,6 +78,8 @@ SECTION_END = "<!-- few_labels: end -->"
 REGIMES = {"k100": 100, "k10": 10}
 SEEDS = {"k100": tuple(range(5)), "k10": tuple(range(10))}
 MODELS = ("teacher", "scratch", "pseudo_label", "fixmatch", "distilled")
+# The students that learn from their seed's teacher (soft targets, or its hard labels: the `pseudo_label` loss).
+TEACHER_TAUGHT = ("pseudo_label", "distilled")
 STUDENT_CONFIGS = {
     "scratch": "student_scratch.yaml",
     "pseudo_label": "student_pseudo_label.yaml",
@@ -302,23 +304,6 @@ def index_digest(index: torch.Tensor) -> str:
     return hashlib.blake2b(index.sort().values.numpy().tobytes(), digest_size=8).hexdigest()
 
 
-def pseudo_labelled(labels: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every training image labelled: its own label where it is in the budget, the teacher's argmax elsewhere;
-    and the teacher's confidence (max softmax probability) of each image. Reads no label outside the budget."""
-    confidence, argmax = teacher_logits.softmax(dim=1).max(dim=1)
-    return torch.where(labels == IGNORE_LABEL, argmax, labels), confidence
-
-
-def teacher_logits(regime: str, seed: int, setting: Setting, data: ImageClassificationDataModule) -> torch.Tensor:
-    """The saved teacher of ``regime`` and ``seed`` over the cached features of the training images."""
-    assert data.train_set is not None
-    network = build_teacher(setting)
-    network.load_state_dict(torch.load(setting.teacher_weights(regime, seed), map_location="cpu", weights_only=True))
-    features = backbone_features(setting, network, data.train_set.images, "train")
-    with torch.no_grad():
-        return network.head(features)
-
-
 def student_schedule(model: str, data: ImageClassificationDataModule, setting: Setting) -> tuple[str, ...]:
     """Epochs (and cosine length) of a student: the distilled student's optimizer steps, or the first epoch count
     that reaches them at scratch's batch on the labelled images alone."""
@@ -351,7 +336,7 @@ def cli_args(
     ]
     if setting.smoke:
         args += SMOKE_DATA
-    if model == "distilled":
+    if model in TEACHER_TAUGHT:
         teacher = teacher_spec(setting) | {"weights_path": str(setting.teacher_weights(regime, seed))}
         args += ["--model.init_args.teacher", json.dumps(teacher)]
         args += ["--model.init_args.teacher_cache.directory", str(setting.cache_dir / "teacher")]
@@ -371,28 +356,19 @@ def cli_args(
 
 
 def student_cli(regime: str, model: str, seed: int, setting: Setting):
-    """The Lightning CLI objects of one student run, its DataModule set up and (pseudo_label) relabelled."""
+    """The Lightning CLI objects of one student run, its DataModule set up."""
     data = data_module(regime, seed, setting)
     cli = lightning_main(cli_args(regime, model, seed, setting, student_schedule(model, data, setting)), run=False)
     cli.datamodule.setup("fit")
-    extra: dict = {}
-    if model == "pseudo_label":
-        labels, confidence = pseudo_labelled(
-            cli.datamodule.train_set.labels, teacher_logits(regime, seed, setting, cli.datamodule)
-        )
-        cli.datamodule.train_set = cli.datamodule.train_set.with_labels(labels)
-        # Every image now carries a label (its own or the teacher's): plain supervised training.
-        cli.datamodule.unlabeled = None
-        extra["pseudo_label_mean_confidence"] = round(confidence.mean().item(), 4)
-    return cli, extra
+    return cli
 
 
 def fit_student(regime: str, model: str, seed: int, setting: Setting) -> dict:
     """Train one student for its fixed schedule and test its last step on every test image."""
-    if model in ("pseudo_label", "distilled") and not setting.teacher_weights(regime, seed).exists():
+    if model in TEACHER_TAUGHT and not setting.teacher_weights(regime, seed).exists():
         raise FileNotFoundError(f"{regime}/{model} seed {seed} needs its teacher: run --models teacher first")
     start = time.time()
-    cli, extra = student_cli(regime, model, seed, setting)
+    cli = student_cli(regime, model, seed, setting)
     labelled = labelled_positions(data_module(regime, seed, setting))
     cli.trainer.fit(cli.model, cli.datamodule)
     fit_s = time.time() - start
@@ -408,7 +384,6 @@ def fit_student(regime: str, model: str, seed: int, setting: Setting) -> dict:
         input_size=data.image_size or data.test_set.images.shape[-1],
         steps=int(cli.trainer.global_step),
         fit_s=round(fit_s, 1),
-        **extra,
     )
 
 

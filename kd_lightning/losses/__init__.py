@@ -21,6 +21,7 @@ from kd_lightning.losses.nkd import NKDLoss, nkd_loss
 from kd_lightning.losses.nst import NSTLoss, nst_loss
 from kd_lightning.losses.ofd import OFDLoss, ofd_loss, ofd_margins
 from kd_lightning.losses.pkt import PKTLoss, pkt_loss
+from kd_lightning.losses.pseudo_label import PseudoLabelLoss, pseudo_label_loss, pseudo_label_targets
 from kd_lightning.losses.reviewkd import ReviewKDLoss, hcl_loss
 from kd_lightning.losses.rkd import RKDLoss, rkd_angle_loss, rkd_distance_loss, rkd_loss
 from kd_lightning.losses.similarity import SimilarityPreservingLoss, sp_loss
@@ -51,6 +52,7 @@ __all__ = [
     "NSTLoss",
     "OFDLoss",
     "PKTLoss",
+    "PseudoLabelLoss",
     "RKDLoss",
     "ReviewKDLoss",
     "SimilarityPreservingLoss",
@@ -87,6 +89,8 @@ __all__ = [
     "ofd_loss",
     "ofd_margins",
     "pkt_loss",
+    "pseudo_label_loss",
+    "pseudo_label_targets",
     "register_loss",
     "reverse_gradient",
     "rkd_angle_loss",
