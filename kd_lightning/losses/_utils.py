@@ -51,3 +51,13 @@ def check_logit_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor)
             f"student logits {tuple(student_logits.shape)} and teacher logits "
             f"{tuple(teacher_logits.shape)} differ; teacher and student need the same classes"
         )
+
+
+def comparable_logits(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, standardize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student and teacher logits as every logit loss compares them: checked for one label set, in at least
+    float32 and, with ``standardize``, z-scored per sample. Call it inside :func:`autocast_off`."""
+    check_logit_pair(student_logits, teacher_logits)
+    s, t = full_precision(student_logits), full_precision(teacher_logits)
+    return (standardize_logits(s), standardize_logits(t)) if standardize else (s, t)

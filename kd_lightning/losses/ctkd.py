@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_lightning.losses._registry import register_loss
-from kd_lightning.losses._utils import autocast_off, check_logit_pair, full_precision, standardize_logits
+from kd_lightning.losses._utils import autocast_off, comparable_logits, full_precision
 from kd_lightning.losses.base import DistillationLoss
 from kd_lightning.losses.context import StepContext
 from kd_lightning.outputs import ModelOutputs
@@ -28,11 +28,8 @@ def kd_loss_at(
         temperature: a one-element tensor ``T > 0``.
         standardize: z-score each sample's logits first (logit standardisation).
     """
-    check_logit_pair(student_logits, teacher_logits)
     with autocast_off(student_logits):
-        s, t = full_precision(student_logits), full_precision(teacher_logits)
-        if standardize:
-            s, t = standardize_logits(s), standardize_logits(t)
+        s, t = comparable_logits(student_logits, teacher_logits, standardize)
         temperature = full_precision(temperature).reshape(())
         log_p_student = F.log_softmax(s / temperature, dim=-1)
         log_p_teacher = F.log_softmax(t / temperature, dim=-1)

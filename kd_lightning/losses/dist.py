@@ -5,13 +5,7 @@ from __future__ import annotations
 import torch
 
 from kd_lightning.losses._registry import register_loss
-from kd_lightning.losses._utils import (
-    autocast_off,
-    check_logit_pair,
-    check_temperature,
-    full_precision,
-    standardize_logits,
-)
+from kd_lightning.losses._utils import autocast_off, check_temperature, comparable_logits
 from kd_lightning.losses.base import LogitLoss
 from kd_lightning.losses.context import StepContext
 from kd_lightning.outputs import ModelOutputs
@@ -52,11 +46,8 @@ def dist_loss(
         standardize: z-score each sample's logits first (logit standardisation, Sun et al., CVPR 2024).
     """
     check_temperature(temperature)
-    check_logit_pair(student_logits, teacher_logits)
     with autocast_off(student_logits):
-        s, t = full_precision(student_logits), full_precision(teacher_logits)
-        if standardize:
-            s, t = standardize_logits(s), standardize_logits(t)
+        s, t = comparable_logits(student_logits, teacher_logits, standardize)
         p_s = (s / temperature).softmax(dim=1)
         p_t = (t / temperature).softmax(dim=1)
         inter = pearson_distance(p_s, p_t)

@@ -6,13 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from kd_lightning.losses._registry import register_loss
-from kd_lightning.losses._utils import (
-    autocast_off,
-    check_logit_pair,
-    check_temperature,
-    full_precision,
-    standardize_logits,
-)
+from kd_lightning.losses._utils import autocast_off, check_temperature, comparable_logits
 from kd_lightning.losses.base import LogitLoss
 from kd_lightning.losses.context import StepContext
 from kd_lightning.outputs import ModelOutputs
@@ -50,11 +44,8 @@ def dkd_loss(
         standardize: z-score each sample's logits first (DKD+LS, Sun et al., CVPR 2024).
     """
     check_temperature(temperature)
-    check_logit_pair(student_logits, teacher_logits)
     with autocast_off(student_logits):
-        s, t = full_precision(student_logits), full_precision(teacher_logits)
-        if standardize:
-            s, t = standardize_logits(s), standardize_logits(t)
+        s, t = comparable_logits(student_logits, teacher_logits, standardize)
         s, t = s / temperature, t / temperature
         is_target = F.one_hot(target, s.shape[-1]).bool()
         tckd = _kl(_binary_log_probs(s, is_target), _binary_log_probs(t, is_target))

@@ -6,13 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from kd_lightning.losses._registry import register_loss
-from kd_lightning.losses._utils import (
-    autocast_off,
-    check_logit_pair,
-    check_temperature,
-    full_precision,
-    standardize_logits,
-)
+from kd_lightning.losses._utils import autocast_off, check_temperature, comparable_logits
 from kd_lightning.losses.base import LogitLoss
 from kd_lightning.losses.context import StepContext
 from kd_lightning.outputs import ModelOutputs
@@ -34,11 +28,8 @@ def kd_loss(
         standardize: z-score each sample's logits first (KD+LS, Sun et al., CVPR 2024), keeping ``T²``.
     """
     check_temperature(temperature)
-    check_logit_pair(student_logits, teacher_logits)
     with autocast_off(student_logits):
-        s, t = full_precision(student_logits), full_precision(teacher_logits)
-        if standardize:
-            s, t = standardize_logits(s), standardize_logits(t)
+        s, t = comparable_logits(student_logits, teacher_logits, standardize)
         log_p_student = F.log_softmax(s / temperature, dim=-1)
         log_p_teacher = F.log_softmax(t / temperature, dim=-1)
         kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)

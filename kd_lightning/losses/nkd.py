@@ -8,13 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from kd_lightning.losses._registry import register_loss
-from kd_lightning.losses._utils import (
-    autocast_off,
-    check_logit_pair,
-    check_temperature,
-    full_precision,
-    standardize_logits,
-)
+from kd_lightning.losses._utils import autocast_off, check_temperature, comparable_logits
 from kd_lightning.losses.base import LogitLoss
 from kd_lightning.losses.context import StepContext
 from kd_lightning.outputs import ModelOutputs
@@ -52,11 +46,8 @@ def nkd_loss(
         standardize: z-score each sample's logits first (logit standardisation).
     """
     check_temperature(temperature)
-    check_logit_pair(student_logits, teacher_logits)
     with autocast_off(student_logits):
-        s, t = full_precision(student_logits), full_precision(teacher_logits)
-        if standardize:
-            s, t = standardize_logits(s), standardize_logits(t)
+        s, t = comparable_logits(student_logits, teacher_logits, standardize)
         index = target.view(-1, 1)
         log_s_target = F.log_softmax(s, dim=1).gather(1, index)
         t_target = F.softmax(t, dim=1).gather(1, index)
