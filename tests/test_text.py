@@ -285,6 +285,7 @@ def test_input_descriptions_build_the_probe_batch() -> None:
         InputConfig().probe_batch()
     ids = torch.tensor([[2, 5, 0], [2, 0, 0]])
     assert TextInputConfig().token_mask(ids).tolist() == [[1, 1, 0], [1, 0, 0]]
+    assert TextInputConfig(max_length=2).token_mask(ids).tolist() == [[1, 1], [1, 0]]  # as the model reads them
     assert InputConfig().token_mask(ids) is None
 
 

@@ -52,8 +52,11 @@ class TextInputConfig:
         return ids.masked_fill(ids == self.pad_id, (self.pad_id + 1) % self.vocab_size)
 
     def token_mask(self, inputs: torch.Tensor) -> torch.Tensor | None:
-        """``[B, L]`` 1 at the real tokens of ``inputs``, 0 at padding (what losses over tokens average over)."""
-        return attention_mask(inputs, self.pad_id)
+        """``[B, L]`` 1 at the real tokens of ``inputs``, 0 at padding (what losses over tokens average over).
+
+        Cut to ``max_length`` as :class:`TokenIds` cuts the ids, so it lines up with the model's per-token states.
+        """
+        return attention_mask(inputs[:, : self.max_length], self.pad_id)
 
 
 # What a registered text backbone declares before it is built (the build reads the tokenizer's real values).
