@@ -5,22 +5,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
 from kd_lightning.cache.teacher import TeacherCacheConfig
+from kd_lightning.cache.teacher.in_memory import TeacherPass
 from kd_lightning.data import TextClassificationDataModule
 from kd_lightning.data.batch import IGNORE_LABEL, Batch
 from kd_lightning.data.text_dataset import TokenizedTextDataset
 from kd_lightning.errors import ConfigError
-from kd_lightning.models import ModelSpec, create_model, list_backbones
+from kd_lightning.losses import StepContext
+from kd_lightning.models import InputConfig, ModelSpec, create_model, list_backbones
 from kd_lightning.models._registry import get_backbone_entry
 from kd_lightning.models.text_classifier import TextClassifier
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
+from kd_lightning.outputs import ModelOutputs
 from kd_lightning.text import TextInputConfig
+from kd_lightning.text.inputs import PROBE_LENGTH
 from tests._extras import require_extra
 from tests._text_helpers import SPECIALS, WORDS, toy_rows, write_rows, write_tiny_bert, write_tokenizer
-from tests.conftest import make_trainer
+from tests.conftest import count_calls, make_trainer
 
 require_extra("text")
 
@@ -198,29 +203,108 @@ def test_distiller_step_on_text_trains_the_student_and_not_the_teacher(
     assert trainer.callback_metrics["train/kd"].item() > 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the teacher cache serves TensorImageDataset or streamed images only: TeacherCache.source sends any other "
-    "train_set to the streamed path, which refuses it; text needs an in-memory entry keyed on the token ids",
-)
-def test_teacher_cache_on_text(toy_data: TextClassificationDataModule, bert_dir: Path, tmp_path: Path) -> None:
+class LiveTeacherCheck(L.Callback):
+    """Before every cached step: the live teacher's KD loss on the batch, beside the cached one."""
+
+    def __init__(self) -> None:
+        self.losses: list[tuple[float, float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        assert batch.teacher is not None, "a cached batch carries the teacher's outputs"
+        # The texts are the training set's own, at their dataset indices, padded per batch.
+        assert torch.equal(batch.tokens.cpu(), trainer.datamodule.train_set.pad(batch.indices.cpu()))
+        pl_module.eval()  # no dropout, so the two losses see one student output
+        student = pl_module.student_outputs(batch.tokens)
+        live = ModelOutputs(pl_module.teacher.network(batch.tokens))
+        context = StepContext(batch.labels)
+        cached = pl_module.loss_components(student, batch.teacher, context)["kd"]
+        self.losses.append((cached.item(), pl_module.loss_components(student, live, context)["kd"].item()))
+        pl_module.train()
+
+
+def test_teacher_cache_on_text_runs_the_teacher_once_and_gives_the_live_loss(
+    toy_data: TextClassificationDataModule, bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     teacher = ModelSpec(f"hf/{bert_dir}", pretrained=True)
     torch.save(teacher.build(2).state_dict(), tmp_path / "teacher.pt")
     teacher.weights_path = str(tmp_path / "teacher.pt")
     student = ModelSpec("bilstm", kwargs={"tokenizer": str(bert_dir), "embed_dim": 8, "hidden": 8})
     module = DistillationModule(student, teacher, num_classes=2, teacher_cache=TeacherCacheConfig())
-    make_trainer(limit_train_batches=2, limit_val_batches=1).fit(module, datamodule=toy_data)
-    assert module.teacher_cache is not None
+    passes = count_calls(monkeypatch, TeacherPass, "over_batches")
+    teacher_calls = count_calls(monkeypatch, module.teacher, "forward")
+    check = LiveTeacherCheck()
+    trainer = make_trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=0, callbacks=[check])
+    trainer.fit(module, datamodule=toy_data)
+    # One pass over the 36 training texts, 8 at a time; no teacher forward in the four training steps.
+    assert (len(passes), len(teacher_calls)) == (1, 5)
+    assert len(check.losses) == 4
+    for cached, live in check.losses:
+        assert cached == pytest.approx(live, rel=1e-5) and cached > 0
+    assert next(iter(toy_data.train_dataloader())).teacher is None  # the DataModule serves plain texts again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DistillationModule._input_shape/_tap_features probe layer shapes with a float torch.rand(2, C, H, W) "
-    "built from InputConfig.in_chans/input_size; text needs an integer [2, L] probe from the model's input config",
-)
-def test_feature_taps_on_a_text_student(bert_dir: Path, tmp_path: Path) -> None:
+def test_text_teacher_cache_on_disk_is_reused_and_shares_the_teacher_backbone(
+    toy_data: TextClassificationDataModule, bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     teacher = ModelSpec(f"hf/{bert_dir}", pretrained=True)
-    student = ModelSpec("bilstm", kwargs={"tokenizer": str(bert_dir), "embed_dim": 8, "hidden": 8})
+    torch.save(teacher.build(2).state_dict(), tmp_path / "teacher.pt")
+    teacher.weights_path = str(tmp_path / "teacher.pt")
+    student = ModelSpec("textcnn", kwargs={"tokenizer": str(bert_dir), "embed_dim": 8, "channels": 4})
+    config = TeacherCacheConfig("disk", directory=str(tmp_path / "cache"), share_backbone_features=True)
+    passes = count_calls(monkeypatch, TeacherPass, "over_batches")
+    for _ in range(2):
+        check = LiveTeacherCheck()
+        module = DistillationModule(student, teacher, num_classes=2, teacher_cache=config)
+        make_trainer(limit_train_batches=2, limit_val_batches=0, callbacks=[check]).fit(module, datamodule=toy_data)
+        assert len(check.losses) == 2
+        for cached, live in check.losses:
+            assert cached == pytest.approx(live, rel=1e-5) and cached > 0
+    assert len(passes) == 1  # the second run reads the first one's entry from disk
+
+
+def test_teacher_cache_refuses_per_token_teacher_layers_in_one_line(
+    toy_data: TextClassificationDataModule, bert_dir: Path
+) -> None:
+    student = ModelSpec("small_bert", kwargs={"tokenizer": str(bert_dir), "layers": 1, "hidden": 8})
+    hidden = {"name": "hidden_mse", "kwargs": {"student_layers": ["stage:0"], "teacher_layers": ["stage:1"]}}
+    teacher = ModelSpec(f"hf/{bert_dir}", pretrained=True)
+    module = DistillationModule(
+        student, teacher, 2, losses=[{"name": "kd"}, hidden], teacher_cache=TeacherCacheConfig()
+    )
+    with pytest.raises(ConfigError, match=r"per-token layers \['stage:1'\].*tap pooled layers"):
+        make_trainer(limit_train_batches=1, limit_val_batches=0).fit(module, datamodule=toy_data)
+
+
+def test_input_descriptions_build_the_probe_batch() -> None:
+    probe = TextInputConfig(pad_id=0, max_length=5, vocab_size=3).probe_batch(4)
+    assert probe.shape == (4, 5) and probe.dtype == torch.int64
+    assert set(probe.unique().tolist()) <= {1, 2}  # token ids of the vocabulary, never the pad id
+    assert TextInputConfig(max_length=64).probe_batch(2).shape == (2, PROBE_LENGTH)
+    assert InputConfig(in_chans=3, input_size=(4, 6)).probe_batch(2).shape == (2, 3, 4, 6)
+    with pytest.raises(ValueError, match="declares no input size"):
+        InputConfig().probe_batch()
+    ids = torch.tensor([[2, 5, 0], [2, 0, 0]])
+    assert TextInputConfig().token_mask(ids).tolist() == [[1, 1, 0], [1, 0, 0]]
+    assert TextInputConfig(max_length=2).token_mask(ids).tolist() == [[1, 1], [1, 0]]  # as the model reads them
+    assert InputConfig().token_mask(ids) is None
+
+
+def test_feature_taps_on_a_text_student(bert_dir: Path) -> None:
+    teacher = ModelSpec(f"hf/{bert_dir}", pretrained=True)
+    student = ModelSpec("bilstm", kwargs={"tokenizer": str(bert_dir), "embed_dim": 8, "hidden": 6})
     fitnet = {"name": "fitnet", "kwargs": {"student_layers": ["backbone"], "teacher_layers": ["backbone"]}}
-    module = DistillationModule(student, teacher, num_classes=2, losses=[{"name": "kd"}, fitnet])
-    assert module.student_taps is not None
+    module = DistillationModule(student, teacher, num_classes=2, losses=[{"name": "kd"}, fitnet]).eval()
+    assert module.student_taps is not None and module.teacher.taps is not None
+    # Probed with [2, L] token ids: the BiLSTM pools 2 × 6, the tiny BERT 16 features per text.
+    assert module.student_taps.shapes == {"backbone": torch.Size([2, 12])}
+    assert module.teacher.taps.shapes == {"backbone": torch.Size([2, 16])}
+    regressor = module.loss_terms["fitnet"].regressors[0][0]
+    assert (regressor.in_features, regressor.out_features) == (12, 16)
+    ids = torch.tensor([[2, 5, 9, 3, 0], [2, 6, 7, 8, 3]])
+    student_out, teacher_out = module.student_outputs(ids), module.teacher(ids)
+    features = module.network.forward_features(ids)
+    assert torch.equal(student_out.features["backbone"], features)
+    torch.testing.assert_close(teacher_out.features["backbone"], module.teacher.network.forward_features(ids))
+    hint = module.loss_components(student_out, teacher_out, StepContext(torch.tensor([0, 1])))["fitnet"]
+    expected = ((regressor(features) - teacher_out.features["backbone"]) ** 2).mean()
+    torch.testing.assert_close(hint, expected)

@@ -57,6 +57,9 @@ class ImageClassificationDataModule(L.LightningDataModule):
     #: Whether loader workers stream the training samples (no images in memory): a cache of
     #: per-sample results is then filled by streaming them (:class:`~kd_lightning.data.sources.StreamedBatchSource`).
     streams_training_set: ClassVar[bool] = False
+    #: Whether samples are token ids (text) rather than images: a cache of per-sample results is then
+    #: keyed on the ids, with no augmented views to render.
+    reads_tokens: ClassVar[bool] = False
 
     def __init__(
         self,

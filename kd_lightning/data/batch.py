@@ -29,7 +29,7 @@ class Batch:
         images: ``[B, C, H, W]`` images, or ``None`` when the batch carries ``features``.
         indices: ``[B]`` positions of the samples in the training set (CRD's memory, the caches).
         features: ``[B, D]`` pre-computed backbone features (a frozen backbone's feature cache).
-        teacher: the teacher's outputs for ``images``, when a cache computed them ahead of time.
+        teacher: the teacher's outputs for ``images`` (or ``tokens``), when a cache computed them ahead of time.
         view: which fixed view of a teacher cache a streamed batch's ``images`` were decoded as, so
             the cache attaches the outputs of that view (decided where the images are decoded).
         tokens: ``[B, L]`` token ids of a text batch (in place of ``images``), padded with the

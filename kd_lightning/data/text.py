@@ -41,6 +41,8 @@ class TextClassificationDataModule(ImageClassificationDataModule):
         samples_per_class, unlabeled, return_indices: see :class:`ImageClassificationDataModule`.
     """
 
+    reads_tokens = True
+
     def __init__(
         self,
         tokenizer: str,

@@ -26,6 +26,7 @@ from kd_lightning.losses.reviewkd import ReviewKDLoss, hcl_loss
 from kd_lightning.losses.rkd import RKDLoss, rkd_angle_loss, rkd_distance_loss, rkd_loss
 from kd_lightning.losses.similarity import SimilarityPreservingLoss, sp_loss
 from kd_lightning.losses.term import LossTerm, as_term
+from kd_lightning.losses.tinybert import HiddenStateLoss, attention_map_mse, hidden_state_mse
 from kd_lightning.losses.vid import VIDLoss, vid_loss
 from kd_lightning.losses.wkd import WKDLogitLoss, classifier_cost_matrix, sinkhorn_distance, wkd_logit_loss
 from kd_lightning.outputs import ModelOutputs
@@ -42,6 +43,7 @@ __all__ = [
     "FSPLoss",
     "FTLoss",
     "FitNetLoss",
+    "HiddenStateLoss",
     "KDLoss",
     "KDSVDLoss",
     "LogitLoss",
@@ -63,6 +65,7 @@ __all__ = [
     "activation_boundary_loss",
     "as_term",
     "at_loss",
+    "attention_map_mse",
     "attention_map",
     "cc_loss",
     "check_temperature",
@@ -77,6 +80,7 @@ __all__ = [
     "fsp_matrix",
     "ft_loss",
     "hcl_loss",
+    "hidden_state_mse",
     "hint_loss",
     "kd_loss",
     "kd_loss_at",

@@ -23,11 +23,14 @@ class StepContext:
             DataModule does not hand them out (``return_indices: false``).
         epoch: the 0-based training epoch. An argument rather than state a hook sets, since
             Lightning skips epoch-start hooks when a run resumes mid-epoch.
+        token_mask: ``[B, L]`` 1 at the real tokens of a text batch, 0 at its padding, so a loss
+            over per-token features averages over real tokens only; ``None`` for images.
     """
 
     labels: torch.Tensor
     indices: torch.Tensor | None = None
     epoch: int = 0
+    token_mask: torch.Tensor | None = None
 
     @property
     def labeled(self) -> torch.Tensor:

@@ -29,6 +29,23 @@ class InputConfig:
     in_chans: int = 1
     input_size: tuple[int, int] | None = None
 
+    def probe_batch(self, batch_size: int = 2) -> torch.Tensor:
+        """Random ``[B, C, H, W]`` images in [0, 1] at the native size, for probing layer shapes.
+
+        Raises:
+            ValueError: no native size is declared, so the probe's size would be a guess.
+        """
+        if self.input_size is None:
+            raise ValueError(
+                "declares no input size, so a probe batch has no shape: set input_shape: [C, H, W] "
+                "(e.g. [1, 8, 8] for digits)"
+            )
+        return torch.rand(batch_size, self.in_chans, *self.input_size)
+
+    def token_mask(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """Images have no tokens: the text counterpart marks a batch's real tokens."""
+        return None
+
 
 IMAGENET_INPUT = InputConfig(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), in_chans=3, input_size=(224, 224))
 

@@ -52,8 +52,10 @@ class DistillationModule(SupervisedModule):
     ``[{name: ce, weight: 1.0}, {name: at, weight: 1000}]``; each term is logged as
     ``train/<label>``. Feature losses name the layers they need; those are tapped with forward
     hooks (on the teacher under ``no_grad``), their shapes probed once in ``__init__`` with a
-    dummy batch of ``input_shape``, and the losses' adapters built from them, so adapters are
-    ordinary submodules: in the optimizer and in checkpoints like the student.
+    dummy batch that the student's input description builds (images, or token ids for a text
+    student), and the losses' adapters built from them, so adapters are ordinary submodules: in
+    the optimizer and in checkpoints like the student. A text batch's real tokens reach the
+    losses as :attr:`StepContext.token_mask`.
 
     The teacher is a :class:`~kd_lightning.modules.teacher.FrozenTeacher`: no gradients, never in
     the optimizer, in eval mode for the whole run, and left out of checkpoints unless
@@ -76,8 +78,9 @@ class DistillationModule(SupervisedModule):
             given. Only without ``losses`` (which weights each term itself).
         losses: weighted loss terms, the objective in place of the α/T one (giving both is an
             error); ``ce`` is the label cross-entropy (weight 0 when not listed).
-        input_shape: ``[C, H, W]`` of one input, for probing tapped feature shapes; defaults
-            to the student's registered input config. Only needed by feature losses.
+        input_shape: ``[C, H, W]`` of one image, for probing tapped feature shapes; defaults
+            to the student's registered input config (text students probe with token ids of
+            their own vocabulary). Only needed by image feature losses whose student declares no size.
         teacher_cache: compute the teacher's training outputs once, when ``fit`` sets up, and reuse
             them every epoch (:class:`~kd_lightning.cache.teacher.entry.TeacherCacheConfig`: storage,
             views, top-k, directory; see :mod:`kd_lightning.cache.teacher` for how augmented views
@@ -198,24 +201,22 @@ class DistillationModule(SupervisedModule):
         teacher_layers = [name for loss in losses for name in loss.teacher_layers]
         if not student_layers and not teacher_layers:
             return None
-        sample = torch.rand(2, *self._input_shape(input_shape))
+        sample = self._probe_batch(input_shape)
         student_taps = FeatureTaps(self.network, student_layers, sample)
         teacher_shapes = cast(FrozenTeacher, self.teacher).tap(teacher_layers, sample)
         for loss in losses:
             loss.build(student_taps.shapes, teacher_shapes)
         return student_taps
 
-    def _input_shape(self, input_shape: tuple[int, int, int] | None) -> tuple[int, int, int]:
+    def _probe_batch(self, input_shape: tuple[int, int, int] | None) -> torch.Tensor:
+        """Two inputs as the student reads them (images or token ids), built by its input description."""
         if input_shape is not None:
             channels, height, width = input_shape  # a list when it comes from YAML
-            return channels, height, width
-        config = self.network.input_config
-        if config.input_size is None:
-            raise ValueError(
-                f"feature losses probe layer shapes with a dummy batch, but student {self.network.name!r} "
-                "declares no input size: set input_shape: [C, H, W] (e.g. [1, 8, 8] for digits)"
-            )
-        return (config.in_chans, *config.input_size)
+            return torch.rand(2, channels, height, width)
+        try:
+            return self.network.input_config.probe_batch(2)
+        except ValueError as err:
+            raise ValueError(f"feature losses probe layer shapes, but student {self.network.name!r} {err}") from None
 
     def prepare_training_data(self, datamodule: ImageClassificationDataModule) -> None:
         """Refuse label-hungry losses on unlabeled data, size losses by the training set (CRD), serve the
@@ -302,7 +303,7 @@ class DistillationModule(SupervisedModule):
         x = batch.inputs
         teacher = batch.teacher if batch.teacher is not None else self.teacher(x)
         student = self.student_outputs(x)
-        context = StepContext(batch.labels, batch.indices, self.current_epoch)
+        context = StepContext(batch.labels, batch.indices, self.current_epoch, self.network.input_config.token_mask(x))
         terms = self.loss_components(student, teacher, context)
         weights = self.objective_weights(context.epoch)
         loss = torch.stack([weight * terms[name] for name, weight in weights.items()]).sum()

@@ -1,4 +1,4 @@
-"""Text classification pieces: tokenizers, token-id inputs and the transformer feature losses."""
+"""Text classification pieces: tokenizers and token-id inputs."""
 
 from kd_lightning.text.inputs import TextInputConfig
 from kd_lightning.text.tokenizer import TextTokenizer, load_tokenizer

@@ -9,6 +9,9 @@ from torch import nn
 
 from kd_lightning.errors import ConfigError
 
+# A few tokens: enough for every layer to show its width.
+PROBE_LENGTH = 8
+
 
 @dataclass(frozen=True)
 class TextInputConfig:
@@ -38,6 +41,22 @@ class TextInputConfig:
                 f"{self.vocab_size}, pad {self.pad_id}; data: {vocab} of {vocab_size}, pad {pad_id}): teacher, student "
                 "and data must share one tokenizer (two-tokenizer distillation is not supported yet)"
             )
+
+    def probe_batch(self, batch_size: int = 2) -> torch.Tensor:
+        """Random ``[B, L]`` token ids, none of them padding, for probing layer shapes.
+
+        Short (:data:`PROBE_LENGTH` tokens at most): a layer's width does not depend on the
+        length, and a short probe keeps building a distiller cheap.
+        """
+        ids = torch.randint(0, self.vocab_size, (batch_size, min(PROBE_LENGTH, self.max_length)))
+        return ids.masked_fill(ids == self.pad_id, (self.pad_id + 1) % self.vocab_size)
+
+    def token_mask(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """``[B, L]`` 1 at the real tokens of ``inputs``, 0 at padding (what losses over tokens average over).
+
+        Cut to ``max_length`` as :class:`TokenIds` cuts the ids, so it lines up with the model's per-token states.
+        """
+        return attention_mask(inputs[:, : self.max_length], self.pad_id)
 
 
 # What a registered text backbone declares before it is built (the build reads the tokenizer's real values).

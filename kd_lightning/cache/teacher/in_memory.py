@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 
 import lightning as L
 import torch
@@ -82,6 +83,18 @@ class TeacherPass:
         return self.context() if self.context is not None else torch.autocast(self.device.type, enabled=False)
 
     @torch.no_grad()
+    def over_batches(
+        self, fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], batches: Iterable[torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """``fn`` (a dict of ``[B, ...]`` tensors) over ``batches`` on the device: ``[N, ...]`` float32, CPU."""
+        chunks: dict[str, list[torch.Tensor]] = {}
+        for x in batches:
+            with self._precision():
+                out = fn(x.to(self.device))
+            for name, t in out.items():
+                chunks.setdefault(name, []).append(t.float().cpu())
+        return {name: torch.cat(parts) for name, parts in chunks.items()}
+
     def over_views(
         self, fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], images: torch.Tensor, views: ViewTable
     ) -> dict[str, torch.Tensor]:
@@ -89,17 +102,17 @@ class TeacherPass:
         per_view: dict[str, list[torch.Tensor]] = {}
         device_views = views.to(self.device)
         for view in range(views.num_views):
-            chunks: dict[str, list[torch.Tensor]] = {}
-            for start in range(0, len(images), self.batch_size):
-                index = torch.arange(start, min(start + self.batch_size, len(images)))
-                x = device_views.render(images[index].to(self.device), index.to(self.device), view, self.image_size)
-                with self._precision():
-                    out = fn(x)
-                for name, t in out.items():
-                    chunks.setdefault(name, []).append(t.float().cpu())
-            for name, parts in chunks.items():
-                per_view.setdefault(name, []).append(torch.cat(parts))
+            batches = (
+                device_views.render(images[index].to(self.device), index.to(self.device), view, self.image_size)
+                for index in self.chunks(len(images))
+            )
+            for name, t in self.over_batches(fn, batches).items():
+                per_view.setdefault(name, []).append(t)
         return {name: torch.stack(parts) for name, parts in per_view.items()}
+
+    def chunks(self, n: int) -> list[torch.Tensor]:
+        """Indices ``0 … n − 1`` in order, ``batch_size`` at a time."""
+        return list(torch.arange(n).split(self.batch_size))
 
     @torch.no_grad()
     def head_over_features(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
@@ -123,14 +136,22 @@ def build_teacher_cache(
     run: TeacherPass,
 ) -> TeacherOutputCache:
     """Run ``teacher(x) -> ModelOutputs`` over every view of every image, once."""
+    stored = run.over_views(partial(output_tensors, teacher), images, views)
+    return stored_outputs(cache, views, run.image_size, stored)
 
-    def outputs(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = teacher(x)
-        return {LOGITS: out.logits} | {FEATURE + name: t for name, t in out.features.items()}
 
-    stored = run.over_views(outputs, images, views)
+def output_tensors(teacher: Callable[[torch.Tensor], ModelOutputs], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The teacher's outputs on ``x`` by entry name: its logits and each tapped layer."""
+    out = teacher(x)
+    return {LOGITS: out.logits} | {FEATURE + name: t for name, t in out.features.items()}
+
+
+def stored_outputs(
+    cache: TeacherCache, views: ViewTable, image_size: int | None, stored: dict[str, torch.Tensor]
+) -> TeacherOutputCache:
+    """:func:`output_tensors` over every view (``[V, N, ...]``) as the entry keeps them."""
     features = {k.removeprefix(FEATURE): t for k, t in stored.items() if k.startswith(FEATURE)}
-    return TeacherOutputCache(views, run.image_size, cache.num_classes, cache.stored_logits(stored[LOGITS]), features)
+    return TeacherOutputCache(views, image_size, cache.num_classes, cache.stored_logits(stored[LOGITS]), features)
 
 
 def in_memory_source(
