@@ -10,7 +10,7 @@ teacher's vocabulary; ``distilbert``: MiniLM with every other layer kept, ``dist
 Both arms use the same seeded train/val split (seed 0) and are measured at their last epoch on the fixed test
 split (no validation-based selection: the honest number). The teacher's outputs on the training texts are
 computed once and served through ``DataModule.use_source``, the declared way to feed pre-computed teacher
-outputs (what ``teacher_cache`` does for images; it does not read token ids yet), so a distilled epoch costs
+outputs (what ``teacher_cache`` does from a config; the recorded rows came from this pass), so a distilled epoch costs
 only the student's step. Each finished run is appended to ``benchmarks/results/text_runs.jsonl`` at once; a
 rerun skips the runs already there; ``text.json`` and the section of ``benchmarks/RESULTS.md`` are rebuilt
 from those rows after every run.
