@@ -7,6 +7,7 @@ earlier output byte-identical and no partial files beside them.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from kd_lightning.data.prepare import parse_chunk_bytes
 from kd_lightning.errors import InvalidDataError
 from kd_lightning.run_lock import lock_path
 from tests._bad_input_helpers import snapshot, user_error_line
+from tests.conftest import hang_guard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,6 +148,20 @@ def test_a_fault_while_writing_chunks_is_one_line_and_keeps_the_earlier_split(im
     assert len(lines) == 1, result.stderr[-3000:]
     assert expected.format(split=out / "train", images=images) in lines[0]
     assert snapshot(out) == before  # no staging folder, no lock file, the earlier split as it was
+
+
+def test_prepare_in_a_job_that_exports_world_size_writes_the_same_split(images, tmp_path, monkeypatch):
+    """torchrun and Lightning export ``WORLD_SIZE``; LitData's writer then waits for the chunk
+    index of every process it counts, and prepare is one process."""
+    main(_prepare(images, tmp_path / "alone"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with hang_guard():
+        main(_prepare(images, tmp_path / "in_a_job"))
+    alone, in_a_job = snapshot(tmp_path / "alone"), snapshot(tmp_path / "in_a_job")
+    assert sorted(alone) == sorted(in_a_job) == ["train/chunk-0-0.bin", "train/index.json", "train/kd_lightning.json"]
+    assert alone["train/chunk-0-0.bin"] == in_a_job["train/chunk-0-0.bin"]
+    indexes = [json.loads((tmp_path / run / "train" / "index.json").read_text()) for run in ("alone", "in_a_job")]
+    assert indexes[0]["chunks"] == indexes[1]["chunks"]
 
 
 def test_too_little_free_space_is_refused_before_writing(images, tmp_path, capsys, monkeypatch):

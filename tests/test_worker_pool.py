@@ -7,28 +7,12 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 
 import pytest
 
 from kd_lightning.data.worker_pool import WorkerDiedError, WorkerTraceback, ordered_map
-
-
-@contextmanager
-def hang_guard(seconds: int = 30) -> Iterator[None]:
-    """Fail instead of hanging: a regression here is a parent that waits forever."""
-
-    def give_up(signum, frame):
-        raise TimeoutError(f"ordered_map still waiting after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, give_up)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+from tests.conftest import hang_guard
 
 
 def square_first_batch_last(x: int) -> int:

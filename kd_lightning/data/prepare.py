@@ -25,7 +25,7 @@ from PIL import Image
 from rich.progress import track
 from torchvision.io import encode_png
 
-from kd_lightning.data._litdata import BinaryWriter, StreamingDataset
+from kd_lightning.data._litdata import BinaryWriter
 from kd_lightning.data.digits import DigitsDataModule
 from kd_lightning.data.image_folder import IMAGE_SUFFIXES, list_class_folders, list_images, read_rgb
 from kd_lightning.data.output_folder import (
@@ -236,7 +236,9 @@ def _write_chunks(
         for position, item in enumerate(track(items, "writing chunks", total=len(inputs), disable=not verbose)):
             writer.add_item(position, item)
     writer.done()
-    writer.merge()
+    # merge() waits for one index per process of the job it detects (``WORLD_SIZE``, which torchrun
+    # and Lightning export): forever, since this writer is the only one.
+    writer._merge_no_wait()
 
 
 def _describe(sample: tuple[int, Any, int]) -> str:
@@ -245,8 +247,9 @@ def _describe(sample: tuple[int, Any, int]) -> str:
 
 
 def _check_count(out: Path, num_samples: int) -> None:
-    """Read the written index back through LitData: what training will stream must be all there."""
-    stored = len(StreamingDataset(str(out)))
+    """Read the written index back: every sample must be in it. (Not through ``StreamingDataset``,
+    whose length is one process's share in a job that exports ``WORLD_SIZE``.)"""
+    stored = sum(chunk["chunk_size"] for chunk in json.loads((out / "index.json").read_bytes())["chunks"])
     if stored != num_samples:
         raise InvalidDataError(f"{out} holds {stored} samples, {num_samples} were written")
 
