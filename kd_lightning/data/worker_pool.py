@@ -6,8 +6,9 @@ that failed after its last progress report (a full disk while writing the final 
 each worker answers on its own pipe, which reads as closed the moment the worker dies: an
 exception raised by the function is re-raised in the parent as it was (with the worker's
 traceback as its cause), and a worker that dies is one :class:`WorkerDiedError` naming how.
-Results come in input order, with a bounded number of batches in flight, so the caller can
-write them as they come.
+Workers are forked with the inputs and receive only positions in them (tensors sent through a
+pipe would move to shared memory, which containers keep small). Results come in input order,
+with a bounded number of batches in flight, so the caller can write them as they come.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import traceback
-from collections.abc import Callable, Generator, Iterable, Iterator
-from itertools import islice
+from collections.abc import Callable, Generator, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
@@ -25,8 +25,8 @@ from kd_lightning.errors import KDLightningError
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-# Inputs per message: large enough that pickling overhead is small, small enough that a batch of
-# encoded images stays a few MB in the parent.
+# Inputs per batch: large enough that messages are few, small enough that a batch of encoded
+# images stays a few MB in the parent.
 BATCH_SIZE = 32
 # Batches decoded ahead of the one the caller waits for, per worker.
 AHEAD = 4
@@ -42,7 +42,7 @@ class WorkerTraceback(Exception):
 
 def ordered_map(
     fn: Callable[[Item], Result],
-    inputs: Iterable[Item],
+    inputs: Sequence[Item],
     num_workers: int,
     describe: Callable[[Item], str] = str,
 ) -> Generator[Result, None, None]:
@@ -61,18 +61,17 @@ def ordered_map(
     if num_workers <= 1:
         yield from map(fn, inputs)
         return
-    batches = _batches(inputs)
     context = multiprocessing.get_context("fork")
     workers: dict[Connection, BaseProcess] = {}
     try:
         for _ in range(num_workers):
             ours, theirs = context.Pipe()
-            process = context.Process(target=_serve, args=(fn, theirs), daemon=True)
+            process = context.Process(target=_serve, args=(fn, inputs, theirs), daemon=True)
             process.start()
             # Closed here before the next fork, so a dead worker's pipe reads as closed at once.
             theirs.close()
             workers[ours] = process
-        yield from _collect(workers, batches, num_workers * AHEAD, describe)
+        yield from _collect(workers, inputs, num_workers * AHEAD, describe)
     finally:
         for worker in workers.values():
             worker.terminate()
@@ -81,38 +80,32 @@ def ordered_map(
             conn.close()
 
 
-def _batches(inputs: Iterable[Item]) -> Iterator[tuple[int, list[Item]]]:
-    iterator = iter(inputs)
-    number = 0
-    while batch := list(islice(iterator, BATCH_SIZE)):
-        yield number, batch
-        number += 1
-
-
 def _collect(
     workers: dict[Connection, BaseProcess],
-    batches: Iterator[tuple[int, list[Any]]],
+    inputs: Sequence[Any],
     ahead: int,
     describe: Callable[[Any], str],
 ) -> Iterator[Any]:
-    """Hand batches to idle workers and yield their results in batch order."""
-    assigned: dict[Connection, tuple[int, list[Any]]] = {}
+    """Hand batches of positions to idle workers and yield their results in input order."""
+    batches = (range(start, min(start + BATCH_SIZE, len(inputs))) for start in range(0, len(inputs), BATCH_SIZE))
+    assigned: dict[Connection, tuple[int, range]] = {}
     finished: dict[int, list[Any]] = {}
-    next_number = 0
+    handed_out = next_number = 0
     idle = list(workers)
     exhausted = False
     while True:
         while idle and not exhausted:
-            handed = next(batches, None)
-            if handed is None:
+            batch = next(batches, None)
+            if batch is None:
                 exhausted = True
                 break
             conn = idle.pop()
-            assigned[conn] = handed
+            assigned[conn] = (handed_out, batch)
+            handed_out += 1
             try:
-                conn.send(handed[1])
+                conn.send((batch.start, batch.stop))
             except OSError:  # the worker died while idle
-                raise _died(workers[conn], handed[1], describe) from None
+                raise _died(workers[conn], [inputs[i] for i in batch], describe) from None
         if not assigned:
             return
         # A pipe whose worker died becomes readable too: recv then raises EOFError.
@@ -122,7 +115,7 @@ def _collect(
             try:
                 ok, payload = conn.recv()
             except (EOFError, OSError):
-                raise _died(workers[conn], batch, describe) from None
+                raise _died(workers[conn], [inputs[i] for i in batch], describe) from None
             if not ok:
                 error, where = payload
                 raise error from WorkerTraceback(where)
@@ -138,17 +131,17 @@ def _collect(
             idle = [conn for conn in workers if conn not in assigned]
 
 
-def _serve(fn: Callable[[Any], Any], conn: Connection) -> None:
-    """A worker: answer each batch with ``(True, results)`` or ``(False, the exception)``."""
+def _serve(fn: Callable[[Any], Any], inputs: Sequence[Any], conn: Connection) -> None:
+    """A worker: answer each batch ``(start, stop)`` with ``(True, results)`` or ``(False, the exception)``."""
     # Ctrl+C reaches the whole process group; the parent stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
-            batch = conn.recv()
+            start, stop = conn.recv()
         except EOFError:
             return
         try:
-            answer: tuple[bool, Any] = (True, [fn(item) for item in batch])
+            answer: tuple[bool, Any] = (True, [fn(inputs[i]) for i in range(start, stop)])
         except Exception as err:
             answer = (False, (err, traceback.format_exc()))
         try:
@@ -157,10 +150,10 @@ def _serve(fn: Callable[[Any], Any], conn: Connection) -> None:
             conn.send((False, (RuntimeError(f"{type(err).__name__}: {err}"), traceback.format_exc())))
 
 
-def _died(process: BaseProcess, batch: list[Any], describe: Callable[[Any], str]) -> WorkerDiedError:
+def _died(process: BaseProcess, held: list[Any], describe: Callable[[Any], str]) -> WorkerDiedError:
     process.join(timeout=5)
     code = process.exitcode
-    inputs = f"{describe(batch[0])} … {describe(batch[-1])}" if len(batch) > 1 else describe(batch[0])
+    inputs = f"{describe(held[0])} … {describe(held[-1])}" if len(held) > 1 else describe(held[0])
     if code == -signal.SIGKILL:
         how, fix = "was killed (SIGKILL: out of memory?)", "lower num_workers or free memory"
     elif code is not None and code < 0:
