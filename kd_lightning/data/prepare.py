@@ -147,7 +147,7 @@ def prepare_dataset(
             (``val`` is not published for them: hold it out at training time with ``val_fraction``).
         data_dir: where the named data sets live.
         chunk_bytes: target size of one chunk file (LitData's unit of download and shuffling).
-        num_workers: processes that read and write in parallel.
+        num_workers: processes that read and encode the images in parallel (the command itself writes the chunks).
         overwrite: replace an existing ``OUTPUT_DIR/SPLIT`` written by ``prepare`` instead of refusing
             (only once the new one is complete; a folder ``prepare`` did not write is never replaced).
         verbose: show LitData's progress bar.
