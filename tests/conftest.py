@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -37,6 +40,22 @@ def count_calls(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> l
 
     monkeypatch.setattr(module, name, counting)
     return calls
+
+
+@contextmanager
+def hang_guard(seconds: int = 30) -> Iterator[None]:
+    """Fail with ``TimeoutError`` instead of hanging: for code whose regression is a wait that never ends."""
+
+    def give_up(signum, frame):
+        raise TimeoutError(f"still waiting after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def make_trainer(**overrides) -> L.Trainer:

@@ -7,6 +7,7 @@ earlier output byte-identical and no partial files beside them.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -17,11 +18,15 @@ import pytest
 from PIL import Image
 
 from kd_lightning.cli import main
-from kd_lightning.data import StreamingImageDataModule, output_folder, prepare
+from kd_lightning.data import StreamingImageDataModule, output_folder
+from kd_lightning.data._litdata import BinaryWriter
 from kd_lightning.data.prepare import parse_chunk_bytes
 from kd_lightning.errors import InvalidDataError
 from kd_lightning.run_lock import lock_path
 from tests._bad_input_helpers import snapshot, user_error_line
+from tests.conftest import hang_guard
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -90,15 +95,73 @@ def test_a_failed_overwrite_keeps_the_earlier_split_byte_identical(images, tmp_p
     main(_prepare(images, out))
     before = snapshot(out)
 
-    def full_disk(**kwargs):
-        (Path(kwargs["output_dir"]) / "chunk-0-0.bin").write_bytes(b"\0" * 100)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    written = []
 
-    monkeypatch.setattr(prepare, "optimize", full_disk)
-    line = user_error_line(capsys, _prepare(images, out, "--overwrite", "true"))
+    def full_disk_at_the_second_chunk(self, raw_data, filename, compress=None):
+        (Path(self._cache_dir) / filename).write_bytes(raw_data if not written else raw_data[:100])
+        written.append(filename)
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(BinaryWriter, "write_chunk_to_file", full_disk_at_the_second_chunk)
+    line = user_error_line(capsys, _prepare(images, out, "--overwrite", "true", "--chunk_bytes", "500"))
+    assert written == ["chunk-0-0.bin", "chunk-0-1.bin"]
     assert f"the file system of {out / 'train'} is full" in line and "nothing was kept" in line
     assert snapshot(out) == before
     assert sorted(p.name for p in out.iterdir()) == ["train"]
+
+
+# A fault while the chunks are written, in a separate process (a regression is a hang: the
+# timeout fails it). The earlier split of the same images holds one chunk of about 1.8 KB: the
+# full disk strikes at its last (only) write, which litdata.optimize waited on forever.
+FAULTS = {
+    "full_disk": (
+        ("full_disk:500", "--chunk_bytes", "1MB"),
+        "the file system of {split} is full (No space left on device); nothing was kept: free some space or "
+        "choose another output_dir",
+    ),
+    "file_size_limit": (
+        ("file_size_limit:1000", "--chunk_bytes", "1MB", "--num_workers", "2"),
+        "a chunk of {split} is larger than its file system or this process's file-size limit (ulimit -f) allows",
+    ),
+    "worker_crashed": (
+        ("worker_signal:SIGSEGV:3", "--num_workers", "2"),
+        "crashed (SIGSEGV) while handling {images}/a/0.png … {images}/b/2.png; check or remove those inputs",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", list(FAULTS), ids=list(FAULTS))
+def test_a_fault_while_writing_chunks_is_one_line_and_keeps_the_earlier_split(images, tmp_path, fault):
+    (name, *flags), expected = FAULTS[fault]
+    out = tmp_path / "out"
+    main(_prepare(images, out))
+    before = snapshot(out)
+    argv = _prepare(images, out, "--overwrite", "true", *flags)
+    command = [sys.executable, "-m", "tests._prepare_faults", name, *argv]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=120
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert expected.format(split=out / "train", images=images) in lines[0]
+    assert snapshot(out) == before  # no staging folder, no lock file, the earlier split as it was
+
+
+def test_prepare_in_a_job_that_exports_world_size_writes_the_same_split(images, tmp_path, monkeypatch):
+    """torchrun and Lightning export ``WORLD_SIZE``; LitData's writer then waits for the chunk
+    index of every process it counts, and prepare is one process."""
+    main(_prepare(images, tmp_path / "alone"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with hang_guard():
+        main(_prepare(images, tmp_path / "in_a_job"))
+    alone, in_a_job = snapshot(tmp_path / "alone"), snapshot(tmp_path / "in_a_job")
+    assert sorted(alone) == sorted(in_a_job) == ["train/chunk-0-0.bin", "train/index.json", "train/kd_lightning.json"]
+    assert alone["train/chunk-0-0.bin"] == in_a_job["train/chunk-0-0.bin"]
+    indexes = [json.loads((tmp_path / run / "train" / "index.json").read_text()) for run in ("alone", "in_a_job")]
+    assert indexes[0]["chunks"] == indexes[1]["chunks"]
 
 
 def test_too_little_free_space_is_refused_before_writing(images, tmp_path, capsys, monkeypatch):

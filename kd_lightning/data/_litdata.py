@@ -3,8 +3,9 @@
 from kd_lightning.errors import ConfigError
 
 try:
-    from litdata import StreamingDataLoader, StreamingDataset, optimize
+    from litdata import StreamingDataLoader, StreamingDataset
+    from litdata.streaming.writer import BinaryWriter
 except ImportError as err:
     raise ConfigError("streaming data sets need LitData: pip install 'kd-lightning[streaming]'") from err
 
-__all__ = ["StreamingDataLoader", "StreamingDataset", "optimize"]
+__all__ = ["BinaryWriter", "StreamingDataLoader", "StreamingDataset"]

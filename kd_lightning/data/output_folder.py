@@ -97,8 +97,9 @@ def staging_path(out: Path) -> Path:
 def staged_output(out: Path) -> Iterator[Path]:
     """Lock ``out``, yield a fresh staging folder beside it, and put it in ``out``'s place on success.
 
-    On any failure the staging folder is removed and ``out`` is left as it was. A full disk or an
-    over-long name (``ENOSPC``, ``EDQUOT``, ``ENAMETOOLONG``) becomes one :class:`ConfigError` line.
+    On any failure the staging folder is removed and ``out`` is left as it was. A full disk, a file
+    too large or an over-long name (``ENOSPC``, ``EDQUOT``, ``EFBIG``, ``ENAMETOOLONG``) becomes one
+    :class:`ConfigError` line.
     """
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +133,11 @@ def _as_config_error(err: OSError, out: Path) -> OSError | ConfigError:
         return ConfigError(
             f"the file system of {out} is full ({os.strerror(err.errno)}); nothing was kept: free some space or "
             "choose another output_dir"
+        )
+    if err.errno == errno.EFBIG:
+        return ConfigError(
+            f"a chunk of {out} is larger than its file system or this process's file-size limit (ulimit -f) "
+            "allows; nothing was kept: choose a smaller --chunk_bytes or raise the limit"
         )
     if err.errno == errno.ENAMETOOLONG:
         return ConfigError(f"the output path {out} has a name too long for its file system; choose a shorter one")

@@ -3,8 +3,8 @@
 Each sample is stored as ``{"image": encoded bytes, "label": int, "index": int}``: a plain JPEG
 from an image folder keeps its original bytes (decoded later in the loader workers); every other
 file, and data sets published as arrays (MNIST, CIFAR, digits), are stored as lossless PNGs of
-their RGB pixels (see :func:`keeps_its_bytes`). Every file is checked before LitData starts, so
-a damaged or animated one is refused with its name.
+their RGB pixels (see :func:`keeps_its_bytes`). Every file is checked before a chunk is written,
+so a damaged or animated one is refused with its name.
 Next to LitData's ``index.json`` each split gets ``kd_lightning.json`` with the class names, the
 channel count and every sample's label, so the DataModule splits and subsets without reading
 the images.
@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import io
 import json
-import multiprocessing
 import re
 from collections.abc import Callable
-from itertools import accumulate
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from PIL import Image
+from rich.progress import track
 from torchvision.io import encode_png
 
-from kd_lightning.data._litdata import StreamingDataset, optimize
+from kd_lightning.data._litdata import BinaryWriter
 from kd_lightning.data.digits import DigitsDataModule
 from kd_lightning.data.image_folder import IMAGE_SUFFIXES, list_class_folders, list_images, read_rgb
 from kd_lightning.data.output_folder import (
@@ -41,6 +41,7 @@ from kd_lightning.data.torchvision_sets import (
     FashionMNISTDataModule,
     MNISTDataModule,
 )
+from kd_lightning.data.worker_pool import ordered_map
 from kd_lightning.errors import ConfigError, DataError, InvalidDataError
 
 METADATA_FILE = "kd_lightning.json"
@@ -104,15 +105,10 @@ def check_image(path: str) -> None:
 
 
 def check_images(paths: list[str], num_workers: int) -> None:
-    """Check every file (:func:`check_image`) before LitData starts: an error raised in one of its
-    workers ends ``optimize`` in a traceback and leaves the worker process running."""
-    if num_workers <= 1:
-        for path in paths:
-            check_image(path)
-        return
-    with multiprocessing.get_context("fork").Pool(num_workers) as pool:
-        for _ in pool.imap_unordered(check_image, paths, chunksize=64):
-            pass
+    """Check every file (:func:`check_image`) before any chunk is written, so that a damaged one
+    is refused with its name and a crash in a decoder names the files it was reading."""
+    for _ in ordered_map(check_image, paths, num_workers):
+        pass
 
 
 def _file_item(sample: tuple[int, str, int]) -> dict[str, Any]:
@@ -151,7 +147,7 @@ def prepare_dataset(
             (``val`` is not published for them: hold it out at training time with ``val_fraction``).
         data_dir: where the named data sets live.
         chunk_bytes: target size of one chunk file (LitData's unit of download and shuffling).
-        num_workers: processes that read and write in parallel.
+        num_workers: processes that read and encode the images in parallel (the command itself writes the chunks).
         overwrite: replace an existing ``OUTPUT_DIR/SPLIT`` written by ``prepare`` instead of refusing
             (only once the new one is complete; a folder ``prepare`` did not write is never replaced).
         verbose: show LitData's progress bar.
@@ -172,22 +168,9 @@ def prepare_dataset(
     if item_fn is _file_item:
         check_images([path for _, path, _ in inputs], num_workers)
     with staged_output(out) as staging:
-        optimize(
-            fn=item_fn,
-            inputs=inputs,
-            output_dir=str(staging),
-            chunk_bytes=size,
-            num_workers=num_workers,
-            # Chunks keep the input order, so a sample's position in the data set is its ``index``.
-            reorder_files=False,
-            keep_data_ordered=True,
-            mode="overwrite",
-            # Spawned workers re-import torch (seconds each, per call); forked ones start at once.
-            start_method="fork",
-            verbose=verbose,
-        )
+        _write_chunks(item_fn, inputs, staging, size, num_workers, verbose)
         labels = [label for _, _, label in inputs]
-        _check_order(staging, len(labels))
+        _check_count(staging, len(labels))
         metadata = {"source": str(source), "class_names": class_names, "channels": channels, "labels": labels}
         (staging / METADATA_FILE).write_text(json.dumps(metadata))
     return out
@@ -232,16 +215,43 @@ def _collect(source: str, split: str, data_dir: str) -> tuple[list[tuple[int, An
     return samples, _file_item, class_names, 3
 
 
-def _check_order(out: Path, num_samples: int) -> None:
-    """Refuse loudly if LitData wrote the samples in another order than given: labels would be wrong."""
-    dataset = StreamingDataset(str(out))
-    if len(dataset) != num_samples:
-        raise InvalidDataError(f"{out} holds {len(dataset)} samples, {num_samples} were written")
-    chunk_sizes = [chunk["chunk_size"] for chunk in json.loads((out / "index.json").read_text())["chunks"]]
-    starts = [0, *accumulate(chunk_sizes[:-1]), num_samples - 1]
-    for position in starts:
-        if dataset[position]["index"] != position:
-            raise InvalidDataError(f"{out}: sample {position} was stored out of order; prepare with num_workers=1")
+def _write_chunks(
+    item_fn: Callable[[Any], dict[str, Any]],
+    inputs: list[tuple[int, Any, int]],
+    folder: Path,
+    chunk_bytes: int,
+    num_workers: int,
+    verbose: bool,
+) -> None:
+    """Write ``item_fn(sample)`` for every sample, in input order, as LitData chunks and ``index.json``.
+
+    Workers only encode (:func:`ordered_map`); this process writes every chunk with LitData's own
+    writer, so a full disk is an ``OSError`` raised here and a dead worker is one error, where
+    ``litdata.optimize`` leaves its parent waiting forever for a worker that failed after its
+    last progress report. A sample's position in the data set is its ``index``.
+    """
+    writer = BinaryWriter(str(folder), chunk_bytes=chunk_bytes)
+    items = ordered_map(item_fn, inputs, num_workers, describe=_describe)
+    with closing(items):
+        for position, item in enumerate(track(items, "writing chunks", total=len(inputs), disable=not verbose)):
+            writer.add_item(position, item)
+    writer.done()
+    # merge() waits for one index per process of the job it detects (``WORLD_SIZE``, which torchrun
+    # and Lightning export): forever, since this writer is the only one.
+    writer._merge_no_wait()
+
+
+def _describe(sample: tuple[int, Any, int]) -> str:
+    index, item, _ = sample
+    return item if isinstance(item, str) else f"sample {index}"
+
+
+def _check_count(out: Path, num_samples: int) -> None:
+    """Read the written index back: every sample must be in it. (Not through ``StreamingDataset``,
+    whose length is one process's share in a job that exports ``WORLD_SIZE``.)"""
+    stored = sum(chunk["chunk_size"] for chunk in json.loads((out / "index.json").read_bytes())["chunks"])
+    if stored != num_samples:
+        raise InvalidDataError(f"{out} holds {stored} samples, {num_samples} were written")
 
 
 def read_metadata(split_dir: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
