@@ -48,7 +48,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._common import StepTimer  # noqa: E402
-from benchmarks.few_labels import append_row, load_rows, mean_std, provenance, write_section  # noqa: E402
+from benchmarks.few_labels import append_row, load_rows, mean_std, provenance  # noqa: E402
 from kd_lightning.cli import lightning_main  # noqa: E402
 from kd_lightning.data.tensor_dataset import TensorImageDataset  # noqa: E402
 from kd_lightning.data.transforms import to_float_images  # noqa: E402
@@ -625,9 +625,9 @@ def report_lines(summary: dict, rows: list[dict], timing: dict | None) -> list[s
         hours = estimate_hours(timing)
         step_ms = ", ".join(f"{name} {1000 * s:.1f}" for name, s in timing["step_s"].items())
         lines += [
-            f"- measured by `{timing['command']}` ({timing['machine']}, load average {timing['load_average']} on a",
-            f"  shared machine, commit {timing['commit'][:12]}): ms per optimizer step at batch 128: {step_ms};",
-            f"  teacher inference {timing['teacher_images_per_s']:.0f} images/s.",
+            f"- measured by `{timing['command']}` (commit {timing['commit'][:12]}; {timing['machine']}; load average "
+            f"{timing['load_average']} on a shared machine): ms per optimizer step at batch 128: {step_ms}; teacher "
+            f"inference {timing['teacher_images_per_s']:.0f} images/s at batch 500.",
             "- estimated device hours of the whole protocol at that speed: "
             + ", ".join(f"{stage} {h:g}" for stage, h in hours.items())
             + " (the distilled step taken as the scratch step: the cached teacher outputs are read, not computed).",
@@ -638,12 +638,26 @@ def report_lines(summary: dict, rows: list[dict], timing: dict | None) -> list[s
         "- everything missing, resumable, one command: `python benchmarks/full_labels.py --accelerator gpu`",
         "  (or `--threads N` on CPUs); `--report` rebuilds this section, the json and the curve from the rows.",
         "",
-        "Commands per cell: " + f"teacher `{teacher['command']}`",
+        "Commands per cell:",
+        "",
+        f"- teacher: `{teacher['command']}`",
     ]
     for student in summary["students"]:
         for kind in ("scratch", "distilled"):
             lines.append(f"- {student['name']} {kind}: `{student[kind]['command']}`")
     return [*lines, SECTION_END]
+
+
+def write_section(report: Path, lines: list[str]) -> None:
+    """Replace (or append) this driver's section of ``report``, between its markers, leaving the rest as it is."""
+    text = report.read_text() if report.exists() else ""
+    section = "\n".join(lines)
+    if SECTION_START in text and SECTION_END in text:
+        head, rest = text.split(SECTION_START, 1)
+        text = head + section + rest.split(SECTION_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    report.write_text(text)
 
 
 def plot_curve(summary: dict, path: Path) -> None:

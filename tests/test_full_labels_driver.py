@@ -212,3 +212,14 @@ def test_smoke_protocol_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.Monk
     before = (out / "full_labels_runs.jsonl").read_text()
     full_labels.main(["--smoke", "--out", str(out), "--sizes", "5k", "--seeds", "0", "1"])
     assert (out / "full_labels_runs.jsonl").read_text() == before
+
+
+def test_the_section_is_rewritten_between_its_own_markers_only(tmp_path: Path) -> None:
+    report = tmp_path / "RESULTS.md"
+    other = "<!-- few_labels: written by benchmarks/few_labels.py --report -->\nkept\n<!-- few_labels: end -->"
+    report.write_text(f"# results\n\n{other}\n")
+    full_labels.write_section(report, [full_labels.SECTION_START, "first", full_labels.SECTION_END])
+    full_labels.write_section(report, [full_labels.SECTION_START, "second", full_labels.SECTION_END])
+    text = report.read_text()
+    assert other in text and "second" in text and "first" not in text
+    assert text.count(full_labels.SECTION_START) == 1
