@@ -81,6 +81,9 @@ SMOKE_DATA = (
     "data",
     "--data.init_args.batch_size",
     "32",
+    # 4 pixels of translation would move an 8-pixel digit half out of view.
+    "--data.init_args.crop_padding",
+    "1",
 )
 SMOKE_TEACHER = {"name": "small_cnn", "kwargs": {"width": 8, "depth": 2}}
 SMOKE_EPOCHS = {"teacher": 5, "student": 3}
