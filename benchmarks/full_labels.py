@@ -382,7 +382,7 @@ def time_steps(stage: str, size: str | None, steps: int, setting: Setting) -> fl
     args += ["--trainer.default_root_dir", str(directory), "--trainer.callbacks.init_args.dirpath", str(directory)]
     cli = lightning_main(args, run=False)
     timer = StepTimer()
-    cli.trainer.callbacks.append(timer)
+    cli.trainer.callbacks.append(timer)  # type: ignore[attr-defined]  # set by Lightning's callback connector
     cli.trainer.fit(cli.model, cli.datamodule)
     return round(timer.median, 5)
 
@@ -626,10 +626,12 @@ def report_lines(summary: dict, rows: list[dict], timing: dict | None) -> list[s
     lines += ["", "Cost and the one command:", ""]
     if timing is not None:
         hours = estimate_hours(timing)
-        step_ms = ", ".join(f"{name} {1000 * s:.1f}" for name, s in timing["step_s"].items())
+        per_epoch = schedule("teacher.yaml")["steps_per_epoch"]
+        step_ms = ", ".join(f"{name} {1000 * s:.1f} ({s * per_epoch / 60:.1f})" for name, s in timing["step_s"].items())
         lines += [
             f"- measured by `{timing['command']}` (commit {timing['commit'][:12]}; {timing['machine']}; load average "
-            f"{timing['load_average']} on a shared machine): ms per optimizer step at batch 128: {step_ms}; teacher "
+            f"{timing['load_average']} on a shared machine): ms per optimizer step at batch 128 (minutes per "
+            f"{per_epoch}-step epoch): {step_ms}; teacher "
             f"inference {timing['teacher_images_per_s']:.0f} images/s at batch 500.",
             "- estimated device hours of the whole protocol at that speed: "
             + ", ".join(f"{stage} {h:g}" for stage, h in hours.items())
