@@ -48,7 +48,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._common import StepTimer  # noqa: E402
-from benchmarks.few_labels import append_row, load_rows, mean_std, provenance  # noqa: E402
+from benchmarks._runs_log import append_row, load_rows, mean_std, provenance  # noqa: E402
 from kd_lightning.cli import lightning_main  # noqa: E402
 from kd_lightning.data.tensor_dataset import TensorImageDataset  # noqa: E402
 from kd_lightning.data.transforms import to_float_images  # noqa: E402

@@ -1,0 +1,47 @@
+"""The runs log every experiment driver keeps: one JSON row per finished run, appended at once (a rerun skips what
+is there), each row carrying the commit and machine it ran on."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_row(path: Path, row: dict) -> None:
+    """One line per row, written in one call: parallel drivers appending to one log do not interleave."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+def provenance() -> dict[str, str]:
+    """The commit checked out (``dirty`` when tracked files differ from it) and this machine."""
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # The result files the drivers append to are not code: rows written by a parallel run leave the code clean.
+    status = [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"]
+    changed = subprocess.run(status, capture_output=True, text=True)
+    return {
+        "commit": commit + (" dirty" if changed.stdout.strip() else ""),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
+    }
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f} (1 seed)"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
