@@ -37,6 +37,7 @@ from kd_lightning.modules.ensemble import (
     weighted_kd,
 )
 from kd_lightning.modules.teacher import FrozenTeacher, TeacherOptions
+from kd_lightning.optim import DOT
 from kd_lightning.outputs import ModelOutputs
 
 TEACHER_PREFIX = "teacher."
@@ -89,6 +90,8 @@ class DistillationModule(SupervisedModule):
             storing it in the student's checkpoints
             (:class:`~kd_lightning.modules.teacher.TeacherOptions`); ``None``: neither.
         optimizer, lr_scheduler, label_smoothing, channels_last, compile: see :class:`SupervisedModule`.
+            With :class:`kd_lightning.optim.DOT` the weighted ``ce`` term is the task loss and the sum of
+            every other weighted term the distillation loss, each with its own momentum.
     """
 
     def __init__(
@@ -307,9 +310,49 @@ class DistillationModule(SupervisedModule):
         terms = self.loss_components(student, teacher, context)
         weights = self.objective_weights(context.epoch)
         loss = torch.stack([weight * terms[name] for name, weight in weights.items()]).sum()
+        optimizers = self._trainer.optimizers if self._trainer is not None else []  # type: ignore[attr-defined]
+        if optimizers and isinstance(optimizers[0], DOT):
+            loss = _task_objective(optimizers[0], terms, weights)
         self.train_metrics.update(student.logits, batch.labels)
         self.log_step_values(loss, terms, len(batch))
         return loss
+
+    def configure_optimizers(self):
+        config = super().configure_optimizers()
+        if isinstance(config["optimizer"] if isinstance(config, dict) else config, DOT):
+            self._check_dot()
+        return config
+
+    def _check_dot(self) -> None:
+        """Refuse what DOT cannot split into a task and a distillation gradient, or would update wrongly."""
+        distillation = [name for name, weight in self.loss_weights.items() if name != CROSS_ENTROPY and weight]
+        if not self.loss_weights[CROSS_ENTROPY] or not distillation:
+            raise ConfigError(
+                "the DOT optimizer balances the ce term against distillation terms, but the objective lacks one: "
+                "give ce and a distillation term a non-zero weight, or use torch.optim.SGD"
+            )
+        staged = [name for name, loss in self.distillation_losses() if loss.trains_alone(0)]
+        if staged:
+            raise ConfigError(
+                f"terms {staged} train alone in a first stage, which has no ce term for the DOT optimizer to balance: "
+                "drop their init/hint epochs or use torch.optim.SGD"
+            )
+        trainer = self.trainer
+        if trainer.gradient_clip_val:
+            raise ConfigError(
+                "trainer.gradient_clip_val would clip only the task part of the DOT optimizer's gradient: "
+                "drop gradient_clip_val or use torch.optim.SGD"
+            )
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            raise ConfigError(
+                f"precision {trainer.precision_plugin.precision} scales only the task part of the DOT optimizer's "
+                "gradient: use precision bf16-mixed or 32, or torch.optim.SGD"
+            )
+        if trainer.world_size > 1:
+            raise ConfigError(
+                "the DOT optimizer takes the distillation gradient outside DistributedDataParallel's gradient sync: "
+                "train on one device or use torch.optim.SGD"
+            )
 
     def _evaluate(self, batch: Batch, stage: str, metrics: MetricCollection) -> dict[str, torch.Tensor]:
         outputs = super()._evaluate(batch, stage, metrics)
@@ -349,6 +392,14 @@ class DistillationModule(SupervisedModule):
         if has_teacher:
             self.teacher.rehash()
         return result
+
+
+def _task_objective(optimizer: DOT, terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """Hand DOT the gradient of the distillation terms (every term but ``ce``); return the objective's
+    value whose ``backward`` leaves the task gradient (the weighted ``ce`` term's) in ``p.grad``."""
+    distillation = torch.stack([w * terms[name] for name, w in weights.items() if name != CROSS_ENTROPY]).sum()
+    optimizer.add_distillation_loss(distillation)
+    return weights[CROSS_ENTROPY] * terms[CROSS_ENTROPY] + distillation.detach()
 
 
 def hinton_terms(alpha: float, temperature: float) -> list[LossTerm]:
