@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -123,6 +124,24 @@ def test_distiller_hands_ce_and_kd_to_their_buffers(digits, teacher_spec) -> Non
     for name, expected in params.items():
         assert not torch.equal(expected, start[name]), name
         torch.testing.assert_close(trained[name].detach(), expected, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_distiller_accumulates_both_gradients_like_sgd_when_delta_is_zero(digits, teacher_spec) -> None:
+    """Lightning zeroes ``p.grad`` between the training step and ``backward``: the distillation gradient
+    handed over in the step must survive it and add up over the accumulated batches."""
+
+    def fit(optimizer) -> dict[str, torch.Tensor]:
+        L.seed_everything(0, verbose=False)
+        module = DistillationModule(STUDENT, teacher_spec, num_classes=10, optimizer=optimizer)
+        start = {name: p.detach().clone() for name, p in module.network.named_parameters()}
+        make_trainer(max_steps=2, accumulate_grad_batches=2, limit_val_batches=0).fit(module, digits)
+        trained = {name: p.detach() for name, p in module.network.named_parameters()}
+        assert all(not torch.equal(start[name], p) for name, p in trained.items())
+        return trained
+
+    dot = fit(lambda params: DOT(params, lr=0.2, momentum=0.9, delta=0.0, weight_decay=5e-4))
+    sgd = fit(lambda params: torch.optim.SGD(params, lr=0.2, momentum=0.9, weight_decay=5e-4))
+    torch.testing.assert_close(dot, sgd, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -310,9 +310,9 @@ class DistillationModule(SupervisedModule):
         terms = self.loss_components(student, teacher, context)
         weights = self.objective_weights(context.epoch)
         loss = torch.stack([weight * terms[name] for name, weight in weights.items()]).sum()
-        optimizers = self._trainer.optimizers if self._trainer is not None else []  # type: ignore[attr-defined]
-        if optimizers and isinstance(optimizers[0], DOT):
-            loss = _task_objective(optimizers[0], terms, weights)
+        trainer = self._trainer
+        if trainer is not None and trainer.optimizers and isinstance(trainer.optimizers[0], DOT):
+            loss = _task_objective(trainer.optimizers[0], terms, weights, trainer.accumulate_grad_batches)
         self.train_metrics.update(student.logits, batch.labels)
         self.log_step_values(loss, terms, len(batch))
         return loss
@@ -337,7 +337,9 @@ class DistillationModule(SupervisedModule):
                 f"terms {staged} train alone in a first stage, which has no ce term for the DOT optimizer to balance: "
                 "drop their init/hint epochs or use torch.optim.SGD"
             )
-        trainer = self.trainer
+        trainer = self._trainer
+        if trainer is None:
+            return
         if trainer.gradient_clip_val:
             raise ConfigError(
                 "trainer.gradient_clip_val would clip only the task part of the DOT optimizer's gradient: "
@@ -394,11 +396,17 @@ class DistillationModule(SupervisedModule):
         return result
 
 
-def _task_objective(optimizer: DOT, terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+def _task_objective(
+    optimizer: DOT, terms: dict[str, torch.Tensor], weights: dict[str, float], accumulated_batches: int
+) -> torch.Tensor:
     """Hand DOT the gradient of the distillation terms (every term but ``ce``); return the objective's
-    value whose ``backward`` leaves the task gradient (the weighted ``ce`` term's) in ``p.grad``."""
+    value whose ``backward`` leaves the task gradient (the weighted ``ce`` term's) in ``p.grad``.
+
+    Lightning divides the returned loss by the number of accumulated batches before ``backward``; the
+    distillation gradient is divided alike, so both parts keep their weights.
+    """
     distillation = torch.stack([w * terms[name] for name, w in weights.items() if name != CROSS_ENTROPY]).sum()
-    optimizer.add_distillation_loss(distillation)
+    optimizer.add_distillation_loss(distillation / accumulated_batches)
     return weights[CROSS_ENTROPY] * terms[CROSS_ENTROPY] + distillation.detach()
 
 

@@ -81,7 +81,7 @@ class DOT(Optimizer):
             self._distillation_grads[param] = grad if held is None else held + grad
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[no-untyped-def, override]  # torch's signature
+    def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
