@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 from torch.func import functional_call
 
@@ -20,6 +21,8 @@ from tests.conftest import make_trainer
 
 STUDENT = ModelSpec("small_cnn", kwargs={"width": 4})
 LR, MU, DELTA, DECAY = 0.1, 0.9, 0.075, 0.01
+# fp16 loss scaling as on a GPU; refused before any step runs, so the CPU never computes in fp16.
+FP16_LOSS_SCALING = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
 HINT_LAYERS = {"student_layers": ["backbone.5"], "teacher_layers": ["backbone.5"]}
 
 
@@ -177,6 +180,7 @@ def test_bad_hyper_parameters_are_one_line(kwargs, message) -> None:
             r"terms \['fitnet'\] train alone in a first stage",
         ),
         ({}, {"gradient_clip_val": 1.0}, "gradient_clip_val would clip only the task part"),
+        ({}, {"plugins": [FP16_LOSS_SCALING]}, "precision 16-mixed scales only the task part"),
     ],
 )
 def test_what_dot_cannot_split_is_refused_in_one_line(

@@ -98,17 +98,16 @@ def _update(param: torch.Tensor, distillation_grad: torch.Tensor | None, state: 
     task_grad = param.grad
     if task_grad is None and distillation_grad is None:
         return
-    momentum, delta, decay = group["momentum"], group["delta"], group["weight_decay"]
+    momentum, delta, decay, lr = group["momentum"], group["delta"], group["weight_decay"], group["lr"]
     both = task_grad is not None and distillation_grad is not None
-    update = torch.zeros_like(param)
     if task_grad is not None:
         grad = task_grad.add(param, alpha=decay) if decay else task_grad
-        update += _momentum(state, TASK_MOMENTUM, grad, momentum - delta if both else momentum)
+        param.add_(_momentum(state, TASK_MOMENTUM, grad, momentum - delta if both else momentum), alpha=-lr)
     if distillation_grad is not None:
+        # The weight decay only where the task gradient did not bring it, so param is not updated yet.
         first = DISTILLATION_MOMENTUM not in state
         grad = distillation_grad.add(param, alpha=decay) if decay and not both and not first else distillation_grad
-        update += _momentum(state, DISTILLATION_MOMENTUM, grad, momentum + delta if both else momentum)
-    param.add_(update, alpha=-group["lr"])
+        param.add_(_momentum(state, DISTILLATION_MOMENTUM, grad, momentum + delta if both else momentum), alpha=-lr)
 
 
 def _momentum(state: dict, key: str, grad: torch.Tensor, momentum: float) -> torch.Tensor:
