@@ -27,6 +27,7 @@ from kd_lightning.metrics import TeacherStudentKL
 from kd_lightning.models.feature_taps import FeatureTaps
 from kd_lightning.models.spec import ModelSpec, as_spec
 from kd_lightning.modules.base import SupervisedModule
+from kd_lightning.modules.dot_objective import check_dot, task_objective
 from kd_lightning.modules.ensemble import (
     MEAN_LOGITS,
     MEAN_LOSS,
@@ -312,7 +313,7 @@ class DistillationModule(SupervisedModule):
         loss = torch.stack([weight * terms[name] for name, weight in weights.items()]).sum()
         trainer = self._trainer
         if trainer is not None and trainer.optimizers and isinstance(trainer.optimizers[0], DOT):
-            loss = _task_objective(trainer.optimizers[0], terms, weights, trainer.accumulate_grad_batches)
+            loss = task_objective(trainer.optimizers[0], terms, weights, trainer.accumulate_grad_batches)
         self.train_metrics.update(student.logits, batch.labels)
         self.log_step_values(loss, terms, len(batch))
         return loss
@@ -320,41 +321,8 @@ class DistillationModule(SupervisedModule):
     def configure_optimizers(self):
         config = super().configure_optimizers()
         if isinstance(config["optimizer"] if isinstance(config, dict) else config, DOT):
-            self._check_dot()
+            check_dot(self.loss_weights, self.distillation_losses(), self._trainer)
         return config
-
-    def _check_dot(self) -> None:
-        """Refuse what DOT cannot split into a task and a distillation gradient, or would update wrongly."""
-        distillation = [name for name, weight in self.loss_weights.items() if name != CROSS_ENTROPY and weight]
-        if not self.loss_weights[CROSS_ENTROPY] or not distillation:
-            raise ConfigError(
-                "the DOT optimizer balances the ce term against distillation terms, but the objective lacks one: "
-                "give ce and a distillation term a non-zero weight, or use torch.optim.SGD"
-            )
-        staged = [name for name, loss in self.distillation_losses() if loss.trains_alone(0)]
-        if staged:
-            raise ConfigError(
-                f"terms {staged} train alone in a first stage, which has no ce term for the DOT optimizer to balance: "
-                "drop their init/hint epochs or use torch.optim.SGD"
-            )
-        trainer = self._trainer
-        if trainer is None:
-            return
-        if trainer.gradient_clip_val:
-            raise ConfigError(
-                "trainer.gradient_clip_val would clip only the task part of the DOT optimizer's gradient: "
-                "drop gradient_clip_val or use torch.optim.SGD"
-            )
-        if getattr(trainer.precision_plugin, "scaler", None) is not None:
-            raise ConfigError(
-                f"precision {trainer.precision_plugin.precision} scales only the task part of the DOT optimizer's "
-                "gradient: use precision bf16-mixed or 32, or torch.optim.SGD"
-            )
-        if trainer.world_size > 1:
-            raise ConfigError(
-                "the DOT optimizer takes the distillation gradient outside DistributedDataParallel's gradient sync: "
-                "train on one device or use torch.optim.SGD"
-            )
 
     def _evaluate(self, batch: Batch, stage: str, metrics: MetricCollection) -> dict[str, torch.Tensor]:
         outputs = super()._evaluate(batch, stage, metrics)
@@ -394,20 +362,6 @@ class DistillationModule(SupervisedModule):
         if has_teacher:
             self.teacher.rehash()
         return result
-
-
-def _task_objective(
-    optimizer: DOT, terms: dict[str, torch.Tensor], weights: dict[str, float], accumulated_batches: int
-) -> torch.Tensor:
-    """Hand DOT the gradient of the distillation terms (every term but ``ce``); return the objective's
-    value whose ``backward`` leaves the task gradient (the weighted ``ce`` term's) in ``p.grad``.
-
-    Lightning divides the returned loss by the number of accumulated batches before ``backward``; the
-    distillation gradient is divided alike, so both parts keep their weights.
-    """
-    distillation = torch.stack([w * terms[name] for name, w in weights.items() if name != CROSS_ENTROPY]).sum()
-    optimizer.add_distillation_loss(distillation / accumulated_batches)
-    return weights[CROSS_ENTROPY] * terms[CROSS_ENTROPY] + distillation.detach()
 
 
 def hinton_terms(alpha: float, temperature: float) -> list[LossTerm]:
