@@ -23,6 +23,7 @@ from kd_lightning.data.batch import Batch
 from kd_lightning.losses import CRDLoss, FitNetLoss
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
+from kd_lightning.optim import DOT
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "cifar100"
 CONFIGS = sorted(RECIPES.rglob("*.yaml"))
@@ -104,7 +105,9 @@ def test_recipe_follows_the_reference_protocol(
     assert [cb.monitor for cb in trainer.callbacks if isinstance(cb, LastAndBestAccuracy)] == ["val/acc"]
     # The references' schedule and input statistics.
     optimizer = model.configure_optimizers()["optimizer"]
-    assert isinstance(optimizer, torch.optim.SGD)
+    # DOT recipes: SGD whose momentum is 0.9 -+ 0.075 on the CE and KD gradients (mdistiller's configs/cifar100/dot/).
+    assert isinstance(optimizer, DOT if path.stem.endswith("_dot") else torch.optim.SGD)
+    assert optimizer.defaults.get("delta", 0.075) == 0.075
     assert (optimizer.defaults["lr"], optimizer.defaults["momentum"], optimizer.defaults["weight_decay"]) == (
         0.05,
         0.9,

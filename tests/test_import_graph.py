@@ -25,7 +25,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
         "kd_lightning.run_lock",
     ),
     ("kd_lightning.text",),  # token-id inputs and tokenizers: what text models and data both read
-    ("kd_lightning.data", "kd_lightning.models", "kd_lightning.losses", "kd_lightning.metrics"),
+    ("kd_lightning.data", "kd_lightning.models", "kd_lightning.losses", "kd_lightning.metrics", "kd_lightning.optim"),
     ("kd_lightning.cache", "kd_lightning.callbacks"),
     ("kd_lightning.modules",),
     (

@@ -27,6 +27,7 @@ from kd_lightning.metrics import TeacherStudentKL
 from kd_lightning.models.feature_taps import FeatureTaps
 from kd_lightning.models.spec import ModelSpec, as_spec
 from kd_lightning.modules.base import SupervisedModule
+from kd_lightning.modules.dot_objective import check_dot, task_objective
 from kd_lightning.modules.ensemble import (
     MEAN_LOGITS,
     MEAN_LOSS,
@@ -37,6 +38,7 @@ from kd_lightning.modules.ensemble import (
     weighted_kd,
 )
 from kd_lightning.modules.teacher import FrozenTeacher, TeacherOptions
+from kd_lightning.optim import DOT
 from kd_lightning.outputs import ModelOutputs
 
 TEACHER_PREFIX = "teacher."
@@ -89,6 +91,8 @@ class DistillationModule(SupervisedModule):
             storing it in the student's checkpoints
             (:class:`~kd_lightning.modules.teacher.TeacherOptions`); ``None``: neither.
         optimizer, lr_scheduler, label_smoothing, channels_last, compile: see :class:`SupervisedModule`.
+            With :class:`kd_lightning.optim.DOT` the weighted ``ce`` term is the task loss and the sum of
+            every other weighted term the distillation loss, each with its own momentum.
     """
 
     def __init__(
@@ -307,9 +311,18 @@ class DistillationModule(SupervisedModule):
         terms = self.loss_components(student, teacher, context)
         weights = self.objective_weights(context.epoch)
         loss = torch.stack([weight * terms[name] for name, weight in weights.items()]).sum()
+        trainer = self._trainer
+        if trainer is not None and trainer.optimizers and isinstance(trainer.optimizers[0], DOT):
+            loss = task_objective(trainer.optimizers[0], terms, weights, trainer.accumulate_grad_batches)
         self.train_metrics.update(student.logits, batch.labels)
         self.log_step_values(loss, terms, len(batch))
         return loss
+
+    def configure_optimizers(self):
+        config = super().configure_optimizers()
+        if isinstance(config["optimizer"] if isinstance(config, dict) else config, DOT):
+            check_dot(self.loss_weights, self.distillation_losses(), self._trainer)
+        return config
 
     def _evaluate(self, batch: Batch, stage: str, metrics: MetricCollection) -> dict[str, torch.Tensor]:
         outputs = super()._evaluate(batch, stage, metrics)
