@@ -341,7 +341,7 @@ REFERENCE_TARGETS: dict[str, dict[str, float | None]] = {
     "resnet32x4_resnet8x4": {"mlkd": 77.08, "nkd": None, "wkd": 76.53},
     "wrn_40_2_wrn_16_2": {"mlkd": 76.63},
 }
-REFERENCE_SOURCES = {"mlkd": MLKD_TABLE, "nkd": NOT_FOUND, "wkd": WKD_TABLE, "camkd": NOT_FOUND}
+REFERENCE_SOURCES = {"mlkd": MLKD_TABLE, "nkd": NOT_FOUND, "wkd": WKD_TABLE}
 # The MLKD authors' configs (configs/cifar100/ours/*.yaml) set LR 0.025 for every pair.
 MLKD_LR = 0.025
 REFERENCE_HEADERS = {
@@ -359,8 +359,8 @@ REFERENCE_HEADERS = {
         "WKD-L: CE + target term + 600 x Sinkhorn WD (T = 8, lambda 0.05, 10 iterations,\n"
         "# cost sharpened with kappa 1, weight on a cosine decay from epoch 150), as in configs/cifar100/wkd_l/\n"
         "# res32x4_res8x4.yaml of forks of JiamingLv/WKD (hainn2803/WKD, Changhy26/WKL; the upstream file was not\n"
-        "# available to check, one fork's later commit has 800). Differs from the reference: its cost is\n"
-        "# 1 - exp(-(1 - CKA)) between classes from a precomputed file (COST_MATRIX 'cka'); here it is\n"
+        "# available to check, one fork's later commit has 800). Differs from the reference: its cost is a\n"
+        "# precomputed CKA-based class-to-class file (COST_MATRIX 'cka', linear_cka.pth), sharpened; here it is\n"
         "# 1 - exp(-(1 - cos)) of the teacher's classifier rows (its COST_MATRIX 'fc' option)."
     ),
 }
