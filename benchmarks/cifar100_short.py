@@ -9,7 +9,8 @@ The recipe (a path under ``configs/cifar100/``, with or without ``.yaml``) is ru
 ``--epochs`` and the learning-rate milestones (150/180/210 of 240) are scaled to it; outputs go
 to ``runs/cifar100_e<epochs>/`` (``runs/cifar100/``, the recipes' own folder, at 240 epochs, so the
 full run is exactly the two documented commands). A student recipe needs its teacher's
-``last.ckpt``: when it is missing, the teacher recipe runs first on the same schedule.
+``last.ckpt`` (each teacher's, for several): when one is missing, the teacher recipe that writes it
+runs first on the same schedule.
 
 Every recipe validates on the test split, so the curve is test accuracy per epoch (0-based);
 the last line gives the last and the best epoch side by side, the last being the honest number.
@@ -76,6 +77,17 @@ def init_stage(model: dict) -> tuple[dict, int] | None:
     return None
 
 
+def teacher_specs(model: dict) -> list[dict]:
+    """The recipe's teacher specs: none, one, or the list of several teachers."""
+    teacher = model.get("teacher")
+    return [] if teacher is None else teacher if isinstance(teacher, list) else [teacher]
+
+
+def teacher_recipe(weights_path: str) -> str:
+    """The teacher recipe that writes ``weights_path``: each writes ``runs/cifar100/<its name>/last.ckpt``."""
+    return f"teachers/{Path(weights_path).parent.name}"
+
+
 def scheduled(config: dict, epochs: int, root: str, smoke: bool) -> dict:
     """The recipe with ``epochs`` epochs, scaled milestones and its outputs under ``root``.
 
@@ -100,8 +112,8 @@ def scheduled(config: dict, epochs: int, root: str, smoke: bool) -> dict:
     scheduler = model["lr_scheduler"]["init_args"]
     main_milestones = [m - recipe_init for m in scheduler["milestones"]]
     scheduler["milestones"] = [init + m for m in scaled_milestones(main_milestones, epochs)]
-    if "teacher" in model:
-        model["teacher"]["weights_path"] = move(model["teacher"]["weights_path"])
+    for spec in teacher_specs(model):
+        spec["weights_path"] = move(spec["weights_path"])
     if smoke:
         trainer.update(accelerator="cpu", enable_progress_bar=False)
         config["data"]["class_path"] = f"{__name__}.RandomCIFAR100"
@@ -144,13 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     epochs = 2 if args.smoke else args.epochs
     root = args.out or (RECIPE_ROOT if epochs == RECIPE_EPOCHS and not args.smoke else f"runs/cifar100_e{epochs}")
     recipe = yaml.safe_load(recipe_path(args.recipe).read_text())
-    teacher = recipe["model"]["init_args"].get("teacher")
-    if teacher is not None:
+    for teacher in teacher_specs(recipe["model"]["init_args"]):
         weights = Path(root + teacher["weights_path"].removeprefix(RECIPE_ROOT))
         if weights.is_file():
             print(f"== teacher: {weights} exists, not retrained")
         else:
-            run_recipe(f"teachers/{teacher['name']}", epochs, root, args.smoke)
+            run_recipe(teacher_recipe(teacher["weights_path"]), epochs, root, args.smoke)
     run_recipe(args.recipe, epochs, root, args.smoke)
     return 0
 

@@ -21,8 +21,10 @@ from kd_lightning.cli import lightning_main
 from kd_lightning.data import CIFAR100DataModule
 from kd_lightning.data.batch import Batch
 from kd_lightning.losses import CRDLoss, FitNetLoss
+from kd_lightning.losses.wkd import WKDLogitLoss
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
+from kd_lightning.modules.ensemble import TeacherEnsemble
 from kd_lightning.optim import DOT
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "cifar100"
@@ -33,11 +35,19 @@ REFERENCE_MEAN, REFERENCE_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.276
 # The wide nets (7-9M parameters) take several seconds a step on a shared 2-core CPU: their
 # recipes step in the slow run; every method still steps by default on the two smaller pairs.
 HEAVY = ("resnet32x4", "vgg13")
+# The references' learning rate where it is not RepDistiller's 0.05 (the MLKD authors' configs).
+REFERENCE_LR = {"mlkd": 0.025}
 
 
 def _is_heavy(path: Path) -> bool:
     name = str(path.relative_to(RECIPES))
-    return any(name.startswith(h) or name == f"teachers/{h}.yaml" for h in HEAVY)
+    return any(name.startswith((h, f"teachers/{h}.yaml", f"teachers/{h}_seed")) for h in HEAVY)
+
+
+def _teacher_specs(path: Path) -> list[dict]:
+    """The recipe's teacher specs: none for a teacher recipe, one, or a list of several teachers."""
+    teacher = yaml.safe_load(path.read_text())["model"]["init_args"].get("teacher")
+    return [] if teacher is None else teacher if isinstance(teacher, list) else [teacher]
 
 
 def test_every_pair_has_a_teacher_and_the_five_methods() -> None:
@@ -45,7 +55,9 @@ def test_every_pair_has_a_teacher_and_the_five_methods() -> None:
     for pair in PAIRS:
         assert {f"{pair}/{m}.yaml" for m in ("kd", "dkd", "fitnet", "at", "crd")} <= names
     for pair in ("resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2"):  # the newer logit methods' two pairs
-        assert {f"{pair}/{m}.yaml" for m in ("kd_ls", "dkd_ls", "ctkd")} <= names
+        assert {f"{pair}/{m}.yaml" for m in ("kd_ls", "dkd_ls", "ctkd", "mlkd")} <= names
+    assert {f"resnet32x4_resnet8x4/{m}.yaml" for m in ("nkd", "wkd")} <= names
+    assert {"resnet32x4x3_vgg8/camkd.yaml", "teachers/resnet32x4_seed1.yaml", "teachers/resnet32x4_seed2.yaml"} <= names
     for teacher in ("resnet32x4", "wrn_40_2", "resnet56", "vgg13"):
         assert f"teachers/{teacher}.yaml" in names
 
@@ -75,8 +87,7 @@ def stand_in_teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
 
 def _instantiate(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, teachers: dict[str, Path]):
     monkeypatch.chdir(tmp_path)
-    teacher = yaml.safe_load(path.read_text())["model"]["init_args"].get("teacher")
-    if teacher:
+    for teacher in _teacher_specs(path):
         weights = Path(teacher["weights_path"])
         weights.parent.mkdir(parents=True, exist_ok=True)
         weights.symlink_to(teachers[teacher["name"]])
@@ -109,11 +120,15 @@ def test_recipe_follows_the_reference_protocol(
     assert isinstance(optimizer, DOT if path.stem.endswith("_dot") else torch.optim.SGD)
     assert optimizer.defaults.get("delta", 0.075) == 0.075
     assert (optimizer.defaults["lr"], optimizer.defaults["momentum"], optimizer.defaults["weight_decay"]) == (
-        0.05,
+        REFERENCE_LR.get(path.stem, 0.05),
         0.9,
         5e-4,
     )
-    networks = [model.network] + ([model.teacher.network] if isinstance(model, DistillationModule) else [])
+    assert optimizer.defaults["nesterov"] == (path.stem == "camkd")  # CA-MKD's --nesterov
+    networks = [model.network]
+    if isinstance(model, DistillationModule):
+        teachers = model.teacher.members() if isinstance(model.teacher, TeacherEnsemble) else [model.teacher]
+        networks += [teacher.network for teacher in teachers]
     for network in networks:
         assert network.input_config.mean == REFERENCE_MEAN and network.input_config.std == REFERENCE_STD
     if not _is_heavy(path):
@@ -122,14 +137,23 @@ def test_recipe_follows_the_reference_protocol(
         assert checkpoints[0].dirpath.endswith(f"runs/cifar100/{path.stem}")
         return
     # Students distil from the teacher's last epoch, the file its teacher recipe writes.
-    teacher = model.hparams["teacher"]
-    assert teacher["weights_path"] == f"runs/cifar100/{teacher['name']}/last.ckpt"
+    specs = _teacher_specs(path)
+    if path.stem == "camkd":  # three teachers of one architecture, trained with seeds 0, 1 and 2
+        assert isinstance(model.teacher, TeacherEnsemble) and model.teacher.ensemble == "camkd"
+        assert [spec["weights_path"] for spec in specs] == [
+            f"runs/cifar100/resnet32x4{suffix}/last.ckpt" for suffix in ("", "_seed1", "_seed2")
+        ]
+    else:
+        assert [spec["weights_path"] for spec in specs] == [f"runs/cifar100/{specs[0]['name']}/last.ckpt"]
     for loss in model.loss_terms.values():
         if isinstance(loss, FitNetLoss):
             assert loss.final_relu and loss.hint_epochs == 0  # RepDistiller: ConvReg ends in a ReLU, one stage
             assert all(isinstance(regressor[-1], nn.ReLU) for regressor in loss.regressors)
         if path.stem.endswith("_ls"):
             assert loss.standardize  # LS-KD's --logit-stand
+        if isinstance(loss, WKDLogitLoss):  # full weight to epoch 150, then a half cosine to 0 at 240
+            assert loss.cost.shape == (100, 100) and loss.gamma_at(149) == 600.0
+            assert loss.gamma_at(194) == pytest.approx(300.0) and loss.gamma_at(239) == pytest.approx(0.0)
         if isinstance(loss, CRDLoss):
             assert loss.negative_sampling == "other_classes" and loss.num_negatives == 16384
             assert loss.configured_num_samples is None  # sized by the training set, never typed in

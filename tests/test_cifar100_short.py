@@ -52,6 +52,18 @@ def test_short_schedule_changes_only_the_schedule_and_the_output_folder(
     assert cli.trainer.default_root_dir.endswith("runs/cifar100_e10/resnet56_resnet20/kd")
 
 
+def test_several_teachers_each_move_with_the_schedule_and_name_their_teacher_recipe() -> None:
+    recipe = yaml.safe_load(cifar100_short.recipe_path("resnet32x4x3_vgg8/camkd").read_text())
+    short = cifar100_short.scheduled(recipe, 10, "runs/cifar100_e10", smoke=False)
+    paths = [spec["weights_path"] for spec in cifar100_short.teacher_specs(short["model"]["init_args"])]
+    runs = ["resnet32x4", "resnet32x4_seed1", "resnet32x4_seed2"]
+    assert paths == [f"runs/cifar100_e10/{run}/last.ckpt" for run in runs]
+    assert [cifar100_short.teacher_recipe(path) for path in paths] == [f"teachers/{run}" for run in runs]
+    for run in runs:  # each names a teacher recipe that writes exactly that file
+        teacher = yaml.safe_load(cifar100_short.recipe_path(f"teachers/{run}").read_text())
+        assert teacher["trainer"]["callbacks"][0]["init_args"]["dirpath"] == f"runs/cifar100/{run}"
+
+
 def test_full_schedule_writes_where_the_recipes_do() -> None:
     recipe = yaml.safe_load(cifar100_short.recipe_path("wrn_40_2_wrn_16_2/crd").read_text())
     assert cifar100_short.scheduled(recipe, 240, "runs/cifar100", smoke=False) == recipe

@@ -29,7 +29,9 @@ def _num_classes(data: dict[str, Any]) -> int:
 
 
 def _specs_with_weights(init_args: dict[str, Any]) -> list[dict[str, Any]]:
-    return [v for v in init_args.values() if isinstance(v, dict) and v.get("weights_path")]
+    """Every spec that names a weights file, a list of several teachers included."""
+    specs = [s for v in init_args.values() for s in (v if isinstance(v, list) else [v])]
+    return [s for s in specs if isinstance(s, dict) and s.get("weights_path")]
 
 
 def _write_stand_in_weights(config: dict[str, Any]) -> None:
