@@ -45,3 +45,17 @@ def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4f} (1 seed)"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def write_section(report: Path, lines: list[str]) -> None:
+    """Replace (or append) a driver's section of ``report``, leaving the rest of the file as it is. The section's
+    first and last lines are its markers, so each driver owns exactly the text between its own pair."""
+    start, end = lines[0], lines[-1]
+    text = report.read_text() if report.exists() else ""
+    section = "\n".join(lines)
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    report.write_text(text)

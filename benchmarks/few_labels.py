@@ -56,7 +56,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._runs_log import append_row, load_rows, mean_std, provenance  # noqa: E402
+from benchmarks._runs_log import append_row, load_rows, mean_std, provenance, write_section  # noqa: E402
 from kd_lightning.cache.keys import backbone_digest, cache_key, tensor_digest  # noqa: E402
 from kd_lightning.cache.store import CacheStore  # noqa: E402
 from kd_lightning.cache.teacher.entry import ViewTable, backbone_key, view_key_parts  # noqa: E402
@@ -634,19 +634,6 @@ def verdict_lines(summary: dict) -> list[str]:
             ratio = models["teacher"]["params"] / models["distilled"]["params"]
             lines.append(f"- {regime}: the student has {ratio:.0f}× fewer parameters than the teacher as it runs.")
     return lines or ["- no paired runs yet."]
-
-
-def write_section(report: Path, lines: list[str]) -> None:
-    """Replace (or append) the driver's section of ``report``, leaving the rest of the file as it is."""
-    text = report.read_text() if report.exists() else ""
-    section = "\n".join(lines)
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        tail = rest.split(SECTION_END, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    report.write_text(text)
 
 
 def plot_accuracy(summary: dict, path: Path) -> None:

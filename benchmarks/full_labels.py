@@ -48,7 +48,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._common import StepTimer  # noqa: E402
-from benchmarks._runs_log import append_row, load_rows, mean_std, provenance  # noqa: E402
+from benchmarks._runs_log import append_row, load_rows, mean_std, provenance, write_section  # noqa: E402
 from kd_lightning.cli import lightning_main  # noqa: E402
 from kd_lightning.data.tensor_dataset import TensorImageDataset  # noqa: E402
 from kd_lightning.data.transforms import to_float_images  # noqa: E402
@@ -653,18 +653,6 @@ def report_lines(summary: dict, rows: list[dict], timing: dict | None) -> list[s
         for kind in ("scratch", "distilled"):
             lines.append(f"- {student['name']} {kind}: `{student[kind]['command']}`")
     return [*lines, SECTION_END]
-
-
-def write_section(report: Path, lines: list[str]) -> None:
-    """Replace (or append) this driver's section of ``report``, between its markers, leaving the rest as it is."""
-    text = report.read_text() if report.exists() else ""
-    section = "\n".join(lines)
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        text = head + section + rest.split(SECTION_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    report.write_text(text)
 
 
 def plot_curve(summary: dict, path: Path) -> None:
