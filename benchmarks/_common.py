@@ -15,6 +15,7 @@ import lightning as L
 import torch
 
 from kd_lightning.data import FashionMNISTDataModule, ImageClassificationDataModule, TensorImageDataset
+from kd_lightning.report.measure import cpu_latency_ms
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DATA_DIR = Path("data")
@@ -117,3 +118,16 @@ def header(title: str) -> None:
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU cores {os.cpu_count()}, "
         f"load average {os.getloadavg()[0]:.1f} (shared machine: absolute times are context only)"
     )
+
+
+def latency_ranges(networks: dict[str, torch.nn.Module], side: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Batch-1 CPU latency (ms) of each network as a min-median-max range over ``rounds``. Each round times every
+    network once, in turn, so load from other jobs on a shared machine shifts them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in networks}
+    for _ in range(rounds):
+        for name, network in networks.items():
+            times[name].append(cpu_latency_ms(network, torch.rand(1, 1, side, side), batch_size=1))
+    return {
+        name: {"min": round(min(t), 3), "median": round(statistics.median(t), 3), "max": round(max(t), 3)}
+        for name, t in times.items()
+    }

@@ -47,13 +47,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._common import StepTimer  # noqa: E402
+from benchmarks._common import StepTimer, latency_ranges  # noqa: E402
 from benchmarks._runs_log import append_row, load_rows, mean_std, provenance, write_section  # noqa: E402
 from kd_lightning.cli import lightning_main  # noqa: E402
 from kd_lightning.data.tensor_dataset import TensorImageDataset  # noqa: E402
 from kd_lightning.data.transforms import to_float_images  # noqa: E402
 from kd_lightning.models.factory import create_model  # noqa: E402
-from kd_lightning.report.measure import count_parameters, cpu_latency_ms, state_dict_bytes  # noqa: E402
+from kd_lightning.report.measure import count_parameters, state_dict_bytes  # noqa: E402
 
 CONFIGS = ROOT / "configs" / "fashion_mnist" / "full_labels"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -351,14 +351,7 @@ def measure_latency(setting: Setting, rounds: int = 7) -> dict[str, dict[str, fl
     """
     networks = {"teacher": build(teacher_spec(setting))} | {size: build(student_spec(size)) for size in SIZES}
     side = 8 if setting.smoke else 28
-    times: dict[str, list[float]] = {name: [] for name in networks}
-    for _ in range(rounds):
-        for name, network in networks.items():
-            times[name].append(cpu_latency_ms(network, torch.rand(1, 1, side, side), batch_size=1))
-    return {
-        name: {"min": round(min(t), 3), "median": round(statistics.median(t), 3), "max": round(max(t), 3)}
-        for name, t in times.items()
-    }
+    return latency_ranges(networks, side, rounds)
 
 
 def schedule(name: str) -> dict[str, int]:
