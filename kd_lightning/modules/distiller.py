@@ -26,9 +26,11 @@ from kd_lightning.losses.term import CROSS_ENTROPY
 from kd_lightning.metrics import TeacherStudentKL
 from kd_lightning.models.feature_taps import FeatureTaps
 from kd_lightning.models.spec import ModelSpec, as_spec
+from kd_lightning.modules.aekd import aekd_loss, check_aekd
 from kd_lightning.modules.base import SupervisedModule
 from kd_lightning.modules.dot_objective import check_dot, task_objective
 from kd_lightning.modules.ensemble import (
+    AEKD,
     MEAN_LOGITS,
     MEAN_LOSS,
     SAMPLE_WEIGHTED,
@@ -152,6 +154,8 @@ class DistillationModule(SupervisedModule):
             self.loss_terms, self.loss_weights = _build_terms(terms)
             if isinstance(self.teacher, TeacherEnsemble):
                 _check_ensemble_terms(self.distillation_losses(), options.ensemble)
+                if options.ensemble == AEKD:
+                    check_aekd(options.aekd_max_weight, options.aekd_tolerance, len(teacher_specs))
             self.student_taps = self._tap_features(input_shape)
             if isinstance(self.teacher, FrozenTeacher):
                 for _, loss in self.distillation_losses():
@@ -290,6 +294,12 @@ class DistillationModule(SupervisedModule):
                 logits = torch.stack([t.logits for t in member_outputs(teacher)])
                 weights = sample_weights(ensemble, logits, context.labels)
                 terms[name] = weighted_kd(student.logits, logits, weights, cast(LogitLoss, loss).temperature)
+            elif ensemble == AEKD:
+                options = self.teacher_options
+                members = member_outputs(teacher)
+                terms[name] = aekd_loss(
+                    loss, student, members, context, options.aekd_max_weight, options.aekd_tolerance
+                )
             else:
                 terms[name] = loss(student, teacher, context)
         return terms

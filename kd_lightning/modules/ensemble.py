@@ -4,7 +4,8 @@
 (as ``ensemble.<k>`` entries of the outputs' features, so the teacher cache stores them like tapped
 layers) and combine per-teacher losses: ``mean_loss`` averages every term over the teachers, ``ebkd``
 and ``camkd`` weight each teacher's per-sample KD term, as the reference code of CA-MKD
-(Rorozhl/CA-MKD, ``helper/loops.py``) does for both methods.
+(Rorozhl/CA-MKD, ``helper/loops.py``) does for both methods, and ``aekd`` weights each teacher's
+term by the least-norm point of their gradients (:mod:`kd_lightning.modules.aekd`), as it does for AEKD.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ MEAN_LOGITS = "mean_logits"
 MEAN_LOSS = "mean_loss"
 EBKD = "ebkd"
 CAMKD = "camkd"
-ENSEMBLES = (MEAN_LOGITS, MEAN_LOSS, EBKD, CAMKD)
+AEKD = "aekd"
+ENSEMBLES = (MEAN_LOGITS, MEAN_LOSS, EBKD, CAMKD, AEKD)
 # The ensembles that weight each teacher's per-sample KD term (so they need the KD term and only it).
 SAMPLE_WEIGHTED = (EBKD, CAMKD)
 MEMBER = "ensemble."  # feature-name prefix of one teacher's logits
