@@ -152,3 +152,19 @@ def test_value_and_gradient_equal_the_reference_loop(tolerance: float) -> None:
     value.backward()
     torch.testing.assert_close(value.detach(), expected_value)
     torch.testing.assert_close(logits.grad, expected_grad)
+
+
+def test_under_bf16_autocast_the_weights_are_the_float32_ones() -> None:
+    """The gradients and their Gram stay float32 under autocast: a bf16 Gram would move where the solver stops."""
+    generator = torch.Generator().manual_seed(3)
+    student = ModelOutputs(torch.randn(32, 10, generator=generator) * 3)
+    members = [ModelOutputs(torch.randn(32, 10, generator=generator) * 3) for _ in range(3)]
+    context = StepContext(torch.zeros(32))
+    g = logit_gradients(KDLoss(4.0), student.logits, members, context)
+    weights = min_norm_weights(g @ g.T, 0.6, TIGHT)
+    assert 0.05 < weights.min() and weights.max() < 0.55  # inside the simplex: any change of the Gram moves it
+    expected = (weights * torch.stack([KDLoss(4.0)(student, t, context) for t in members])).sum()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = aekd_loss(KDLoss(4.0), student, members, context, 0.6, TIGHT)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, expected.float())
