@@ -20,7 +20,7 @@ from kd_lightning.callbacks import LastAndBestAccuracy
 from kd_lightning.cli import lightning_main
 from kd_lightning.data import CIFAR100DataModule
 from kd_lightning.data.batch import Batch
-from kd_lightning.losses import CRDLoss, FitNetLoss
+from kd_lightning.losses import CAMKDFeatureLoss, CRDLoss, FitNetLoss
 from kd_lightning.losses.wkd import WKDLogitLoss
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
@@ -144,6 +144,13 @@ def test_recipe_follows_the_reference_protocol(
         assert isinstance(model.teacher, TeacherEnsemble) and model.teacher.ensemble == path.stem
         if path.stem == "aekd":  # run.sh's AEKD: -C 0.6, libsvm's tolerance as find_optimal_svm sets it
             assert (model.teacher_options.aekd_max_weight, model.teacher_options.aekd_tolerance) == (0.6, 1e-6)
+        feature = [loss for loss in model.loss_terms.values() if isinstance(loss, CAMKDFeatureLoss)]
+        if path.stem == "camkd":  # run.sh's --distill inter -b 50: vgg8's last map onto each teacher's, from epoch 2
+            assert model.loss_weights["camkd_feature"] == 50.0 and feature[0].start_epoch == 1
+            assert (feature[0].student_layers, feature[0].teacher_layers) == (("block4",), ("layer3",))
+            assert [embed[0].out_channels for embed in feature[0].embeds] == [256] * 3
+        else:
+            assert not feature
         assert [spec["weights_path"] for spec in specs] == [
             f"runs/cifar100/resnet32x4{suffix}/last.ckpt" for suffix in ("", "_seed1", "_seed2")
         ]

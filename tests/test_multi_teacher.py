@@ -99,10 +99,16 @@ def test_the_distiller_combines_the_teachers_kd_terms_as_its_ensemble_says(teach
     assert len({round(kd_loss(student, t).item(), 4) for t in members}) == 3  # three teachers that differ
 
 
-@pytest.mark.parametrize("ensemble", ["mean_logits", "camkd", "aekd"])
-def test_three_teachers_train_the_same_with_and_without_the_cache(teacher_specs, ensemble) -> None:
-    """Without augmentation the cache stores what the teachers give live (each one's logits for camkd and aekd),
-    so the same seed and data order give the same losses step by step, and the student learns."""
+@pytest.mark.parametrize(
+    ("ensemble", "feature_term"), [("mean_logits", False), ("camkd", False), ("aekd", False), ("camkd", True)]
+)
+def test_three_teachers_train_the_same_with_and_without_the_cache(teacher_specs, ensemble, feature_term) -> None:
+    """Without augmentation the cache stores what the teachers give live (each one's logits for camkd and aekd,
+    and each one's last stage for CA-MKD's feature term), so the same seed and data order give the same losses
+    step by step, and the student learns."""
+    losses = [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9}]
+    if feature_term:  # counted from the second epoch, as CA-MKD's loop does
+        losses.append({"name": "camkd_feature", "weight": 50.0})
     runs = {}
     for cached in (False, True):
         L.seed_everything(0)
@@ -110,6 +116,8 @@ def test_three_teachers_train_the_same_with_and_without_the_cache(teacher_specs,
             STUDENT,
             teacher_specs,
             num_classes=10,
+            losses=losses,
+            input_shape=(1, 8, 8),
             teacher_cache=TeacherCacheConfig() if cached else None,
             teacher_options=TeacherOptions(recalibrate_bn=2, ensemble=ensemble),
         )
@@ -119,7 +127,8 @@ def test_three_teachers_train_the_same_with_and_without_the_cache(teacher_specs,
         assert steps.cached == [cached] * 8
         runs[cached] = torch.stack(steps.losses)
     torch.testing.assert_close(runs[True], runs[False], rtol=1e-5, atol=1e-6)
-    assert runs[False][-1] < runs[False][0]
+    first = 4 if feature_term else 0  # the feature term joins at the second epoch's first step
+    assert runs[False][-1] < runs[False][first]
 
 
 def test_a_teacher_of_another_class_count_is_refused_by_its_position(teacher_specs, tmp_path) -> None:

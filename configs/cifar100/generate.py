@@ -365,9 +365,10 @@ REFERENCE_HEADERS = {
     ),
 }
 # CA-MKD (Zhang et al., ICASSP 2022; Rorozhl/CA-MKD scripts/run.sh and setting.py): three resnet32x4 teachers trained
-# with different seeds, vgg8 student, -r 1 -a 1, T = 4, Nesterov momentum. Its -b 50 intermediate-feature term has
-# no counterpart: several teachers serve logit terms only. The same script's AEKD baseline (--distill kd
-# --ensemble_method AEKD -b 0, -C 0.6 by default) is the aekd recipe of the same setting.
+# with different seeds, vgg8 student, -r 1 -a 1, T = 4, Nesterov momentum, and its --distill inter -b 50
+# intermediate-feature term (camkd_feature on vgg8's block4 and each resnet32x4's layer3, from the second epoch).
+# The same script's AEKD baseline (--distill kd --ensemble_method AEKD -b 0, -C 0.6 by default) is the aekd recipe
+# of the same setting.
 CAMKD_SEEDS = (0, 1, 2)
 CAMKD_PAIR = "resnet32x4x3_vgg8"
 MULTI_TEACHER = ("camkd", "aekd")
@@ -377,10 +378,11 @@ MULTI_TEACHER_OPTIONS = {
 }
 MULTI_TEACHER_HEADERS = {
     "camkd": (
-        "CA-MKD's logit part: CE + KD (T = 4) per teacher,\n"
-        "# each sample weighted by (1 - softmax_k(CE_k)) / (K - 1), Nesterov momentum (Rorozhl/CA-MKD run.sh).\n"
-        "# Differs from the reference: no -b 50 intermediate-feature term (several teachers serve logit terms\n"
-        "# only), and the teachers' last epochs, where the reference reads their best ones."
+        "CA-MKD: CE + KD (T = 4) per teacher, each sample\n"
+        "# weighted by (1 - softmax_k(CE_k)) / (K - 1), + 50 x the feature term from the second epoch: vgg8's block4\n"
+        "# embedded per teacher (1x1 conv + BN + ReLU) onto each resnet32x4's layer3, weighted alike by the CE of\n"
+        "# that teacher's classifier on the embedded map; Nesterov momentum (Rorozhl/CA-MKD run.sh, --distill\n"
+        "# inter). Differs from the reference: the teachers' last epochs, where the reference reads their best ones."
     ),
     "aekd": (
         "AEKD as CA-MKD's run.sh runs it: CE + sum_k w_k KD_k (T = 4),\n"
@@ -427,7 +429,11 @@ def reference_losses(method: str) -> list[dict]:
         }
         return [{"name": "ce", "weight": 1.0}, {"name": "wkd", "weight": 1.0, "kwargs": kwargs}]
     if method in MULTI_TEACHER:
-        return [{"name": "ce", "weight": 1.0}, {"name": "kd", "weight": 1.0, "kwargs": {"temperature": 4.0}}]
+        losses = [{"name": "ce", "weight": 1.0}, {"name": "kd", "weight": 1.0, "kwargs": {"temperature": 4.0}}]
+        if method == "camkd":
+            kwargs = {"student_layer": "block4", "teacher_layer": "layer3", "start_epoch": 1}
+            losses.append({"name": "camkd_feature", "weight": 50.0, "kwargs": kwargs})
+        return losses
     raise ValueError(method)
 
 

@@ -20,7 +20,15 @@ from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.batch import Batch
 from kd_lightning.data.calibration import training_batches
 from kd_lightning.errors import ConfigError, as_config_error
-from kd_lightning.losses import DistillationLoss, LogitLoss, LossTerm, StepContext, as_term, create_loss
+from kd_lightning.losses import (
+    CAMKDFeatureLoss,
+    DistillationLoss,
+    LogitLoss,
+    LossTerm,
+    StepContext,
+    as_term,
+    create_loss,
+)
 from kd_lightning.losses.kd import KDLoss
 from kd_lightning.losses.term import CROSS_ENTROPY
 from kd_lightning.metrics import TeacherStudentKL
@@ -35,13 +43,12 @@ from kd_lightning.modules.ensemble import (
     MEAN_LOSS,
     SAMPLE_WEIGHTED,
     TeacherEnsemble,
-    member_outputs,
     sample_weights,
     weighted_kd,
 )
 from kd_lightning.modules.teacher import FrozenTeacher, TeacherOptions
 from kd_lightning.optim import DOT
-from kd_lightning.outputs import ModelOutputs
+from kd_lightning.outputs import ModelOutputs, member_outputs
 
 TEACHER_PREFIX = "teacher."
 # Hinton et al.'s objective, the distiller's default when no ``losses`` are given.
@@ -157,9 +164,11 @@ class DistillationModule(SupervisedModule):
                 if options.ensemble == AEKD:
                     check_aekd(options.aekd_max_weight, options.aekd_tolerance, len(teacher_specs))
             self.student_taps = self._tap_features(input_shape)
-            if isinstance(self.teacher, FrozenTeacher):
-                for _, loss in self.distillation_losses():
+            for _, loss in self.distillation_losses():
+                if isinstance(self.teacher, FrozenTeacher):
                     loss.bind_teacher(self.teacher.network)
+                elif isinstance(loss, CAMKDFeatureLoss):
+                    loss.bind_teacher(nn.ModuleList(teacher.network for teacher in self.teacher.members()))
         self.val_teacher_metrics = _teacher_metrics(num_classes, "val/")
         self.test_teacher_metrics = _teacher_metrics(num_classes, "test/")
         self.teacher_cache = (
@@ -211,7 +220,7 @@ class DistillationModule(SupervisedModule):
             return None
         sample = self._probe_batch(input_shape)
         student_taps = FeatureTaps(self.network, student_layers, sample)
-        teacher_shapes = cast(FrozenTeacher, self.teacher).tap(teacher_layers, sample)
+        teacher_shapes = self.teacher.tap(teacher_layers, sample)
         for loss in losses:
             loss.build(student_taps.shapes, teacher_shapes)
         return student_taps
@@ -250,12 +259,13 @@ class DistillationModule(SupervisedModule):
             ensemble = self.teacher_options.ensemble
             if (
                 isinstance(self.teacher, TeacherEnsemble)
-                and ensemble != MEAN_LOGITS
+                and (ensemble != MEAN_LOGITS or self.teacher.tapped)
                 and datamodule.streams_training_set
             ):
                 raise ConfigError(
-                    f"the teacher cache of a streamed data set stores one teacher's logits, but ensemble {ensemble} "
-                    "reads each teacher's: use ensemble mean_logits or drop teacher_cache"
+                    f"the teacher cache of a streamed data set stores one teacher's outputs, but ensemble {ensemble} "
+                    "or a camkd_feature term reads each teacher's: use ensemble mean_logits and no camkd_feature, "
+                    "or drop teacher_cache"
                 )
             source = teacher_cache_source(self.teacher_cache, self.trainer, self.cached_teacher())
             if source is not None:
@@ -287,7 +297,9 @@ class DistillationModule(SupervisedModule):
         terms = {CROSS_ENTROPY: self.cross_entropy(student.logits, context.labels)}
         ensemble = self.teacher_options.ensemble if isinstance(self.teacher, TeacherEnsemble) else None
         for name, loss in self.distillation_losses():
-            if ensemble == MEAN_LOSS:
+            if isinstance(loss, CAMKDFeatureLoss):  # weighs the teachers itself
+                terms[name] = loss(student, teacher, context)
+            elif ensemble == MEAN_LOSS:
                 members = member_outputs(teacher)
                 terms[name] = torch.stack([loss(student, t, context) for t in members]).mean()
             elif ensemble in SAMPLE_WEIGHTED:
@@ -395,20 +407,22 @@ def _refuse_two_objectives(alpha: float | None, temperature: float | None) -> No
 
 
 def _check_ensemble_terms(losses: list[tuple[str, DistillationLoss]], ensemble: str) -> None:
-    """Several teachers serve logit terms only; ``ebkd``/``camkd`` weight the per-sample KD term and nothing else."""
+    """Several teachers serve logit terms and ``camkd_feature`` (which weighs them itself); ``ebkd``/``camkd``
+    weight the per-sample KD term and nothing else."""
     unbound = DistillationLoss.bind_teacher
+    combined = [(name, loss) for name, loss in losses if not isinstance(loss, CAMKDFeatureLoss)]
     misfits = [
         name
-        for name, loss in losses
+        for name, loss in combined
         if loss.teacher_layers or loss.student_layers or type(loss).bind_teacher is not unbound
     ]
     if misfits:
         raise ValueError(
             f"loss terms {misfits} read one teacher's layers or weights, but there are several teachers: "
-            "use logit terms (kd, dkd, dist, ...) or one teacher"
+            "use logit terms (kd, dkd, dist, ...), camkd_feature, or one teacher"
         )
     if ensemble in SAMPLE_WEIGHTED:
-        others = [name for name, loss in losses if not isinstance(loss, KDLoss) or loss.standardize]
+        others = [name for name, loss in combined if not isinstance(loss, KDLoss) or loss.standardize]
         if others:
             raise ValueError(
                 f"ensemble {ensemble} weights each teacher's per-sample KD term, but terms {others} are not plain "

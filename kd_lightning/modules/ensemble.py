@@ -21,7 +21,7 @@ from kd_lightning.errors import ConfigError, KDLightningError
 from kd_lightning.losses._utils import autocast_off, full_precision
 from kd_lightning.models.spec import ModelSpec
 from kd_lightning.modules.teacher import FrozenTeacher
-from kd_lightning.outputs import ModelOutputs
+from kd_lightning.outputs import ModelOutputs, member_name
 
 MEAN_LOGITS = "mean_logits"
 MEAN_LOSS = "mean_loss"
@@ -31,7 +31,6 @@ AEKD = "aekd"
 ENSEMBLES = (MEAN_LOGITS, MEAN_LOSS, EBKD, CAMKD, AEKD)
 # The ensembles that weight each teacher's per-sample KD term (so they need the KD term and only it).
 SAMPLE_WEIGHTED = (EBKD, CAMKD)
-MEMBER = "ensemble."  # feature-name prefix of one teacher's logits
 
 
 def check_ensemble(ensemble: str) -> None:
@@ -50,7 +49,7 @@ class TeacherEnsemble(nn.Module):
         ensemble: one of :data:`ENSEMBLES`.
     """
 
-    taps = None  # several teachers tap no layers: feature losses pair one teacher's layers
+    taps = None  # the members hold their taps: the ensemble's features are named per member
 
     def __init__(self, specs: Sequence[ModelSpec], num_classes: int, ensemble: str) -> None:
         super().__init__()
@@ -79,13 +78,27 @@ class TeacherEnsemble(nn.Module):
     def train(self, mode: bool = True) -> TeacherEnsemble:
         return super().train(False)
 
+    def tap(self, layers: Sequence[str], sample: torch.Tensor) -> dict[str, torch.Size]:
+        """Record ``layers`` of every member from now on; their probed shapes, named per member."""
+        return {
+            member_name(k, layer): shape
+            for k, teacher in enumerate(self.members())
+            for layer, shape in teacher.tap(layers, sample).items()
+        }
+
+    @property
+    def tapped(self) -> bool:
+        """Whether the members record layers (which the outputs then carry per member)."""
+        return any(teacher.taps is not None and teacher.taps.layers for teacher in self.members())
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> ModelOutputs:
-        logits = [teacher(x).logits for teacher in self.members()]
-        mean = torch.stack(logits).mean(0)
-        if self.ensemble == MEAN_LOGITS:
-            return ModelOutputs(mean)
-        return ModelOutputs(mean, {f"{MEMBER}{k}": t for k, t in enumerate(logits)})
+        outputs = [teacher(x) for teacher in self.members()]
+        mean = torch.stack([out.logits for out in outputs]).mean(0)
+        features = {member_name(k, layer): t for k, out in enumerate(outputs) for layer, t in out.features.items()}
+        if self.ensemble != MEAN_LOGITS:
+            features |= {member_name(k): out.logits for k, out in enumerate(outputs)}
+        return ModelOutputs(mean, features)
 
     def state_names(self, prefix: str) -> list[str]:
         return [prefix + name for name in self.state_dict()]
@@ -105,12 +118,6 @@ class TeacherEnsemble(nn.Module):
     def rehash(self) -> None:
         for teacher in self.members():
             teacher.rehash()
-
-
-def member_outputs(teacher: ModelOutputs) -> list[ModelOutputs]:
-    """Each teacher's outputs, from what :class:`TeacherEnsemble` (or its cache entry) gives."""
-    names = sorted((n for n in teacher.features if n.startswith(MEMBER)), key=lambda n: int(n.removeprefix(MEMBER)))
-    return [ModelOutputs(teacher.features[name]) for name in names]
 
 
 def ebkd_weights(teacher_logits: torch.Tensor) -> torch.Tensor:
