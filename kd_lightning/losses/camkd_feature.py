@@ -14,6 +14,7 @@ sum is divided by batch × teachers, and the term is left out of the first epoch
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -103,13 +104,13 @@ class CAMKDFeatureLoss(DistillationLoss):
         """Borrow each teacher's classifier (``head``), which must read the tapped layer's channels."""
         networks = list(teacher) if isinstance(teacher, nn.ModuleList) else [teacher]
         for network, embed in zip(networks, self.embeds, strict=True):
-            width = embed[0].out_channels
+            width = cast(nn.Conv2d, cast(nn.Sequential, embed)[0]).out_channels
             if getattr(network, "feature_dim", width) != width:
                 raise ValueError(
                     f"camkd_feature applies each teacher's classifier to its layer {self.teacher_layers[0]!r}, "
                     f"whose {width} channels its {network.feature_dim}-wide head cannot read: tap the last stage"
                 )
-        self._classifiers = [network.head for network in networks]
+        self._classifiers = [cast(nn.Module, network.head) for network in networks]
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, context: StepContext) -> torch.Tensor:
         student_map = student.features[self.student_layers[0]]
