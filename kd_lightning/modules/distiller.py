@@ -81,7 +81,8 @@ class DistillationModule(SupervisedModule):
         student: the network to train (registry name and optional weights).
         teacher: the trained network to learn from: a registry name with ``pretrained`` weights,
             or ``weights_path`` to a kd_lightning Lightning checkpoint or a state-dict file. A list of
-            them: several teachers, combined as ``teacher_options.ensemble`` says (logit terms only).
+            them: several teachers, combined as ``teacher_options.ensemble`` says (logit terms, and
+            ``camkd_feature``, which taps every teacher).
         num_classes: classes of the task; the teacher must have as many.
         temperature: softening temperature ``T`` of the KD term; 4 when not given. Only without
             ``losses`` (a KD term in ``losses`` takes its own ``kwargs: {temperature: T}``).

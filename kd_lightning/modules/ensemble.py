@@ -6,6 +6,8 @@ layers) and combine per-teacher losses: ``mean_loss`` averages every term over t
 and ``camkd`` weight each teacher's per-sample KD term, as the reference code of CA-MKD
 (Rorozhl/CA-MKD, ``helper/loops.py``) does for both methods, and ``aekd`` weights each teacher's
 term by the least-norm point of their gradients (:mod:`kd_lightning.modules.aekd`), as it does for AEKD.
+Layers a loss taps (CA-MKD's feature term) are tapped on every teacher and travel as
+``ensemble.<k>/<layer>`` (:func:`kd_lightning.outputs.member_outputs` reads both back).
 """
 
 from __future__ import annotations
