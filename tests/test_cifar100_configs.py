@@ -20,7 +20,7 @@ from kd_lightning.callbacks import LastAndBestAccuracy
 from kd_lightning.cli import lightning_main
 from kd_lightning.data import CIFAR100DataModule
 from kd_lightning.data.batch import Batch
-from kd_lightning.losses import CRDLoss, FitNetLoss
+from kd_lightning.losses import CAMKDFeatureLoss, CRDLoss, FitNetLoss
 from kd_lightning.losses.wkd import WKDLogitLoss
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
@@ -57,7 +57,8 @@ def test_every_pair_has_a_teacher_and_the_five_methods() -> None:
     for pair in ("resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2"):  # the newer logit methods' two pairs
         assert {f"{pair}/{m}.yaml" for m in ("kd_ls", "dkd_ls", "ctkd", "mlkd")} <= names
     assert {f"resnet32x4_resnet8x4/{m}.yaml" for m in ("nkd", "wkd")} <= names
-    assert {"resnet32x4x3_vgg8/camkd.yaml", "teachers/resnet32x4_seed1.yaml", "teachers/resnet32x4_seed2.yaml"} <= names
+    assert {f"resnet32x4x3_vgg8/{m}.yaml" for m in ("camkd", "aekd")} <= names
+    assert {"teachers/resnet32x4_seed1.yaml", "teachers/resnet32x4_seed2.yaml"} <= names
     for teacher in ("resnet32x4", "wrn_40_2", "resnet56", "vgg13"):
         assert f"teachers/{teacher}.yaml" in names
 
@@ -124,7 +125,8 @@ def test_recipe_follows_the_reference_protocol(
         0.9,
         5e-4,
     )
-    assert optimizer.defaults.get("nesterov", False) == (path.stem == "camkd")  # CA-MKD's --nesterov; DOT has none
+    # CA-MKD's run.sh passes --nesterov to every multi-teacher run; DOT has none.
+    assert optimizer.defaults.get("nesterov", False) == (path.parent.name == "resnet32x4x3_vgg8")
     networks = [model.network]
     if isinstance(model, DistillationModule):
         teachers = model.teacher.members() if isinstance(model.teacher, TeacherEnsemble) else [model.teacher]
@@ -138,8 +140,17 @@ def test_recipe_follows_the_reference_protocol(
         return
     # Students distil from the teacher's last epoch, the file its teacher recipe writes.
     specs = _teacher_specs(path)
-    if path.stem == "camkd":  # three teachers of one architecture, trained with seeds 0, 1 and 2
-        assert isinstance(model.teacher, TeacherEnsemble) and model.teacher.ensemble == "camkd"
+    if path.parent.name == "resnet32x4x3_vgg8":  # three teachers of one architecture, trained with seeds 0, 1 and 2
+        assert isinstance(model.teacher, TeacherEnsemble) and model.teacher.ensemble == path.stem
+        if path.stem == "aekd":  # run.sh's AEKD: -C 0.6, libsvm's tolerance as find_optimal_svm sets it
+            assert (model.teacher_options.aekd_max_weight, model.teacher_options.aekd_tolerance) == (0.6, 1e-6)
+        feature = [loss for loss in model.loss_terms.values() if isinstance(loss, CAMKDFeatureLoss)]
+        if path.stem == "camkd":  # run.sh's --distill inter -b 50: vgg8's last map onto each teacher's, from epoch 2
+            assert model.loss_weights["camkd_feature"] == 50.0 and feature[0].start_epoch == 1
+            assert (feature[0].student_layers, feature[0].teacher_layers) == (("block4",), ("layer3",))
+            assert [embed[0].out_channels for embed in feature[0].embeds] == [256] * 3
+        else:
+            assert not feature
         assert [spec["weights_path"] for spec in specs] == [
             f"runs/cifar100/resnet32x4{suffix}/last.ckpt" for suffix in ("", "_seed1", "_seed2")
         ]

@@ -66,7 +66,11 @@ def _context() -> StepContext:
     return StepContext(torch.arange(BATCH) % CLASSES, indices=torch.arange(BATCH) * 3, epoch=2)
 
 
-@pytest.mark.parametrize("name", list_losses())
+# Losses over several teachers' outputs at once; their call shape is checked in their own tests.
+SEVERAL_TEACHERS = {"camkd_feature"}
+
+
+@pytest.mark.parametrize("name", [name for name in list_losses() if name not in SEVERAL_TEACHERS])
 def test_every_registered_loss_takes_the_one_call_shape(name: str) -> None:
     loss = _built(name)
     assert list(inspect.signature(type(loss).forward).parameters) == ["self", "student", "teacher", "context"]

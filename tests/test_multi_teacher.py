@@ -13,6 +13,7 @@ from kd_lightning.errors import CheckpointError, ConfigError
 from kd_lightning.losses import StepContext, kd_loss
 from kd_lightning.models import ModelSpec
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
+from kd_lightning.modules.aekd import min_norm_weights
 from kd_lightning.modules.ensemble import TeacherEnsemble, camkd_weights, ebkd_weights, weighted_kd
 from kd_lightning.modules.teacher import TeacherOptions
 from kd_lightning.outputs import ModelOutputs
@@ -69,7 +70,15 @@ def test_weighted_kd_divides_by_samples_and_teachers_as_the_reference_does() -> 
     torch.testing.assert_close(weighted_kd(student, logits, weights, 2.0).item(), 4 * 0.6 * kl_soft / 2)
 
 
-@pytest.mark.parametrize("ensemble", ["mean_logits", "mean_loss", "ebkd", "camkd"])
+def _aekd_by_hand(student: torch.Tensor, teachers: torch.Tensor, temperature: float) -> torch.Tensor:
+    """AEKD's KD term from the closed-form KD gradients ``T·(q − p_k)/B``, averaged over the batch."""
+    q = (student / temperature).softmax(-1)
+    g = (temperature * (q - (teachers / temperature).softmax(-1)) / len(student)).mean(1)
+    weights = min_norm_weights(g @ g.T)
+    return (weights.to(student) * torch.stack([kd_loss(student, t, temperature) for t in teachers])).sum()
+
+
+@pytest.mark.parametrize("ensemble", ["mean_logits", "mean_loss", "ebkd", "camkd", "aekd"])
 def test_the_distiller_combines_the_teachers_kd_terms_as_its_ensemble_says(teacher_specs, ensemble) -> None:
     module = DistillationModule(STUDENT, teacher_specs, num_classes=10, teacher_options={"ensemble": ensemble})
     generator = torch.Generator().manual_seed(0)
@@ -84,15 +93,22 @@ def test_the_distiller_combines_the_teachers_kd_terms_as_its_ensemble_says(teach
         "mean_loss": torch.stack([kd_loss(student, t) for t in members]).mean(),
         "ebkd": weighted_kd(student, stacked, ebkd_weights(stacked), 4.0),
         "camkd": weighted_kd(student, stacked, camkd_weights(stacked, labels), 4.0),
+        "aekd": _aekd_by_hand(student, stacked, 4.0),
     }[ensemble]
     torch.testing.assert_close(terms["kd"], expected)
     assert len({round(kd_loss(student, t).item(), 4) for t in members}) == 3  # three teachers that differ
 
 
-@pytest.mark.parametrize("ensemble", ["mean_logits", "camkd"])
-def test_three_teachers_train_the_same_with_and_without_the_cache(teacher_specs, ensemble) -> None:
-    """Without augmentation the cache stores what the teachers give live (each one's logits for camkd),
-    so the same seed and data order give the same losses step by step, and the student learns."""
+@pytest.mark.parametrize(
+    ("ensemble", "feature_term"), [("mean_logits", False), ("camkd", False), ("aekd", False), ("camkd", True)]
+)
+def test_three_teachers_train_the_same_with_and_without_the_cache(teacher_specs, ensemble, feature_term) -> None:
+    """Without augmentation the cache stores what the teachers give live (each one's logits for camkd and aekd,
+    and each one's last stage for CA-MKD's feature term), so the same seed and data order give the same losses
+    step by step, and the student learns."""
+    losses = [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9}]
+    if feature_term:  # counted from the second epoch, as CA-MKD's loop does
+        losses.append({"name": "camkd_feature", "weight": 50.0})
     runs = {}
     for cached in (False, True):
         L.seed_everything(0)
@@ -100,6 +116,8 @@ def test_three_teachers_train_the_same_with_and_without_the_cache(teacher_specs,
             STUDENT,
             teacher_specs,
             num_classes=10,
+            losses=losses,
+            input_shape=(1, 8, 8),
             teacher_cache=TeacherCacheConfig() if cached else None,
             teacher_options=TeacherOptions(recalibrate_bn=2, ensemble=ensemble),
         )
@@ -109,7 +127,8 @@ def test_three_teachers_train_the_same_with_and_without_the_cache(teacher_specs,
         assert steps.cached == [cached] * 8
         runs[cached] = torch.stack(steps.losses)
     torch.testing.assert_close(runs[True], runs[False], rtol=1e-5, atol=1e-6)
-    assert runs[False][-1] < runs[False][0]
+    first = 4 if feature_term else 0  # the feature term joins at the second epoch's first step
+    assert runs[False][-1] < runs[False][first]
 
 
 def test_a_teacher_of_another_class_count_is_refused_by_its_position(teacher_specs, tmp_path) -> None:
@@ -129,6 +148,10 @@ def test_several_teachers_refuse_feature_terms_and_ebkd_refuses_other_logit_term
         )
     with pytest.raises(ConfigError, match="ensemble must be one of"):
         TeacherEnsemble(teacher_specs, 10, "median")
+    with pytest.raises(ConfigError, match="aekd_max_weight 0.25 caps each of 3 teachers"):
+        DistillationModule(
+            STUDENT, teacher_specs, num_classes=10, teacher_options={"ensemble": "aekd", "aekd_max_weight": 0.25}
+        )
 
 
 def test_several_teachers_are_fingerprinted_each() -> None:

@@ -365,10 +365,33 @@ REFERENCE_HEADERS = {
     ),
 }
 # CA-MKD (Zhang et al., ICASSP 2022; Rorozhl/CA-MKD scripts/run.sh and setting.py): three resnet32x4 teachers trained
-# with different seeds, vgg8 student, -r 1 -a 1, T = 4, Nesterov momentum. Its -b 50 intermediate-feature term has
-# no counterpart: several teachers serve logit terms only.
+# with different seeds, vgg8 student, -r 1 -a 1, T = 4, Nesterov momentum, and its --distill inter -b 50
+# intermediate-feature term (camkd_feature on vgg8's block4 and each resnet32x4's layer3, from the second epoch).
+# The same script's AEKD baseline (--distill kd --ensemble_method AEKD -b 0, -C 0.6 by default) is the aekd recipe
+# of the same setting.
 CAMKD_SEEDS = (0, 1, 2)
 CAMKD_PAIR = "resnet32x4x3_vgg8"
+MULTI_TEACHER = ("camkd", "aekd")
+MULTI_TEACHER_OPTIONS = {
+    "camkd": {"ensemble": "camkd"},
+    "aekd": {"ensemble": "aekd", "aekd_max_weight": 0.6, "aekd_tolerance": 1.0e-6},
+}
+MULTI_TEACHER_HEADERS = {
+    "camkd": (
+        "CA-MKD: CE + KD (T = 4) per teacher, each sample\n"
+        "# weighted by (1 - softmax_k(CE_k)) / (K - 1), + 50 x the feature term from the second epoch: vgg8's block4\n"
+        "# embedded per teacher (1x1 conv + BN + ReLU) onto each resnet32x4's layer3, weighted alike by the CE of\n"
+        "# that teacher's classifier on the embedded map; Nesterov momentum (Rorozhl/CA-MKD run.sh, --distill\n"
+        "# inter). Differs from the reference: the teachers' last epochs, where the reference reads their best ones."
+    ),
+    "aekd": (
+        "AEKD as CA-MKD's run.sh runs it: CE + sum_k w_k KD_k (T = 4),\n"
+        "# w the least-norm point of the teachers' batch-mean logit gradients, each w_k <= C = 0.6, solved by the\n"
+        "# reference's one-class SVM at its tolerance 1e-6 (which mostly leaves w at its start, 0.6 / 0.4 / 0: see\n"
+        "# kd_lightning/modules/aekd.py), Nesterov momentum. Differs from the reference: the teachers' last epochs,\n"
+        "# where the reference reads their best ones."
+    ),
+}
 
 
 def teacher_run(name: str, seed: int) -> str:
@@ -405,23 +428,27 @@ def reference_losses(method: str) -> list[dict]:
             "max_epochs": 240,
         }
         return [{"name": "ce", "weight": 1.0}, {"name": "wkd", "weight": 1.0, "kwargs": kwargs}]
-    if method == "camkd":
-        return [{"name": "ce", "weight": 1.0}, {"name": "kd", "weight": 1.0, "kwargs": {"temperature": 4.0}}]
+    if method in MULTI_TEACHER:
+        losses = [{"name": "ce", "weight": 1.0}, {"name": "kd", "weight": 1.0, "kwargs": {"temperature": 4.0}}]
+        if method == "camkd":
+            kwargs = {"student_layer": "block4", "teacher_layer": "layer3", "start_epoch": 1}
+            losses.append({"name": "camkd_feature", "weight": 50.0, "kwargs": kwargs})
+        return losses
     raise ValueError(method)
 
 
 def reference_config(teacher: str, student: str, method: str) -> dict:
-    pair = CAMKD_PAIR if method == "camkd" else f"{teacher}_{student}"
+    pair = CAMKD_PAIR if method in MULTI_TEACHER else f"{teacher}_{student}"
     optimizer = {**OPTIMIZER, "init_args": {**OPTIMIZER["init_args"]}}
     if method == "mlkd":
         optimizer["init_args"]["lr"] = MLKD_LR
     init_args: dict = {"student": {"name": student}}
-    if method == "camkd":
+    if method in MULTI_TEACHER:
         optimizer["init_args"]["nesterov"] = True
         init_args["teacher"] = [
             {"name": teacher, "weights_path": f"{teacher_run(teacher, seed)}/last.ckpt"} for seed in CAMKD_SEEDS
         ]
-        init_args["teacher_options"] = {"ensemble": "camkd"}
+        init_args["teacher_options"] = MULTI_TEACHER_OPTIONS[method]
     else:
         init_args["teacher"] = {"name": teacher, "weights_path": f"runs/cifar100/{teacher}/last.ckpt"}
     init_args.update(losses=reference_losses(method), optimizer=optimizer, lr_scheduler=SCHEDULER)
@@ -449,22 +476,20 @@ def write_reference_recipes(out: Path) -> None:
         name = f"resnet32x4_seed{seed}"
         write(
             out / "teachers" / f"{name}.yaml",
-            f"# CIFAR-100 teacher resnet32x4 from scratch with seed {seed}, for {CAMKD_PAIR}/camkd.yaml;\n"
+            f"# CIFAR-100 teacher resnet32x4 from scratch with seed {seed}, for {CAMKD_PAIR}/camkd.yaml, aekd.yaml;\n"
             f"# {SCHEDULE}\n# Writes {teacher_run('resnet32x4', seed)}/last.ckpt.\n"
             f"#   {COMMAND.format(f'teachers/{name}.yaml')}\n",
             seeded_teacher_config("resnet32x4", seed),
         )
-    write(
-        out / CAMKD_PAIR / "camkd.yaml",
-        "# CIFAR-100 3 x resnet32x4 (seeds 0, 1, 2) -> vgg8. CA-MKD's logit part: CE + KD (T = 4) per teacher,\n"
-        "# each sample weighted by (1 - softmax_k(CE_k)) / (K - 1), Nesterov momentum (Rorozhl/CA-MKD run.sh).\n"
-        "# Differs from the reference: no -b 50 intermediate-feature term (several teachers serve logit terms\n"
-        "# only), and the teachers' last epochs, where the reference reads their best ones.\n"
-        f"# {SCHEDULE.replace('SGD', 'SGD (Nesterov)')}\n"
-        f"# Target: {stated_target(None, NOT_FOUND)}. Train the three teachers first.\n"
-        f"#   {COMMAND.format(f'{CAMKD_PAIR}/camkd.yaml')}\n",
-        reference_config("resnet32x4", "vgg8", "camkd"),
-    )
+    for method in MULTI_TEACHER:
+        write(
+            out / CAMKD_PAIR / f"{method}.yaml",
+            f"# CIFAR-100 3 x resnet32x4 (seeds 0, 1, 2) -> vgg8. {MULTI_TEACHER_HEADERS[method]}\n"
+            f"# {SCHEDULE.replace('SGD', 'SGD (Nesterov)')}\n"
+            f"# Target: {stated_target(None, NOT_FOUND)}. Train the three teachers first.\n"
+            f"#   {COMMAND.format(f'{CAMKD_PAIR}/{method}.yaml')}\n",
+            reference_config("resnet32x4", "vgg8", method),
+        )
 
 
 def reference_recipe_rows() -> list[str]:
@@ -476,8 +501,9 @@ def reference_recipe_rows() -> list[str]:
         for method, target in targets.items():
             name, shown = f"{pair}/{method}.yaml", "—" if target is None else f"{target:.2f}"
             rows.append(f"| `{name}` | {shown} | {REFERENCE_SOURCES[method]} | `{COMMAND.format(name)}` |")
-    name = f"{CAMKD_PAIR}/camkd.yaml"
-    rows.append(f"| `{name}` | — | {NOT_FOUND} | `{COMMAND.format(name)}` |")
+    for method in MULTI_TEACHER:
+        name = f"{CAMKD_PAIR}/{method}.yaml"
+        rows.append(f"| `{name}` | — | {NOT_FOUND} | `{COMMAND.format(name)}` |")
     return rows
 
 

@@ -5,6 +5,7 @@ from kd_lightning.losses._utils import check_temperature
 from kd_lightning.losses.ab import ABLoss, ab_loss, activation_boundary_loss
 from kd_lightning.losses.attention import AttentionTransferLoss, at_loss, attention_map
 from kd_lightning.losses.base import DistillationLoss, LogitLoss
+from kd_lightning.losses.camkd_feature import CAMKDFeatureLoss, camkd_feature_loss
 from kd_lightning.losses.cc import CCLoss, cc_loss
 from kd_lightning.losses.context import StepContext
 from kd_lightning.losses.crd import CRDLoss, crd_loss, nce_loss
@@ -34,6 +35,7 @@ from kd_lightning.outputs import ModelOutputs
 __all__ = [
     "ABLoss",
     "AttentionTransferLoss",
+    "CAMKDFeatureLoss",
     "CCLoss",
     "CRDLoss",
     "CTKDLoss",
@@ -67,6 +69,7 @@ __all__ = [
     "at_loss",
     "attention_map_mse",
     "attention_map",
+    "camkd_feature_loss",
     "cc_loss",
     "check_temperature",
     "classifier_cost_matrix",

@@ -20,26 +20,35 @@ from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.batch import Batch
 from kd_lightning.data.calibration import training_batches
 from kd_lightning.errors import ConfigError, as_config_error
-from kd_lightning.losses import DistillationLoss, LogitLoss, LossTerm, StepContext, as_term, create_loss
+from kd_lightning.losses import (
+    CAMKDFeatureLoss,
+    DistillationLoss,
+    LogitLoss,
+    LossTerm,
+    StepContext,
+    as_term,
+    create_loss,
+)
 from kd_lightning.losses.kd import KDLoss
 from kd_lightning.losses.term import CROSS_ENTROPY
 from kd_lightning.metrics import TeacherStudentKL
 from kd_lightning.models.feature_taps import FeatureTaps
 from kd_lightning.models.spec import ModelSpec, as_spec
+from kd_lightning.modules.aekd import aekd_loss, check_aekd
 from kd_lightning.modules.base import SupervisedModule
 from kd_lightning.modules.dot_objective import check_dot, task_objective
 from kd_lightning.modules.ensemble import (
+    AEKD,
     MEAN_LOGITS,
     MEAN_LOSS,
     SAMPLE_WEIGHTED,
     TeacherEnsemble,
-    member_outputs,
     sample_weights,
     weighted_kd,
 )
 from kd_lightning.modules.teacher import FrozenTeacher, TeacherOptions
 from kd_lightning.optim import DOT
-from kd_lightning.outputs import ModelOutputs
+from kd_lightning.outputs import ModelOutputs, member_outputs
 
 TEACHER_PREFIX = "teacher."
 # Hinton et al.'s objective, the distiller's default when no ``losses`` are given.
@@ -72,7 +81,8 @@ class DistillationModule(SupervisedModule):
         student: the network to train (registry name and optional weights).
         teacher: the trained network to learn from: a registry name with ``pretrained`` weights,
             or ``weights_path`` to a kd_lightning Lightning checkpoint or a state-dict file. A list of
-            them: several teachers, combined as ``teacher_options.ensemble`` says (logit terms only).
+            them: several teachers, combined as ``teacher_options.ensemble`` says (logit terms, and
+            ``camkd_feature``, which taps every teacher).
         num_classes: classes of the task; the teacher must have as many.
         temperature: softening temperature ``T`` of the KD term; 4 when not given. Only without
             ``losses`` (a KD term in ``losses`` takes its own ``kwargs: {temperature: T}``).
@@ -152,10 +162,14 @@ class DistillationModule(SupervisedModule):
             self.loss_terms, self.loss_weights = _build_terms(terms)
             if isinstance(self.teacher, TeacherEnsemble):
                 _check_ensemble_terms(self.distillation_losses(), options.ensemble)
+                if options.ensemble == AEKD:
+                    check_aekd(options.aekd_max_weight, options.aekd_tolerance, len(teacher_specs))
             self.student_taps = self._tap_features(input_shape)
-            if isinstance(self.teacher, FrozenTeacher):
-                for _, loss in self.distillation_losses():
+            for _, loss in self.distillation_losses():
+                if isinstance(self.teacher, FrozenTeacher):
                     loss.bind_teacher(self.teacher.network)
+                elif isinstance(loss, CAMKDFeatureLoss):
+                    loss.bind_teacher(nn.ModuleList(teacher.network for teacher in self.teacher.members()))
         self.val_teacher_metrics = _teacher_metrics(num_classes, "val/")
         self.test_teacher_metrics = _teacher_metrics(num_classes, "test/")
         self.teacher_cache = (
@@ -207,7 +221,7 @@ class DistillationModule(SupervisedModule):
             return None
         sample = self._probe_batch(input_shape)
         student_taps = FeatureTaps(self.network, student_layers, sample)
-        teacher_shapes = cast(FrozenTeacher, self.teacher).tap(teacher_layers, sample)
+        teacher_shapes = self.teacher.tap(teacher_layers, sample)
         for loss in losses:
             loss.build(student_taps.shapes, teacher_shapes)
         return student_taps
@@ -246,12 +260,13 @@ class DistillationModule(SupervisedModule):
             ensemble = self.teacher_options.ensemble
             if (
                 isinstance(self.teacher, TeacherEnsemble)
-                and ensemble != MEAN_LOGITS
+                and (ensemble != MEAN_LOGITS or self.teacher.tapped)
                 and datamodule.streams_training_set
             ):
                 raise ConfigError(
-                    f"the teacher cache of a streamed data set stores one teacher's logits, but ensemble {ensemble} "
-                    "reads each teacher's: use ensemble mean_logits or drop teacher_cache"
+                    f"the teacher cache of a streamed data set stores one teacher's outputs, but ensemble {ensemble} "
+                    "or a camkd_feature term reads each teacher's: use ensemble mean_logits and no camkd_feature, "
+                    "or drop teacher_cache"
                 )
             source = teacher_cache_source(self.teacher_cache, self.trainer, self.cached_teacher())
             if source is not None:
@@ -283,13 +298,21 @@ class DistillationModule(SupervisedModule):
         terms = {CROSS_ENTROPY: self.cross_entropy(student.logits, context.labels)}
         ensemble = self.teacher_options.ensemble if isinstance(self.teacher, TeacherEnsemble) else None
         for name, loss in self.distillation_losses():
-            if ensemble == MEAN_LOSS:
+            if isinstance(loss, CAMKDFeatureLoss):  # weighs the teachers itself
+                terms[name] = loss(student, teacher, context)
+            elif ensemble == MEAN_LOSS:
                 members = member_outputs(teacher)
                 terms[name] = torch.stack([loss(student, t, context) for t in members]).mean()
             elif ensemble in SAMPLE_WEIGHTED:
                 logits = torch.stack([t.logits for t in member_outputs(teacher)])
                 weights = sample_weights(ensemble, logits, context.labels)
                 terms[name] = weighted_kd(student.logits, logits, weights, cast(LogitLoss, loss).temperature)
+            elif ensemble == AEKD:
+                options = self.teacher_options
+                members = member_outputs(teacher)
+                terms[name] = aekd_loss(
+                    loss, student, members, context, options.aekd_max_weight, options.aekd_tolerance
+                )
             else:
                 terms[name] = loss(student, teacher, context)
         return terms
@@ -385,20 +408,22 @@ def _refuse_two_objectives(alpha: float | None, temperature: float | None) -> No
 
 
 def _check_ensemble_terms(losses: list[tuple[str, DistillationLoss]], ensemble: str) -> None:
-    """Several teachers serve logit terms only; ``ebkd``/``camkd`` weight the per-sample KD term and nothing else."""
+    """Several teachers serve logit terms and ``camkd_feature`` (which weighs them itself); ``ebkd``/``camkd``
+    weight the per-sample KD term and nothing else."""
     unbound = DistillationLoss.bind_teacher
+    combined = [(name, loss) for name, loss in losses if not isinstance(loss, CAMKDFeatureLoss)]
     misfits = [
         name
-        for name, loss in losses
+        for name, loss in combined
         if loss.teacher_layers or loss.student_layers or type(loss).bind_teacher is not unbound
     ]
     if misfits:
         raise ValueError(
             f"loss terms {misfits} read one teacher's layers or weights, but there are several teachers: "
-            "use logit terms (kd, dkd, dist, ...) or one teacher"
+            "use logit terms (kd, dkd, dist, ...), camkd_feature, or one teacher"
         )
     if ensemble in SAMPLE_WEIGHTED:
-        others = [name for name, loss in losses if not isinstance(loss, KDLoss) or loss.standardize]
+        others = [name for name, loss in combined if not isinstance(loss, KDLoss) or loss.standardize]
         if others:
             raise ValueError(
                 f"ensemble {ensemble} weights each teacher's per-sample KD term, but terms {others} are not plain "

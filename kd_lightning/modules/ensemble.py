@@ -4,7 +4,10 @@
 (as ``ensemble.<k>`` entries of the outputs' features, so the teacher cache stores them like tapped
 layers) and combine per-teacher losses: ``mean_loss`` averages every term over the teachers, ``ebkd``
 and ``camkd`` weight each teacher's per-sample KD term, as the reference code of CA-MKD
-(Rorozhl/CA-MKD, ``helper/loops.py``) does for both methods.
+(Rorozhl/CA-MKD, ``helper/loops.py``) does for both methods, and ``aekd`` weights each teacher's
+term by the least-norm point of their gradients (:mod:`kd_lightning.modules.aekd`), as it does for AEKD.
+Layers a loss taps (CA-MKD's feature term) are tapped on every teacher and travel as
+``ensemble.<k>/<layer>`` (:func:`kd_lightning.outputs.member_outputs` reads both back).
 """
 
 from __future__ import annotations
@@ -20,16 +23,16 @@ from kd_lightning.errors import ConfigError, KDLightningError
 from kd_lightning.losses._utils import autocast_off, full_precision
 from kd_lightning.models.spec import ModelSpec
 from kd_lightning.modules.teacher import FrozenTeacher
-from kd_lightning.outputs import ModelOutputs
+from kd_lightning.outputs import ModelOutputs, member_name
 
 MEAN_LOGITS = "mean_logits"
 MEAN_LOSS = "mean_loss"
 EBKD = "ebkd"
 CAMKD = "camkd"
-ENSEMBLES = (MEAN_LOGITS, MEAN_LOSS, EBKD, CAMKD)
+AEKD = "aekd"
+ENSEMBLES = (MEAN_LOGITS, MEAN_LOSS, EBKD, CAMKD, AEKD)
 # The ensembles that weight each teacher's per-sample KD term (so they need the KD term and only it).
 SAMPLE_WEIGHTED = (EBKD, CAMKD)
-MEMBER = "ensemble."  # feature-name prefix of one teacher's logits
 
 
 def check_ensemble(ensemble: str) -> None:
@@ -48,7 +51,7 @@ class TeacherEnsemble(nn.Module):
         ensemble: one of :data:`ENSEMBLES`.
     """
 
-    taps = None  # several teachers tap no layers: feature losses pair one teacher's layers
+    taps = None  # the members hold their taps: the ensemble's features are named per member
 
     def __init__(self, specs: Sequence[ModelSpec], num_classes: int, ensemble: str) -> None:
         super().__init__()
@@ -77,13 +80,27 @@ class TeacherEnsemble(nn.Module):
     def train(self, mode: bool = True) -> TeacherEnsemble:
         return super().train(False)
 
+    def tap(self, layers: Sequence[str], sample: torch.Tensor) -> dict[str, torch.Size]:
+        """Record ``layers`` of every member from now on; their probed shapes, named per member."""
+        return {
+            member_name(k, layer): shape
+            for k, teacher in enumerate(self.members())
+            for layer, shape in teacher.tap(layers, sample).items()
+        }
+
+    @property
+    def tapped(self) -> bool:
+        """Whether the members record layers (which the outputs then carry per member)."""
+        return any(teacher.taps is not None and teacher.taps.layers for teacher in self.members())
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> ModelOutputs:
-        logits = [teacher(x).logits for teacher in self.members()]
-        mean = torch.stack(logits).mean(0)
-        if self.ensemble == MEAN_LOGITS:
-            return ModelOutputs(mean)
-        return ModelOutputs(mean, {f"{MEMBER}{k}": t for k, t in enumerate(logits)})
+        outputs = [teacher(x) for teacher in self.members()]
+        mean = torch.stack([out.logits for out in outputs]).mean(0)
+        features = {member_name(k, layer): t for k, out in enumerate(outputs) for layer, t in out.features.items()}
+        if self.ensemble != MEAN_LOGITS:
+            features |= {member_name(k): out.logits for k, out in enumerate(outputs)}
+        return ModelOutputs(mean, features)
 
     def state_names(self, prefix: str) -> list[str]:
         return [prefix + name for name in self.state_dict()]
@@ -103,12 +120,6 @@ class TeacherEnsemble(nn.Module):
     def rehash(self) -> None:
         for teacher in self.members():
             teacher.rehash()
-
-
-def member_outputs(teacher: ModelOutputs) -> list[ModelOutputs]:
-    """Each teacher's outputs, from what :class:`TeacherEnsemble` (or its cache entry) gives."""
-    names = sorted((n for n in teacher.features if n.startswith(MEMBER)), key=lambda n: int(n.removeprefix(MEMBER)))
-    return [ModelOutputs(teacher.features[name]) for name in names]
 
 
 def ebkd_weights(teacher_logits: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from kd_lightning.models.fingerprint import check_fingerprint, state_dict_sha256
 from kd_lightning.models.freezing import freeze
 from kd_lightning.models.spec import ModelSpec
 from kd_lightning.models.weights import read_weights_file
+from kd_lightning.modules.aekd import REFERENCE_MAX_WEIGHT, REFERENCE_TOLERANCE
 from kd_lightning.outputs import ModelOutputs
 
 
@@ -35,12 +36,18 @@ class TeacherOptions:
             longer what its spec rebuilds.
         ensemble: how several teachers (``teacher`` a list of specs) teach: ``mean_logits`` (one teacher
             of averaged logits), ``mean_loss`` (every term averaged over the teachers), ``ebkd`` or ``camkd``
-            (the KD term per sample, weighted per teacher: :mod:`kd_lightning.modules.ensemble`).
+            (the KD term per sample, weighted per teacher: :mod:`kd_lightning.modules.ensemble`), ``aekd`` (each
+            term's teachers weighted by the least-norm point of their gradients: :mod:`kd_lightning.modules.aekd`).
+        aekd_max_weight: AEKD's cap ``C`` on each teacher's weight, at least ``1 / teachers``; the reference's 0.6.
+        aekd_tolerance: the stopping tolerance of AEKD's solver, absolute; the reference's 1e-6, under which
+            its weights rarely leave their starting point (see :mod:`kd_lightning.modules.aekd`).
     """
 
     recalibrate_bn: int = 0
     save_in_checkpoint: bool = False
     ensemble: str = "mean_logits"
+    aekd_max_weight: float = REFERENCE_MAX_WEIGHT
+    aekd_tolerance: float = REFERENCE_TOLERANCE
 
     def __post_init__(self) -> None:
         if self.recalibrate_bn < 0:
