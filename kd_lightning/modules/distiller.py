@@ -153,6 +153,8 @@ class DistillationModule(SupervisedModule):
             if isinstance(self.teacher, TeacherEnsemble):
                 _check_ensemble_terms(self.distillation_losses(), options.ensemble)
             self.student_taps = self._tap_features(input_shape)
+            for _, loss in self.distillation_losses():
+                loss.bind_student(self.network)
             if isinstance(self.teacher, FrozenTeacher):
                 for _, loss in self.distillation_losses():
                     loss.bind_teacher(self.teacher.network)
