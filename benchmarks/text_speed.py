@@ -18,6 +18,8 @@ Configurations, each in its own thread, taking turns ``--steps-per-turn`` steps 
   * ``kd_lightning online``: :class:`~kd_lightning.modules.DistillationModule` in a Lightning fit.
   * ``kd_lightning cached``: the same with ``teacher_cache=TeacherCacheConfig()`` (built at fit start).
   * ``bare student``: the hand-written loop on labels alone, what a cached epoch cannot go below.
+  * ``kd_lightning student``: the student alone in a Lightning fit (``FrozenBackboneFinetuner``, ``full``):
+    what Lightning's loop adds to a step, with no teacher and no cache.
   * ``textbrewer online`` / ``textbrewer cached``: TextBrewer's ``BasicDistiller`` over the same batches
     (``is_caching_logits`` for the cached one), when it imports (``benchmarks/_textbrewer.py``).
 
@@ -50,15 +52,16 @@ from kd_lightning.data import TextClassificationDataModule
 from kd_lightning.data.text_dataset import TokenizedTextDataset
 from kd_lightning.losses.kd import kd_loss
 from kd_lightning.models import ModelSpec
-from kd_lightning.modules import DistillationModule
+from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
 
 TEACHER_FOLDER = Path("data/all-MiniLM-L6-v2")
 TREC = Path("data/trec6")
 LABELS = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
 BATCH, MAX_LENGTH, LR = 32, 64, 3e-3
 BARE_DISTILL, ONLINE, CACHED = "bare distill", "kd_lightning online", "kd_lightning cached"
-BARE_STUDENT, TB_ONLINE, TB_CACHED = "bare student", "textbrewer online", "textbrewer cached"
-ALL = (BARE_DISTILL, ONLINE, CACHED, BARE_STUDENT, TB_ONLINE, TB_CACHED)
+BARE_STUDENT, KD_STUDENT = "bare student", "kd_lightning student"
+TB_ONLINE, TB_CACHED = "textbrewer online", "textbrewer cached"
+ALL = (BARE_DISTILL, ONLINE, CACHED, BARE_STUDENT, KD_STUDENT, TB_ONLINE, TB_CACHED)
 
 
 @dataclass
@@ -194,7 +197,12 @@ def run(setup: Setup, only: tuple[str, ...] = ALL) -> Results:
         epochs = bare_epochs(net, frozen_teacher() if with_teacher else None, batches, setup, losses[name])
         return lambda: scheduler.clock(name).timed(epochs)
 
-    def lightning(name: str, module: DistillationModule) -> Callable[[], None]:
+    def finetuner() -> FrozenBackboneFinetuner:
+        torch.manual_seed(setup.seed)
+        optimizer = functools.partial(torch.optim.Adam, lr=LR)
+        return FrozenBackboneFinetuner(setup.student_spec(), len(LABELS), strategy="full", optimizer=optimizer)
+
+    def lightning(name: str, module: DistillationModule | FrozenBackboneFinetuner) -> Callable[[], None]:
         networks[name] = module.network
         callbacks = [TurnCallback(scheduler.clock(name)), StepLosses(losses[name])]
         fit = trainer(max_epochs=setup.epochs, limit_val_batches=0, callbacks=callbacks)
@@ -217,6 +225,7 @@ def run(setup: Setup, only: tuple[str, ...] = ALL) -> Results:
         ONLINE: lambda: lightning(ONLINE, distiller()),
         CACHED: lambda: lightning(CACHED, distiller(teacher_cache=TeacherCacheConfig())),
         BARE_STUDENT: lambda: bare(BARE_STUDENT, False),
+        KD_STUDENT: lambda: lightning(KD_STUDENT, finetuner()),
         TB_ONLINE: lambda: peer(TB_ONLINE, cached=False),
         TB_CACHED: lambda: peer(TB_CACHED, cached=True),
     }
@@ -265,6 +274,8 @@ def report(results: Results) -> None:
 
     ratio(ONLINE, BARE_DISTILL, "(<= 1.05)")
     ratio(CACHED, BARE_STUDENT, "(<= 1.10)")
+    ratio(KD_STUDENT, BARE_STUDENT)
+    ratio(CACHED, KD_STUDENT)
     ratio(CACHED, ONLINE)
     ratio(BARE_STUDENT, BARE_DISTILL)
     ratio(ONLINE, TB_ONLINE)

@@ -7,7 +7,17 @@ from pathlib import Path
 import pytest
 
 from benchmarks import _textbrewer
-from benchmarks.text_speed import BARE_DISTILL, BARE_STUDENT, CACHED, ONLINE, TB_CACHED, TB_ONLINE, Setup, run
+from benchmarks.text_speed import (
+    BARE_DISTILL,
+    BARE_STUDENT,
+    CACHED,
+    KD_STUDENT,
+    ONLINE,
+    TB_CACHED,
+    TB_ONLINE,
+    Setup,
+    run,
+)
 from tests._extras import require_extra
 from tests._text_helpers import toy_rows, write_rows, write_tiny_bert
 
@@ -19,7 +29,7 @@ def test_every_loop_takes_the_same_first_step_and_ends_on_the_same_weights(tmp_p
     write_rows(tmp_path / "data" / "train.tsv", toy_rows(repeat=8))  # 64 texts: 2 batches of 32 per epoch
     results = run(Setup(teacher, tmp_path / "data", epochs=2, steps_per_turn=1))
     peer = _textbrewer.unavailable_reason() is None
-    assert set(results.epoch_times) == {BARE_DISTILL, ONLINE, CACHED, BARE_STUDENT} | (
+    assert set(results.epoch_times) == {BARE_DISTILL, ONLINE, CACHED, BARE_STUDENT, KD_STUDENT} | (
         {TB_ONLINE, TB_CACHED} if peer else set()
     )
     assert all(len(times) == 2 for times in results.epoch_times.values())
@@ -27,6 +37,7 @@ def test_every_loop_takes_the_same_first_step_and_ends_on_the_same_weights(tmp_p
     # kd_lightning's step is the bare loop's arithmetic on the same batch, live or from the cache.
     assert first[ONLINE] == pytest.approx(first[BARE_DISTILL], rel=1e-6)
     assert first[CACHED] == pytest.approx(first[BARE_DISTILL], rel=1e-5)
+    assert first[KD_STUDENT] == pytest.approx(first[BARE_STUDENT], rel=1e-6)
     assert first[BARE_STUDENT] != pytest.approx(first[BARE_DISTILL], rel=1e-3)  # no KD term: another number
     assert results.weight_gaps[ONLINE] < 1e-5 and results.weight_gaps[CACHED] < 1e-4
     if peer:
