@@ -39,11 +39,12 @@ def test_every_loop_takes_the_same_first_step_and_ends_on_the_same_weights(tmp_p
     assert first[CACHED] == pytest.approx(first[BARE_DISTILL], rel=1e-5)
     assert first[KD_STUDENT] == pytest.approx(first[BARE_STUDENT], rel=1e-6)
     assert first[BARE_STUDENT] != pytest.approx(first[BARE_DISTILL], rel=1e-3)  # no KD term: another number
-    assert results.weight_gaps[ONLINE] < 1e-5 and results.weight_gaps[CACHED] < 1e-4
+    assert results.weight_gaps[ONLINE] == 0.0  # bit for bit
+    assert results.weight_gaps[CACHED] < 1e-5  # the cached logits come from other batches' padding
     if peer:
         # TextBrewer's soft cross-entropy is kd_lightning's KL plus the teacher's entropy: same gradient.
         assert first[TB_ONLINE] - first[BARE_DISTILL] == pytest.approx(results.entropy_offset, rel=1e-4)
         assert results.entropy_offset > 1.0
-        assert results.weight_gaps[TB_ONLINE] < 1e-4
+        assert results.weight_gaps[TB_ONLINE] < 1e-5
     else:
         assert set(results.skipped) == {TB_ONLINE, TB_CACHED}
