@@ -219,3 +219,25 @@ def test_attention_map_mse_is_what_the_term_averages() -> None:
     scores = {n: attention_scores(t[f"{n}.attention.self.query"], t[f"{n}.attention.self.key"], 2) for n in "abcd"}
     expected = attention_map_mse(scores["a"], scores["c"]) + attention_map_mse(scores["b"], scores["d"])
     torch.testing.assert_close(loss(student, teacher, StepContext(torch.zeros(1))), expected)
+
+
+def test_head_counts_come_from_distilbert_too_or_from_the_heads_argument() -> None:
+    from transformers import DistilBertConfig, DistilBertModel
+
+    config = DistilBertConfig(vocab_size=30, dim=16, n_layers=1, n_heads=4, hidden_dim=32, max_position_embeddings=16)
+    distilbert = DistilBertModel(config)
+    blocks = {"student_layers": ["transformer.layer.0"], "teacher_layers": ["transformer.layer.0"]}
+    loss = create_loss("attention_mse", query="attention.q_lin", key="attention.k_lin", **blocks)
+    loss.bind_student(distilbert)
+    loss.bind_teacher(distilbert)
+    assert (loss.student_heads, loss.teacher_heads) == ([4], [4])
+    # A network whose attention declares no head count needs the heads argument.
+    plain = torch.nn.Module()
+    plain.block = torch.nn.Module()
+    plain.block.query, plain.block.key = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+    plain_blocks = {"student_layers": ["block"], "teacher_layers": ["block"], "query": "query", "key": "key"}
+    with pytest.raises(ValueError, match=r"cannot read the head count of student layer 'block.query': give it"):
+        create_loss("attention_mse", **plain_blocks).bind_student(plain)
+    named = create_loss("attention_mse", heads=2, **plain_blocks)
+    named.bind_student(plain)
+    assert named.student_heads == [2]
