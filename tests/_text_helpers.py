@@ -36,16 +36,16 @@ def write_tokenizer(path: Path) -> Path:
     return path
 
 
-def write_tiny_bert(path: Path, layers: int = 4, seed: int = 0) -> Path:
-    """A randomly initialised BERT (hidden 16) over the tiny vocabulary, saved as a Hugging Face folder."""
+def write_tiny_bert(path: Path, layers: int = 4, seed: int = 0, hidden: int = 16, heads: int = 2) -> Path:
+    """A randomly initialised BERT over the tiny vocabulary, saved as a Hugging Face folder."""
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=len(SPECIALS) + len(WORDS),
-        hidden_size=16,
+        hidden_size=hidden,
         num_hidden_layers=layers,
-        num_attention_heads=2,
+        num_attention_heads=heads,
         intermediate_size=32,
         max_position_embeddings=32,
         pad_token_id=0,

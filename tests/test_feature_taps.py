@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kd_lightning.models import create_model
-from kd_lightning.models.feature_taps import FeatureTaps
+from kd_lightning.models.feature_taps import FeatureTaps, resolve_module
 
 
 def test_taps_record_named_layers_only_while_called() -> None:
@@ -41,3 +41,13 @@ def test_unknown_layer_lists_available_layers_and_shapes() -> None:
     assert "layer3: (64, 8, 8)" in message
     assert "layer2: (32, 16, 16)" in message
     assert "backbone: (64,)" in message
+
+
+def test_a_module_inside_a_stage_resolves_from_the_stage() -> None:
+    model = create_model("resnet8x4", 100)
+    assert model.stages[-1] == "layer3"
+    assert resolve_module(model, "stage:-1.0.conv1") == ("backbone.layer3.0.conv1", model.backbone.layer3[0].conv1)
+    taps = FeatureTaps(model, ["stage:-1.0.conv1", "stage:0"], torch.rand(2, 3, 32, 32))
+    assert taps.shapes["stage:-1.0.conv1"] == torch.Size([2, 256, 8, 8])
+    with pytest.raises(ValueError, match="'stage:7.conv1' is not a stage"):
+        resolve_module(model, "stage:7.conv1")

@@ -21,18 +21,24 @@ STUDENT = ModelSpec("small_cnn", kwargs={"width": 4})
 AT = {"name": "at", "kwargs": {"student_layers": ["5"], "teacher_layers": ["5"]}}  # small_cnn's first stage
 BATCH, CLASSES, TRAIN_SIZE = 6, 5, 20
 # The fewest hyper-parameters that make each loss cheap on a toy batch (CRD's default 16384 negatives).
-MINIMAL_KWARGS: dict[str, dict] = {"crd": {"num_negatives": 8}, "ofd": {"teacher_batchnorms": ["bn"] * 3}}
+MINIMAL_KWARGS: dict[str, dict] = {
+    "crd": {"num_negatives": 8},
+    "ofd": {"teacher_batchnorms": ["bn"] * 3},
+    "attention_mse": {"student_layers": ["block"], "teacher_layers": ["block"], "heads": 2},
+}
 # Losses that compare the two networks directly, so identical outputs give (about) zero; FitNets goes
 # through a learned regressor and CRD contrasts with a memory, so neither is zero there.
-ZERO_ON_IDENTICAL = {"kd", "dkd", "dist", "at", "sp", "rkd", "pkt"}
+ZERO_ON_IDENTICAL = {"kd", "dkd", "dist", "at", "sp", "rkd", "pkt", "attention_mse"}
+PROJECTIONS = (".query", ".key")  # a transformer block's per-token projections
 
 
 def _features(names: tuple[str, ...], gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """Plausible tapped shapes: the pooled ``backbone`` vector, a feature map for any stage."""
-    return {
-        name: torch.randn(BATCH, 8, generator=gen) if name == "backbone" else torch.randn(BATCH, 4, 4, 4, generator=gen)
-        for name in names
+    """Plausible tapped shapes: the pooled ``backbone`` vector, ``[B, L, D]`` attention projections, a feature
+    map for any stage."""
+    shapes = {
+        name: (8,) if name == "backbone" else (5, 8) if name.endswith(PROJECTIONS) else (4, 4, 4) for name in names
     }
+    return {name: torch.randn(BATCH, *shape, generator=gen) for name, shape in shapes.items()}
 
 
 def _outputs(loss: DistillationLoss, seed: int) -> tuple[ModelOutputs, ModelOutputs]:

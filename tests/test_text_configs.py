@@ -25,8 +25,9 @@ LABELS = {"trec": ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"], "rotten_tomatoe
 
 
 def _stand_in_prepared_folder(root: Path) -> None:
-    """What the preparation step writes, in miniature: a tiny BERT as the teacher folder and toy files."""
-    write_tiny_bert(root / "data" / "all-MiniLM-L6-v2")
+    """What the preparation step writes, in miniature: a tiny BERT with MiniLM's 12 attention heads (which
+    TinyBERT's attention loss needs the student to share) as the teacher folder, and toy files."""
+    write_tiny_bert(root / "data" / "all-MiniLM-L6-v2", hidden=24, heads=12)
     for name, folder in (("trec", "trec6"), ("rotten_tomatoes", "rotten_tomatoes")):
         rows = [(f"where is the city {i}", label) for i in range(3) for label in LABELS[name]]
         for split in ("train", "test"):

@@ -27,13 +27,20 @@ from kd_lightning.losses.reviewkd import ReviewKDLoss, hcl_loss
 from kd_lightning.losses.rkd import RKDLoss, rkd_angle_loss, rkd_distance_loss, rkd_loss
 from kd_lightning.losses.similarity import SimilarityPreservingLoss, sp_loss
 from kd_lightning.losses.term import LossTerm, as_term
-from kd_lightning.losses.tinybert import HiddenStateLoss, attention_map_mse, hidden_state_mse
+from kd_lightning.losses.tinybert import (
+    AttentionScoreLoss,
+    HiddenStateLoss,
+    attention_map_mse,
+    attention_scores,
+    hidden_state_mse,
+)
 from kd_lightning.losses.vid import VIDLoss, vid_loss
 from kd_lightning.losses.wkd import WKDLogitLoss, classifier_cost_matrix, sinkhorn_distance, wkd_logit_loss
 from kd_lightning.outputs import ModelOutputs
 
 __all__ = [
     "ABLoss",
+    "AttentionScoreLoss",
     "AttentionTransferLoss",
     "CAMKDFeatureLoss",
     "CCLoss",
@@ -69,6 +76,7 @@ __all__ = [
     "at_loss",
     "attention_map_mse",
     "attention_map",
+    "attention_scores",
     "camkd_feature_loss",
     "cc_loss",
     "check_temperature",

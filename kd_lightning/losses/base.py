@@ -74,6 +74,10 @@ class DistillationLoss(nn.Module):
         """Take what the loss needs from the training set's labels (in dataset-index order) before
         fitting, e.g. CRD's memory size and class-excluding negatives; a no-op by default."""
 
+    def bind_student(self, student: nn.Module) -> None:
+        """Take what the loss needs from the student network's structure once, when the distiller is
+        built, e.g. TinyBERT's attention head count; a no-op by default."""
+
     def bind_teacher(self, teacher: nn.Module) -> None:
         """Take what the loss needs from the frozen teacher network's weights once, when the distiller is
         built, e.g. OFD's margins from its BatchNorm parameters or WKD-L's class costs from its

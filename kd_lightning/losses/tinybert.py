@@ -1,13 +1,14 @@
-"""TinyBERT's transformer losses (Jiao et al., 2020): hidden-state and attention-map MSE over real tokens.
+"""TinyBERT's transformer losses (Jiao et al., 2020): hidden-state and attention-score MSE over real tokens.
 
-The hidden-state loss is a registered term (``hidden_mse``) over tapped layers. The attention-map
-loss is a function only: layer taps record a module's output tensor, and a Hugging Face encoder
-returns its attention probabilities only under eager attention, beside the layer's output, after
-dropout, and never the pre-softmax scores TinyBERT matches.
+Both are registered terms over tapped layers: ``hidden_mse`` compares a block's output states;
+``attention_mse`` taps a block's query and key projections and rebuilds the pre-softmax scores
+``QKᵀ/√d`` TinyBERT matches, since a Hugging Face encoder returns only the probabilities (and those
+only under eager attention, after dropout), never the scores.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import cast
 
@@ -19,6 +20,7 @@ from kd_lightning.losses._registry import register_loss
 from kd_lightning.losses._utils import autocast_off, full_precision
 from kd_lightning.losses.base import DistillationLoss
 from kd_lightning.losses.context import StepContext
+from kd_lightning.models.feature_taps import resolve_module
 from kd_lightning.outputs import ModelOutputs
 
 
@@ -56,11 +58,36 @@ def hidden_state_mse(
     return _token_mean((projected - teacher).pow(2), mask)
 
 
+def attention_scores(query: torch.Tensor, key: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[B, h, L, L]`` pre-softmax attention scores ``Q_i K_iᵀ / √d`` of each head ``i`` (``d`` its width).
+
+    What a BERT layer adds its mask to before the softmax. TinyBERT matches these rather than the
+    probabilities: the authors found the unnormalised scores converge faster and distil better.
+
+    Args:
+        query: ``[B, L, D]`` output of a layer's query projection, ``D = heads × d``.
+        key: ``[B, L, D]`` output of the same layer's key projection.
+        heads: attention heads the projections are split into, as the layer splits them.
+    """
+    if query.dim() != 3 or key.shape != query.shape or query.shape[-1] % heads:
+        raise ValueError(
+            f"query {tuple(query.shape)} and key {tuple(key.shape)} must be [B, L, D] of one shape with D a "
+            f"multiple of the {heads} heads"
+        )
+    batch, length, width = query.shape
+    d = width // heads
+    q = query.view(batch, length, heads, d).transpose(1, 2)
+    k = key.view(batch, length, heads, d).transpose(1, 2)
+    return q @ k.transpose(-1, -2) / math.sqrt(d)
+
+
 def attention_map_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """``(1/h) Σᵢ MSE(A_iˢ, A_iᵀ)`` over the query-key pairs of real tokens (TinyBERT's attention loss, Eq. 7).
 
     TinyBERT matches the attention scores head by head, so student and teacher need the same
-    number of heads; pairs that involve padding are left out (their scores are masked anyway).
+    number of heads. Pairs that involve padding are left out: the authors' code zeroes the masked
+    keys' scores and averages over every entry, padded queries included, so there the loss shrinks
+    as a batch is padded longer; here padding changes nothing.
 
     Args:
         student: ``[B, h, L, L]`` attention maps of one student layer.
@@ -145,3 +172,133 @@ class HiddenStateLoss(DistillationLoss):
 
     def extra_repr(self) -> str:
         return f"project={self.project}"
+
+
+# Where attention modules declare their head count: BERT's self-attention, DistilBERT's, torch's own.
+_HEAD_ATTRIBUTES = ("num_attention_heads", "n_heads", "num_heads")
+
+
+def _declared_heads(network: nn.Module, ref: str) -> int | None:
+    """The head count declared by the closest module around the projection ``ref`` names (or its config)."""
+    found = resolve_module(network, ref)
+    if found is None:
+        return None
+    modules = dict(network.named_modules())
+    path = found[0].split(".")
+    for end in range(len(path) - 1, -1, -1):
+        module = modules[".".join(path[:end])]
+        for owner in (module, getattr(module, "config", None)):
+            for attribute in _HEAD_ATTRIBUTES:
+                value = getattr(owner, attribute, None)
+                if isinstance(value, int):
+                    return value
+    return None
+
+
+@register_loss("attention_mse")
+class AttentionScoreLoss(DistillationLoss):
+    """TinyBERT's attention loss per tapped block pair: every head's pre-softmax scores, over real tokens.
+
+    Each named transformer block is tapped at its query and key projections; the scores are
+    rebuilt from them (:func:`attention_scores`) and compared over pairs of real tokens
+    (:attr:`StepContext.token_mask`, :func:`attention_map_mse`), the layer pairs summed. The head
+    counts are read from the networks' attention modules, and student and teacher must agree on
+    them; the head widths may differ. TinyBERT's uniform mapping for a 2-layer student of a
+    6-layer teacher, beside its hidden-state loss::
+
+        losses:
+          - {name: kd, weight: 1.0}
+          - name: attention_mse
+            weight: 1.0
+            kwargs: {student_layers: [stage:0, stage:1], teacher_layers: [stage:2, stage:5]}
+
+    Args:
+        student_layers: student transformer blocks (``stage:0``, or a path such as ``model.encoder.layer.0``).
+        teacher_layers: teacher blocks whose attention they must reproduce.
+        query: path of the query projection inside a block (BERT's; DistilBERT's is ``attention.q_lin``).
+        key: path of the key projection inside a block (DistilBERT's is ``attention.k_lin``).
+        heads: the head count of both networks where their attention modules declare none.
+    """
+
+    def __init__(
+        self,
+        student_layers: Sequence[str] = ("stage:-1",),
+        teacher_layers: Sequence[str] = ("stage:-1",),
+        query: str = "attention.self.query",
+        key: str = "attention.self.key",
+        heads: int | None = None,
+    ) -> None:
+        super().__init__()
+        if len(student_layers) != len(teacher_layers) or not student_layers:
+            raise ValueError(
+                f"attention_mse pairs student and teacher blocks one to one; got student_layers="
+                f"{list(student_layers)} and teacher_layers={list(teacher_layers)}"
+            )
+        if heads is not None and heads < 1:
+            raise ValueError(f"attention_mse heads must be >= 1, got {heads}")
+        self.blocks = (tuple(student_layers), tuple(teacher_layers))
+        self.query, self.key, self.heads = query, key, heads
+        self.set_layers(
+            [f"{block}.{part}" for block in student_layers for part in (query, key)],
+            [f"{block}.{part}" for block in teacher_layers for part in (query, key)],
+        )
+        self.student_heads: list[int | None] = [heads] * len(student_layers)
+        self.teacher_heads: list[int | None] = [heads] * len(teacher_layers)
+
+    def build(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
+        for role, shapes, layers in (
+            ("student", student_shapes, self.student_layers),
+            ("teacher", teacher_shapes, self.teacher_layers),
+        ):
+            for query, key in zip(layers[::2], layers[1::2], strict=True):
+                if len(shapes[query]) != 3 or shapes[query] != shapes[key]:
+                    raise ValueError(
+                        f"attention_mse reads per-token query and key projections, but {role} layers {query!r} "
+                        f"{tuple(shapes[query][1:])} and {key!r} {tuple(shapes[key][1:])} are not: set query and "
+                        "key to the blocks' projections"
+                    )
+
+    def bind_student(self, student: nn.Module) -> None:
+        self.student_heads = [self._heads_of(student, "student", ref) for ref in self.student_layers[::2]]
+        self._check_heads()
+
+    def bind_teacher(self, teacher: nn.Module) -> None:
+        self.teacher_heads = [self._heads_of(teacher, "teacher", ref) for ref in self.teacher_layers[::2]]
+        self._check_heads()
+
+    def _heads_of(self, network: nn.Module, role: str, ref: str) -> int:
+        declared = _declared_heads(network, ref)
+        if declared is None and self.heads is None:
+            raise ValueError(
+                f"attention_mse cannot read the head count of {role} layer {ref!r}: give it as kwargs heads"
+            )
+        if declared is not None and self.heads is not None and declared != self.heads:
+            raise ValueError(
+                f"attention_mse has heads: {self.heads}, but {role} layer {ref!r} declares {declared}: drop heads"
+            )
+        return cast(int, declared if declared is not None else self.heads)
+
+    def _check_heads(self) -> None:
+        pairs = zip(*self.blocks, self.student_heads, self.teacher_heads, strict=True)
+        for student, teacher, student_heads, teacher_heads in pairs:
+            if None not in (student_heads, teacher_heads) and student_heads != teacher_heads:
+                raise ValueError(
+                    f"attention_mse matches attention head by head, but student layer {student!r} has "
+                    f"{student_heads} heads and teacher layer {teacher!r} {teacher_heads}: give the student "
+                    f"{teacher_heads} heads"
+                )
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, context: StepContext) -> torch.Tensor:
+        if None in self.student_heads or None in self.teacher_heads:
+            raise RuntimeError("AttentionScoreLoss needs its head counts: bind_student/bind_teacher read them")
+        pairs = self.feature_pairs(student, teacher)
+        terms = []
+        for index, ((sq, tq), (sk, tk)) in enumerate(zip(pairs[::2], pairs[1::2], strict=True)):
+            with autocast_off(sq):
+                s = attention_scores(full_precision(sq), full_precision(sk), cast(int, self.student_heads[index]))
+                t = attention_scores(full_precision(tq), full_precision(tk), cast(int, self.teacher_heads[index]))
+                terms.append(attention_map_mse(s, t, context.token_mask))
+        return torch.stack(terms).sum()
+
+    def extra_repr(self) -> str:
+        return f"query={self.query!r}, key={self.key!r}, heads={self.heads}"

@@ -2,8 +2,9 @@
 
 A layer reference is ``<module>[@input|@output]``: ``<module>`` is a module path (``layer3``,
 ``backbone.layer3``, ``head``) or a stage of the backbone's declared stages (``stage:0`` the
-first, ``stage:-1`` the last; see ``NetworkParts.stages``), and ``@input`` taps what the module
-receives instead of what it returns (torchdistill's ``io: input``; ``@output`` is the default).
+first, ``stage:-1`` the last; see ``NetworkParts.stages``) or a module inside one
+(``stage:0.attention.self.query``: the first transformer block's query projection), and ``@input``
+taps what the module receives instead of what it returns (torchdistill's ``io: input``; ``@output`` is the default).
 A module called several times in one forward pass (a block's shared ``relu``) is recorded at its
 last call: ``layer1.0.relu@input`` is the pre-activation output of a CIFAR ResNet's first block.
 """
@@ -58,13 +59,15 @@ def _stage_module(model: nn.Module, name: str) -> str:
         raise ValueError(
             f"{getattr(model, 'name', type(model).__name__)!r} declares no stages: name its layers instead of {name!r}"
         )
+    index, _, inside = name.removeprefix(_STAGE).partition(".")
     try:
-        return stages[int(name.removeprefix(_STAGE))]
+        stage = stages[int(index)]
     except (ValueError, IndexError):
         raise ValueError(
             f"{name!r} is not a stage of {getattr(model, 'name', '')!r}: it has {len(stages)} "
             f"(stage:0 … stage:{len(stages) - 1}, or stage:-1 for the last): {list(stages)}"
         ) from None
+    return f"{stage}.{inside}" if inside else stage
 
 
 @torch.no_grad()

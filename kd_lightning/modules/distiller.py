@@ -166,6 +166,7 @@ class DistillationModule(SupervisedModule):
                     check_aekd(options.aekd_max_weight, options.aekd_tolerance, len(teacher_specs))
             self.student_taps = self._tap_features(input_shape)
             for _, loss in self.distillation_losses():
+                loss.bind_student(self.network)
                 if isinstance(self.teacher, FrozenTeacher):
                     loss.bind_teacher(self.teacher.network)
                 elif isinstance(loss, CAMKDFeatureLoss):
