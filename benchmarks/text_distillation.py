@@ -488,9 +488,8 @@ def verdict_lines(entry: dict) -> list[str]:
     teacher, scratch, distilled = entry.get("teacher"), entry.get("scratch"), entry.get("distilled")
     if not (teacher and scratch and distilled):
         return []
-    paired = [
-        v for k, v in entry.items() if k.endswith("_paired") and entry.get(k.replace("_paired", "_scratch")) is scratch
-    ]
+    key = next(k for k, v in entry.items() if v is scratch and k != "scratch")
+    paired = [entry[k] for k in [key.replace("_scratch", "") + "_paired"] if k in entry]
     wins = f"{paired[0]['wins']}/{paired[0]['seeds']}" if paired else "?"
     ratio_params = teacher["params"] / distilled["params"]
     ratio_latency = teacher["latency_b1_ms"] / distilled["latency_b1_ms"]
