@@ -117,7 +117,13 @@ GRID: dict[str, list[Recipe]] = {
 }
 
 # What ``--select`` chose, per (data set, student), written here before the test runs that use it.
-SELECTED: dict[tuple[str, str], dict[str, Recipe]] = {}
+SELECTED: dict[tuple[str, str], dict[str, Recipe]] = {
+    # Validation (seed 0): scratch 83.72 % at epoch 8; distilled 85.81 % at epoch 12.
+    ("trec6", "bilstm"): {
+        "scratch": Recipe(lr=1e-2, epochs=8, dropout=0.2),
+        "distilled": Recipe(lr=1e-2, epochs=12, dropout=0.2, temperature=4.0, alpha=0.5),
+    },
+}
 
 
 PROTOCOL = [
@@ -134,7 +140,7 @@ PROTOCOL = [
     "logits computed once and served through `DataModule.use_source`.",
     "",
     "Two declared recipes, in this order. **first**: lr 3e-3, dropout 0.2, 10 epochs for both arms, T=4,",
-    "alpha=0.9, fixed before any run. **selected**: chosen afterwards on validation accuracy alone, before any",
+    "alpha=0.9, declared before its runs. **selected**: chosen afterwards on validation accuracy alone, before any",
     "test number under it was read: each arm its own grid, every recipe trained for "
     f"{SELECTION_EPOCHS} epochs and scored on the",
     "validation split after every epoch (so the epoch count is chosen too), mean over the selection seeds; the",
