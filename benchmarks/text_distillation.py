@@ -137,7 +137,8 @@ PROTOCOL = [
     "DistilBERT-style student (`distil_hf`: MiniLM's layers 0, 2, 4 and its embeddings, 1 epoch at AdamW 1e-4).",
     "Both arms of a seed share the initialisation seed, the batch order and the seeded train/val split (data",
     "seed 0, 10 % of the training file held out for validation); distillation is Hinton KD with the teacher's",
-    "logits computed once and served through `DataModule.use_source`.",
+    "logits computed once and served through `DataModule.use_source`. The TREC-6 teacher was re-created from",
+    "`configs/trec/teacher.yaml` (same seed) before the selected runs; its test accuracy is the recorded one.",
     "",
     "Two declared recipes, in this order. **first**: lr 3e-3, dropout 0.2, 10 epochs for both arms, T=4,",
     "alpha=0.9, declared before its runs. **selected**: chosen afterwards on validation accuracy alone, before any",
@@ -483,6 +484,13 @@ def markdown(summary: dict) -> list[str]:
                     f"mean {100 * paired['mean']:+.2f}; distilled better on {paired['wins']}/{paired['seeds']} seeds."
                 )
         lines.append("")
+        if "scratch" not in entry and "selection" not in entry:
+            lines += [
+                "No BiLSTM student runs yet; the command that runs them with the TREC-6 choice:",
+                "",
+                f"    python -m benchmarks.text_distillation --data {name} --recipe selected --recipe-from trec6",
+                "",
+            ]
         lines += verdict_lines(entry)
         if "selection" in entry:
             lines += selection_lines(entry["selection"])
