@@ -139,6 +139,9 @@ PROTOCOL = [
     "seed 0, 10 % of the training file held out for validation); distillation is Hinton KD with the teacher's",
     "logits computed once and served through `DataModule.use_source`. The TREC-6 teacher was re-created from",
     "`configs/trec/teacher.yaml` (same seed) before the selected runs; its test accuracy is the recorded one.",
+    "Rows marked `dirty` in the runs log were written while a tracked file differed from their commit: this",
+    "section, which the driver rewrites after every row, and during the selection runs the driver's report and",
+    "grid code (each row records the settings it ran with).",
     "",
     "Two declared recipes, in this order. **first**: lr 3e-3, dropout 0.2, 10 epochs for both arms, T=4,",
     "alpha=0.9, declared before its runs. **selected**: chosen afterwards on validation accuracy alone, before any",
@@ -149,7 +152,8 @@ PROTOCOL = [
     "grid: scratch lr ∈ {1e-3, 3e-3, 1e-2} × dropout ∈ {0.2, 0.5}; distilled (dropout 0.2) T ∈ {1, 2, 4} × alpha",
     "∈ {0.5, 0.9} × lr ∈ {3e-3, 1e-2}. The distilled grid was first declared at lr 3e-3 alone; its lr 1e-2 half",
     "was added once the scratch grid's validation scores showed lr 3e-3 still climbing at 12 epochs (no test",
-    "number had been read). `selected_on_trec6`: the TREC-6 choice used unchanged on another data set.",
+    "number had been read), so the distilled arm chose among 12 recipes and scratch among 6, on one selection",
+    "seed. `selected_on_trec6`: the TREC-6 choice used unchanged on another data set.",
 ]
 
 
@@ -366,6 +370,8 @@ def summarise(rows: list[dict]) -> dict:
                 arm[field] = row[field]
         if "latency_b1_ms_range" in row:
             arm["latency_b1_ms"] = row["latency_b1_ms_range"][0]
+        if row["command"] not in arm.setdefault("commands", []):
+            arm["commands"].append(row["command"])
         arm["test_acc"].append(round(row["test_acc"], 4))
         arm["agreement"].append(round(row.get("agreement", 1.0), 4))
         arm["seeds"].append(row.get("seed", 0))
@@ -495,8 +501,8 @@ def markdown(summary: dict) -> list[str]:
         if "selection" in entry:
             lines += selection_lines(entry["selection"])
         arms = [arm for arm in entry.values() if isinstance(arm, dict) and "command" in arm]
-        commands = sorted({arm["command"] for arm in arms})
-        commits = sorted({arm["commit"][:7] + (" dirty" if "dirty" in arm["commit"] else "") for arm in arms})
+        commands = sorted({c for arm in arms for c in arm["commands"]})
+        commits = sorted({arm["commit"][:7] for arm in arms})
         lines += ["Commands (commits " + ", ".join(commits) + "):", "", *[f"    {c}" for c in commands], ""]
     return [*lines, MARKERS[1]]
 
