@@ -182,9 +182,19 @@ def logits_of(network: torch.nn.Module, dataset: TokenizedTextDataset, batch_siz
     return torch.cat(parts)
 
 
-def datamodule(name: str) -> TextClassificationDataModule:
+def teacher_labels(checkpoint: Path) -> list[str] | None:
+    """The class order the teacher was trained with, as its checkpoint's data module recorded it.
+
+    ``kd-lightning fit`` passes ``labels: null`` to a ready-made module unless the config names them, and the
+    module then reads them sorted from the training file; the students must use the teacher's order.
+    """
+    stored = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+    return stored.get("datamodule_hyper_parameters", {}).get("labels")
+
+
+def datamodule(name: str, labels: list[str] | None) -> TextClassificationDataModule:
     cls, max_length, _ = DATA[name]
-    data = cls(batch_size=32, max_length=max_length, seed=0)
+    data = cls(batch_size=32, max_length=max_length, seed=0, labels=labels)
     data.setup("fit")
     data.setup("test")
     return data
@@ -607,7 +617,7 @@ def main() -> None:
         command += f" --recipe {args.recipe}" + (f" --recipe-from {args.recipe_from}" if args.recipe_from else "")
     _, _, config_dir = DATA[args.data]
     checkpoint = Path(f"runs/{config_dir}/teacher/best.ckpt")
-    data = datamodule(args.data)
+    data = datamodule(args.data, teacher_labels(checkpoint))
     if args.smoke:
         data.train_set, data.test_set = data.train_set.subset(torch.arange(64)), data.test_set.subset(torch.arange(64))
         data.val_set = data.val_set.subset(torch.arange(64))
