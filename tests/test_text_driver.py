@@ -84,3 +84,11 @@ def test_summary_keeps_the_issue_shape_and_pairs_each_recipe() -> None:
     text = "\n".join(td.markdown(td.summarise(rows)))
     assert "distilled ahead of scratch on 2/2 seeds (not met" in text
     assert "29× fewer parameters" in text and "133× lower batch-1 latency (met)" in text
+
+
+def test_students_take_the_class_order_the_teacher_checkpoint_recorded(tmp_path) -> None:
+    checkpoint = tmp_path / "best.ckpt"
+    td.torch.save({"datamodule_hyper_parameters": {"labels": None}}, checkpoint)
+    assert td.teacher_labels(checkpoint) is None  # the module then reads them sorted, as the CLI run did
+    td.torch.save({"datamodule_hyper_parameters": {"labels": ["rotten", "fresh"]}}, checkpoint)
+    assert td.teacher_labels(checkpoint) == ["rotten", "fresh"]
