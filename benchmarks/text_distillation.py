@@ -123,6 +123,11 @@ SELECTED: dict[tuple[str, str], dict[str, Recipe]] = {
         "scratch": Recipe(lr=1e-2, epochs=8, dropout=0.2),
         "distilled": Recipe(lr=1e-2, epochs=12, dropout=0.2, temperature=4.0, alpha=0.5),
     },
+    # Validation (seed 0): scratch 77.84 % at epoch 11; distilled 78.04 % at epoch 8.
+    ("rotten_tomatoes", "bilstm"): {
+        "scratch": Recipe(lr=3e-3, epochs=11, dropout=0.5),
+        "distilled": Recipe(lr=1e-2, epochs=8, dropout=0.2, temperature=2.0, alpha=0.9),
+    },
 }
 
 
