@@ -18,14 +18,21 @@ class TREC6DataModule(TextClassificationDataModule):
 
     Args:
         tokenizer: the teacher's tokenizer (default: the prepared all-MiniLM-L6-v2 folder).
+        labels: the class order (default: ABBR, DESC, ENTY, HUM, LOC, NUM).
         **kwargs: see :class:`TextClassificationDataModule`.
     """
 
     def __init__(
-        self, tokenizer: str = DEFAULT_TOKENIZER, data_dir: str = "data/trec6", max_length: int = 64, **kwargs: Any
+        self,
+        tokenizer: str = DEFAULT_TOKENIZER,
+        data_dir: str = "data/trec6",
+        max_length: int = 64,
+        labels: list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("labels", ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"])
-        super().__init__(tokenizer, data_dir=data_dir, max_length=max_length, **kwargs)
+        # The CLI passes labels=None explicitly, so None (not absence) selects the data set's own order.
+        labels = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"] if labels is None else labels
+        super().__init__(tokenizer, data_dir=data_dir, max_length=max_length, labels=labels, **kwargs)
 
 
 class RottenTomatoesDataModule(TextClassificationDataModule):
@@ -35,6 +42,7 @@ class RottenTomatoesDataModule(TextClassificationDataModule):
 
     Args:
         tokenizer: the teacher's tokenizer (default: the prepared all-MiniLM-L6-v2 folder).
+        labels: the class order (default: rotten, fresh, so that class 1 is the positive review).
         **kwargs: see :class:`TextClassificationDataModule`.
     """
 
@@ -43,7 +51,8 @@ class RottenTomatoesDataModule(TextClassificationDataModule):
         tokenizer: str = DEFAULT_TOKENIZER,
         data_dir: str = "data/rotten_tomatoes",
         max_length: int = 96,
+        labels: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("labels", ["rotten", "fresh"])
-        super().__init__(tokenizer, data_dir=data_dir, max_length=max_length, **kwargs)
+        labels = ["rotten", "fresh"] if labels is None else labels
+        super().__init__(tokenizer, data_dir=data_dir, max_length=max_length, labels=labels, **kwargs)
