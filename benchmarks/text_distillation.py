@@ -48,7 +48,7 @@ from kd_lightning.data.sources import BatchSource
 from kd_lightning.data.text import TextClassificationDataModule
 from kd_lightning.data.text_dataset import TokenizedTextDataset
 from kd_lightning.loading import load_network
-from kd_lightning.models import Classifier, ModelSpec
+from kd_lightning.models import Classifier, ModelSpec, read_weights_file
 from kd_lightning.modules import DistillationModule, FrozenBackboneFinetuner
 from kd_lightning.outputs import ModelOutputs
 from kd_lightning.report.measure import count_parameters, cpu_latency_ms
@@ -188,17 +188,15 @@ def logits_of(network: torch.nn.Module, dataset: TokenizedTextDataset, batch_siz
     return torch.cat(parts)
 
 
-def teacher_labels(checkpoint: Path) -> list[str] | None:
-    """The class order the teacher was trained with, as its checkpoint's data module recorded it.
-
-    ``kd-lightning fit`` passes ``labels: null`` to a ready-made module unless the config names them, and the
-    module then reads them sorted from the training file; the students must use the teacher's order.
-    """
-    stored = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
-    return stored.get("datamodule_hyper_parameters", {}).get("labels")
+def teacher_labels(checkpoint: Path) -> list[str]:
+    """The class order the teacher was trained with, as its checkpoint recorded it: the students must use it."""
+    class_names = read_weights_file(checkpoint).class_names
+    if class_names is None:
+        raise SystemExit(f"{checkpoint} records no class order: retrain the teacher (its config's fit command)")
+    return class_names
 
 
-def datamodule(name: str, labels: list[str] | None) -> TextClassificationDataModule:
+def datamodule(name: str, labels: list[str]) -> TextClassificationDataModule:
     cls, max_length, _ = DATA[name]
     data = cls(batch_size=32, max_length=max_length, seed=0, labels=labels)
     data.setup("fit")

@@ -88,7 +88,8 @@ def test_summary_keeps_the_issue_shape_and_pairs_each_recipe() -> None:
 
 def test_students_take_the_class_order_the_teacher_checkpoint_recorded(tmp_path) -> None:
     checkpoint = tmp_path / "best.ckpt"
-    td.torch.save({"datamodule_hyper_parameters": {"labels": None}}, checkpoint)
-    assert td.teacher_labels(checkpoint) is None  # the module then reads them sorted, as the CLI run did
-    td.torch.save({"datamodule_hyper_parameters": {"labels": ["rotten", "fresh"]}}, checkpoint)
-    assert td.teacher_labels(checkpoint) == ["rotten", "fresh"]
+    td.torch.save({"state_dict": {"w": td.torch.zeros(1)}, "class_names": ["fresh", "rotten"]}, checkpoint)
+    assert td.teacher_labels(checkpoint) == ["fresh", "rotten"]
+    td.torch.save({"state_dict": {"w": td.torch.zeros(1)}, "datamodule_hyper_parameters": {"labels": None}}, checkpoint)
+    with pytest.raises(SystemExit, match="records no class order: retrain the teacher"):
+        td.teacher_labels(checkpoint)

@@ -15,6 +15,8 @@ from kd_lightning.safe_load import safe_torch_load
 # Prefixes under which networks are stored: kd_lightning's modules keep the trained network
 # (a finetuned backbone, a distilled student) as ``network.``; others use ``model.``/``module.``.
 KNOWN_PREFIXES = ("", "network.", "model.", "module.", "student.", "teacher.")
+# Where kd_lightning's checkpoints record the data's class order (index k is class_names[k]).
+CLASS_NAMES_KEY = "class_names"
 REEXPORT = "save the weights alone, torch.save(model.state_dict(), path), or a Trainer checkpoint"
 
 
@@ -45,11 +47,14 @@ class WeightsFile:
         state: the state dict (of a plain state-dict file, or a Lightning checkpoint's ``state_dict``).
         recorded_scores: each ``ModelCheckpoint``'s monitored metric and its score when the file was
             saved (``{"val/acc": 0.97}``); empty for a plain state-dict file.
+        class_names: the class order the network was trained with, when the checkpoint recorded it (its
+            data module's ``class_names``, or a text data module's ``labels`` hyper-parameter); else None.
     """
 
     path: Path
     state: dict[str, torch.Tensor]
     recorded_scores: dict[str, float] = field(default_factory=dict)
+    class_names: list[str] | None = None
 
 
 def read_weights_file(path: str | Path) -> WeightsFile:
@@ -66,8 +71,22 @@ def read_weights_file(path: str | Path) -> WeightsFile:
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{path} holds non-finite weights in {len(bad)} tensors ({', '.join(bad[:3])}): damaged")
-    callbacks = obj.get("callbacks") if "state_dict" in obj else None
-    return WeightsFile(path, state, _recorded_scores(callbacks if isinstance(callbacks, dict) else {}))
+    if "state_dict" not in obj:
+        return WeightsFile(path, state)
+    callbacks = obj.get("callbacks")
+    return WeightsFile(
+        path, state, _recorded_scores(callbacks if isinstance(callbacks, dict) else {}), _class_names(obj)
+    )
+
+
+def _class_names(checkpoint: dict[str, Any]) -> list[str] | None:
+    names = checkpoint.get(CLASS_NAMES_KEY)
+    if names is None:
+        datamodule_hparams = checkpoint.get("datamodule_hyper_parameters")
+        names = datamodule_hparams.get("labels") if isinstance(datamodule_hparams, dict) else None
+    if not isinstance(names, (list, tuple)) or not names:
+        return None
+    return [str(name) for name in names]
 
 
 def _recorded_scores(callbacks: dict[str, Any]) -> dict[str, float]:

@@ -21,6 +21,7 @@ from kd_lightning.data.base import ImageClassificationDataModule
 from kd_lightning.data.batch import IGNORE_LABEL, Batch
 from kd_lightning.metrics import classification_metrics
 from kd_lightning.models.classifier import Classifier
+from kd_lightning.models.weights import CLASS_NAMES_KEY
 
 
 class SupervisedModule(L.LightningModule):
@@ -130,8 +131,12 @@ class SupervisedModule(L.LightningModule):
             self.log_dict({f"train/{name}": value for name, value in terms.items()}, batch_size=batch_size)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the epoch's training-metric state summed over ranks: under DDP each rank holds its own
-        batches only, and the checkpoint is written from rank 0 (every rank takes part in the sum)."""
+        """Record the data's class order, so a student distilled from this checkpoint can check that class k
+        means the same to both; store the epoch's training-metric state summed over ranks: under DDP each
+        rank holds its own batches only, and the checkpoint is written from rank 0 (every rank takes part)."""
+        class_names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None)
+        if class_names:
+            checkpoint[CLASS_NAMES_KEY] = [str(name) for name in class_names]
         if self.trainer.world_size > 1:
             with ExitStack() as synced:
                 for metric in self.train_metrics.values():

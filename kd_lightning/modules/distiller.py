@@ -238,8 +238,11 @@ class DistillationModule(SupervisedModule):
             raise ValueError(f"feature losses probe layer shapes, but student {self.network.name!r} {err}") from None
 
     def prepare_training_data(self, datamodule: ImageClassificationDataModule) -> None:
-        """Refuse label-hungry losses on unlabeled data, size losses by the training set (CRD), serve the
-        teacher cache through the DataModule."""
+        """Refuse teachers that number the classes otherwise and label-hungry losses on unlabeled data, size
+        losses by the training set (CRD), serve the teacher cache through the DataModule."""
+        teachers = self.teacher.members() if isinstance(self.teacher, TeacherEnsemble) else [self.teacher]
+        for teacher in teachers:
+            teacher.check_class_order(datamodule.class_names)
         if datamodule.has_unlabeled:
             needs_labels = [key for key, loss in self.loss_terms.items() if loss.needs_labels]
             if needs_labels:

@@ -96,6 +96,7 @@ class FrozenTeacher(nn.Module):
         # Read once: the weights, and the scores the teacher's own training recorded (for TeacherCheck).
         weights = read_weights_file(spec.weights_path) if spec.weights_path is not None else None
         self.recorded_scores: dict[str, float] = weights.recorded_scores if weights is not None else {}
+        self.class_names: list[str] | None = weights.class_names if weights is not None else None
         self.network: Classifier = spec.build(num_classes, strict_head=True, weights=weights)
         freeze(self.network)
         self.sha256 = state_dict_sha256(self.network)
@@ -124,6 +125,24 @@ class FrozenTeacher(nn.Module):
         """What a student checkpoint records about its teacher: where it came from and its hash."""
         return {"spec": self.spec.to_dict(), "sha256": self.sha256}
 
+    def check_class_order(self, class_names: Sequence[str]) -> None:
+        """Refuse data that numbers the teacher's classes in another order: every soft label would go to the
+        wrong class, silently. Different names are only warned about (the same classes may be spelled
+        differently by two data sets)."""
+        trained, given = self.class_names, [str(name) for name in class_names]
+        if not trained or not given or trained == given:
+            return
+        where = self.spec.weights_path
+        pairs = zip(trained, given, strict=False)
+        k = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(trained), len(given)))
+        first = f"class {k} is {_name(trained, k)} to the teacher but {_name(given, k)} in the data"
+        if sorted(trained) == sorted(given):
+            raise ConfigError(
+                f"teacher {where} was trained with its classes in another order than the data's ({first}): give the "
+                f"data the teacher's order {_shown(trained)} (e.g. data.labels) or retrain the teacher"
+            )
+        rank_zero_warn(f"teacher {where} was trained on other class names than the data's ({first}): same task?")
+
     def verify(self, fingerprint: dict[str, Any]) -> None:
         """Refuse to go on when this teacher is not the one ``fingerprint`` describes."""
         check_fingerprint(fingerprint, self.network)
@@ -140,3 +159,11 @@ class FrozenTeacher(nn.Module):
     def rehash(self) -> None:
         """Take the hash again after weights were loaded into the teacher (a checkpoint that stored it)."""
         self.sha256 = state_dict_sha256(self.network)
+
+
+def _name(names: Sequence[str], k: int) -> str:
+    return repr(names[k]) if k < len(names) else "absent"
+
+
+def _shown(names: Sequence[str], limit: int = 10) -> str:
+    return str(list(names[:limit]))[:-1] + (f", ... {len(names)} in all]" if len(names) > limit else "]")
