@@ -32,8 +32,10 @@ def provenance() -> dict[str, str]:
     """The commit checked out (``dirty`` when tracked files differ from it) and this machine."""
     git = ["git", "-C", str(ROOT)]
     commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    # The result files the drivers append to are not code: rows written by a parallel run leave the code clean.
-    status = [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"]
+    # The result files the drivers append to and the reports they rewrite are not code: rows written by a
+    # parallel run leave the code clean.
+    not_code = (":!benchmarks/results", ":!benchmarks/RESULTS*.md")
+    status = [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", *not_code]
     changed = subprocess.run(status, capture_output=True, text=True)
     return {
         "commit": commit + (" dirty" if changed.stdout.strip() else ""),
