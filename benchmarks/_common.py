@@ -120,13 +120,15 @@ def header(title: str) -> None:
     )
 
 
-def latency_ranges(networks: dict[str, torch.nn.Module], side: int, rounds: int) -> dict[str, dict[str, float]]:
-    """Batch-1 CPU latency (ms) of each network as a min-median-max range over ``rounds``. Each round times every
-    network once, in turn, so load from other jobs on a shared machine shifts them all alike."""
+def latency_ranges(
+    networks: dict[str, torch.nn.Module], example: torch.Tensor, rounds: int
+) -> dict[str, dict[str, float]]:
+    """Batch-1 CPU latency (ms) of each network on ``example`` as a min-median-max range over ``rounds``. Each round
+    times every network once, in turn, so load from other jobs on a shared machine shifts them all alike."""
     times: dict[str, list[float]] = {name: [] for name in networks}
     for _ in range(rounds):
         for name, network in networks.items():
-            times[name].append(cpu_latency_ms(network, torch.rand(1, 1, side, side), batch_size=1))
+            times[name].append(cpu_latency_ms(network, example, batch_size=1))
     return {
         name: {"min": round(min(t), 3), "median": round(statistics.median(t), 3), "max": round(max(t), 3)}
         for name, t in times.items()

@@ -436,7 +436,7 @@ def measure_latency(setting: Setting, rounds: int = 7) -> dict[str, dict[str, fl
     student = create_model(student_config["name"], 10, **student_config.get("kwargs", {})).eval()
     side = 8 if setting.smoke else 28
     networks = {"teacher": teacher, "student": student}
-    return latency_ranges(networks, side, rounds)
+    return latency_ranges(networks, torch.rand(1, 1, side, side), rounds)
 
 
 def summarise(rows: list[dict], latency: dict[str, dict[str, float]]) -> dict:

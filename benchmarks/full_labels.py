@@ -351,7 +351,7 @@ def measure_latency(setting: Setting, rounds: int = 7) -> dict[str, dict[str, fl
     """
     networks = {"teacher": build(teacher_spec(setting))} | {size: build(student_spec(size)) for size in SIZES}
     side = 8 if setting.smoke else 28
-    return latency_ranges(networks, side, rounds)
+    return latency_ranges(networks, torch.rand(1, 1, side, side), rounds)
 
 
 def schedule(name: str) -> dict[str, int]:

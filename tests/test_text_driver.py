@@ -23,9 +23,12 @@ def _selection(arm: str, recipe: td.Recipe, seed: int, curve: list[float]) -> di
     }
 
 
+ARMS = ("scratch", "distilled")
+
+
 def _test(arm: str, seed: int, acc: float, recipe: str = "first") -> dict:
     row = {"data": "trec6", "student": "bilstm", "arm": arm, "seed": seed, "test_acc": acc, "agreement": acc}
-    row |= {"params": 779_382, "command": f"run {recipe}", "commit": "abc", "latency_b1_ms_range": [0.3, 0.4]}
+    row |= {"params": 779_382, "command": f"run {recipe}", "commit": "abc"}
     return row if recipe == "first" else {**row, "recipe": recipe, "settings": {"lr": 0.003, "epochs": 3}}
 
 
@@ -63,8 +66,14 @@ def test_selected_recipe_must_match_the_validation_rows(monkeypatch: pytest.Monk
 
 def test_summary_keeps_the_issue_shape_and_pairs_each_recipe() -> None:
     teacher = {"data": "trec6", "arm": "teacher", "test_acc": 0.93, "params": 22_567_686, "command": "t"}
-    teacher |= {"commit": "abc", "latency_b1_ms_range": [40.0, 42.0]}
+    teacher |= {"commit": "abc"}
     rows = [teacher, _selection("scratch", td.GRID["scratch"][0], 0, [0.7, 0.8])]
+    without_latency = "\n".join(td.markdown(td.summarise([*rows, *(_test(a, 0, 0.8, "selected") for a in ARMS)])))
+    assert "No side-by-side latency yet: `python -m benchmarks.text_distillation --data trec6 --latency`" in (
+        without_latency
+    )
+    timed = {"teacher": {"min": 39.0, "median": 40.0, "max": 42.0}, "bilstm": {"min": 0.3, "median": 0.3, "max": 0.4}}
+    rows.append({"data": "trec6", "arm": td.LATENCY, "latency_b1_ms": timed, "command": "lat", "commit": "abc"})
     for seed, (s, d) in enumerate([(0.78, 0.79), (0.80, 0.79)]):
         rows += [_test("scratch", seed, s), _test("distilled", seed, d)]
     for seed, (s, d) in enumerate([(0.80, 0.82), (0.81, 0.83)]):
@@ -79,7 +88,8 @@ def test_summary_keeps_the_issue_shape_and_pairs_each_recipe() -> None:
     }
     # The headline arms are the selected recipe's; selection rows never enter a test-accuracy list.
     assert entry["scratch"]["test_acc"] == [0.80, 0.81] and entry["distilled"]["recipe"] == "selected"
-    assert entry["teacher"]["latency_b1_ms"] == 40.0 and entry["scratch"]["params"] == 779_382
+    assert entry["teacher"]["latency_b1_ms"] == 40.0 and entry["scratch"]["latency_b1_ms"] == 0.3
+    assert entry["scratch"]["params"] == 779_382 and entry[td.LATENCY]["command"] == "lat"
     assert entry["selection"]["bilstm"]["grid"]["scratch"][0]["val_acc_mean"] == [0.7, 0.8]
     text = "\n".join(td.markdown(td.summarise(rows)))
     assert "distilled ahead of scratch on 2/2 seeds (not met" in text
