@@ -569,6 +569,7 @@ def _messages_outside_the_battery(tmp_path: Path) -> list[str]:
     from kd_lightning.checkpointing import check_finite_metrics
     from kd_lightning.models import create_model
     from kd_lightning.models.fingerprint import check_fingerprint
+    from kd_lightning.modules.teacher import FrozenTeacher
     from kd_lightning.run_lock import RunFolderLock, lock_path
 
     raisers = [lambda: check_fingerprint({"sha256": "0" * 64, "spec": {}}, create_model("small_cnn", 10, width=4))]
@@ -580,6 +581,8 @@ def _messages_outside_the_battery(tmp_path: Path) -> list[str]:
     guard._first_bad_step = torch.tensor(3)
     trainer = SimpleNamespace(callback_metrics={"train/kd": torch.tensor(float("nan"))}, current_epoch=0)
     raisers.append(lambda: guard._check(trainer, SimpleNamespace(step_values={}), 3))
+    reordered = SimpleNamespace(class_names=["fresh", "rotten"], spec=SimpleNamespace(weights_path="teacher.ckpt"))
+    raisers.append(lambda: FrozenTeacher.check_class_order(reordered, ["rotten", "fresh"]))  # type: ignore[arg-type]
     store_path = tmp_path / "entry.pt"
     store_path.write_bytes(b"")
     raisers.append(lambda: __import__("kd_lightning.cache.store", fromlist=["read_entry"]).read_entry(store_path))

@@ -229,6 +229,11 @@ def test_unsupported_combinations_are_refused_in_one_line(digits_dir, teacher_sp
     cache = TeacherCache(TeacherCacheConfig(), 10, 4.0, module.teacher)
     with pytest.raises(ConfigError, match="under DDP the teacher cache of a streamed data set needs .*storage: disk"):
         refuse_unsupported(cache, SimpleNamespace(world_size=2))
+    # The streamed cache stores one teacher's outputs: several teachers weighted per sample must be refused.
+    teachers, options = [teacher_spec, teacher_spec], {"ensemble": "ebkd"}
+    per_teacher = DistillationModule(STUDENT, teachers, 10, teacher_cache=TeacherCacheConfig(), teacher_options=options)
+    with pytest.raises(ConfigError, match="teacher cache of a streamed data set stores one teacher's outputs"):
+        fit(per_teacher, streamed(digits_dir))
 
 
 def test_a_streamed_distillation_with_a_logger_starts_and_logs_both_sets_of_hyper_parameters(
