@@ -29,6 +29,7 @@ rows after every run.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -55,6 +56,8 @@ from kd_lightning.report.measure import count_parameters
 
 RESULTS = Path("benchmarks/results")
 RUNS = RESULTS / "text_runs.jsonl"
+# Taken once, when the run starts: a process runs the code it loaded, whatever the tree holds when a row is written.
+code_provenance = functools.cache(provenance)
 LATENCY = "latency"  # the arm of the rows that time every network side by side
 SUMMARY = RESULTS / "text.json"
 RESULTS_MD = Path("benchmarks/RESULTS.md")
@@ -581,7 +584,7 @@ def run_selection(args: argparse.Namespace, data: TextClassificationDataModule, 
                 # The choice must not see the test split: its scores are dropped before the row is written.
                 scores = {k: v for k, v in result.items() if k not in ("test_acc", "agreement")}
                 row = {"data": args.data, "arm": arm, "student": args.student, "seed": seed, "selection": True}
-                row |= {"settings": recipe.settings(), **scores, "command": command, **provenance()}
+                row |= {"settings": recipe.settings(), **scores, "command": command, **code_provenance()}
                 append_row(RUNS, row)
                 write_report()
     for arm in args.arms:
@@ -626,6 +629,7 @@ def main() -> None:
     if args.report:
         write_report()
         return
+    code_provenance()
     quiet()
     torch.set_num_threads(args.threads)
     command = (
@@ -645,7 +649,7 @@ def main() -> None:
     if args.latency:
         command = f"python -m benchmarks.text_distillation --data {args.data} --latency --threads {args.threads}"
         row = {"data": args.data, "arm": LATENCY, "latency_b1_ms": measure_latency(data, checkpoint)}
-        append_row(RUNS, {**row, "command": command, **provenance()})
+        append_row(RUNS, {**row, "command": command, **code_provenance()})
         write_report()
         return
     teacher = teacher_outputs(args.data, data, checkpoint)
@@ -665,7 +669,7 @@ def main() -> None:
             "params": count_parameters(network),
             "command": f"python -m kd_lightning.cli fit --config configs/{config_dir}/teacher.yaml; then {command}",
         }
-        append_row(RUNS, {**row, **provenance()})
+        append_row(RUNS, {**row, **code_provenance()})
         write_report()
     for seed in args.seeds:
         for arm in args.arms:
@@ -674,7 +678,7 @@ def main() -> None:
                 continue
             result = run_arm(arm, args.student, args.data, seed, recipe, data, teacher)
             row = {"data": args.data, "arm": arm, "student": args.student, "seed": seed, "recipe": name}
-            row |= {"settings": recipe.settings(), **result, "command": command, **provenance()}
+            row |= {"settings": recipe.settings(), **result, "command": command, **code_provenance()}
             append_row(RUNS, row)
             write_report()
 
