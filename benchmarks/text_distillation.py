@@ -10,7 +10,7 @@ teacher's vocabulary; ``distilbert``: MiniLM with every other layer kept, ``dist
 Each arm trains with a ``Recipe`` (learning rate, dropout, epochs and, for ``distilled``, temperature and
 alpha). ``first`` is the recipe declared before any result (both arms lr 3e-3, 10 epochs, T=4, alpha=0.9);
 ``selected`` is the one ``--select`` chooses on validation accuracy alone: each arm gets its own grid
-(``GRID``), scored after every epoch on the seeded validation split both arms share, and the winner is written
+(``GRIDS``), scored after every epoch on the seeded validation split both arms share, and the winner is written
 into ``SELECTED`` (and the configs) before any test run with it. Test accuracy is read at the last epoch of the
 recipe on the fixed test split. The teacher's outputs on the training texts are computed once and served
 through ``DataModule.use_source``, the declared way to feed pre-computed teacher outputs (what ``teacher_cache``
@@ -103,22 +103,41 @@ STUDENTS: dict[str, dict[str, Any]] = {
     },
 }
 
-# The validation grid of each arm (BiLSTM student): every recipe is trained for SELECTION_EPOCHS and scored on
-# the validation split after each epoch, so the number of epochs is chosen too (1..SELECTION_EPOCHS). The
+# The validation grid of each arm, per student (the BiLSTM's here): every recipe is trained for SELECTION_EPOCHS and
+# scored on the validation split after each epoch, so the number of epochs is chosen too (1..SELECTION_EPOCHS). The
 # scratch arm tunes what a baseline is usually tuned on (learning rate, dropout); the distilled arm tunes the
 # distillation's own knobs at the first recipe's dropout, and the learning rate over the two the scratch grid
 # found fastest, so neither arm is held at a rate its own grid would not pick.
 SELECTION_EPOCHS = 12
 EPOCH_CAP = SELECTION_EPOCHS  # lowered to 1 by --smoke
-GRID: dict[str, list[Recipe]] = {
-    "scratch": [Recipe(lr=lr, epochs=SELECTION_EPOCHS, dropout=d) for lr in (1e-3, 3e-3, 1e-2) for d in (0.2, 0.5)],
-    "distilled": [
-        Recipe(lr=lr, epochs=SELECTION_EPOCHS, dropout=0.2, temperature=t, alpha=a)
-        for lr in (3e-3, 1e-2)
-        for t in (1.0, 2.0, 4.0)
-        for a in (0.5, 0.9)
-    ],
+DISTILBERT_SELECTION_EPOCHS = 3
+GRIDS: dict[str, dict[str, list[Recipe]]] = {
+    "bilstm": {
+        "scratch": [Recipe(lr=lr, epochs=SELECTION_EPOCHS, dropout=d) for lr in (1e-3, 3e-3, 1e-2) for d in (0.2, 0.5)],
+        "distilled": [
+            Recipe(lr=lr, epochs=SELECTION_EPOCHS, dropout=0.2, temperature=t, alpha=a)
+            for lr in (3e-3, 1e-2)
+            for t in (1.0, 2.0, 4.0)
+            for a in (0.5, 0.9)
+        ],
+    },
+    # The DistilBERT-style student starts from the teacher's layers, so a few epochs at fine-tuning rates; both
+    # arms tune the rate over the same values, the distilled arm also T and alpha.
+    "distilbert": {
+        "scratch": [Recipe(lr=lr, epochs=DISTILBERT_SELECTION_EPOCHS, weight_decay=0.01) for lr in (5e-5, 1e-4, 2e-4)],
+        "distilled": [
+            Recipe(lr=lr, epochs=DISTILBERT_SELECTION_EPOCHS, weight_decay=0.01, temperature=t, alpha=a)
+            for lr in (5e-5, 1e-4, 2e-4)
+            for t in (2.0, 4.0)
+            for a in (0.5, 0.9)
+        ],
+    },
 }
+
+
+def selection_epochs(student: str) -> int:
+    return max(recipe.epochs for grid in GRIDS[student].values() for recipe in grid)
+
 
 # What ``--select`` chose, per (data set, student), written here before the test runs that use it.
 SELECTED: dict[tuple[str, str], dict[str, Recipe]] = {
@@ -329,7 +348,7 @@ def choose(rows: list[dict], name: str, student: str, arm: str) -> tuple[Recipe,
     runs = [r for r in rows if r.get("selection") and (r["data"], r["student"], r["arm"]) == (name, student, arm)]
     seeds = {r["seed"] for r in runs}
     best: tuple[float, int, int] | None = None
-    for index, recipe in enumerate(GRID[arm]):
+    for index, recipe in enumerate(GRIDS[student][arm]):
         curves = [r["val_acc"] for r in runs if r["settings"] == recipe.settings()]
         if not seeds or {r["seed"] for r in runs if r["settings"] == recipe.settings()} != seeds:
             continue
@@ -340,7 +359,7 @@ def choose(rows: list[dict], name: str, student: str, arm: str) -> tuple[Recipe,
     if best is None:
         return None
     score, epoch, index = best[0], -best[1], -best[2]
-    return replace(GRID[arm][index], epochs=epoch), score
+    return replace(GRIDS[student][arm][index], epochs=epoch), score
 
 
 def arm_key(row: dict) -> str:
@@ -356,8 +375,8 @@ def selection_summary(rows: list[dict], name: str) -> dict:
         runs = [r for r in rows if r.get("selection") and (r["data"], r["student"]) == (name, student)]
         grid: dict[str, list[dict]] = {}
         chosen: dict[str, dict] = {}
-        for arm in GRID:
-            for recipe in GRID[arm]:
+        for arm, recipes in GRIDS[student].items():
+            for recipe in recipes:
                 curves = [r["val_acc"] for r in runs if r["arm"] == arm and r["settings"] == recipe.settings()]
                 if curves:
                     mean = [round(statistics.mean(accs), 4) for accs in zip(*curves, strict=False)]
@@ -452,22 +471,20 @@ def shown(settings: dict) -> str:
 def selection_lines(selection: dict) -> list[str]:
     lines = []
     for student, result in selection.items():
+        last = selection_epochs(student)
+        shown_epochs = list(range(2, last + 1, 2)) if last > 4 else list(range(1, last + 1))
         lines += [
             f"Validation grid ({student}, seeds {', '.join(map(str, result['seeds']))}; mean validation accuracy %"
-            f" after epochs 2, 4, … {SELECTION_EPOCHS} and the best epoch; **chosen**):",
+            f" after epochs {', '.join(map(str, shown_epochs))} and the best epoch; **chosen**):",
             "",
-            "| arm | recipe | "
-            + " | ".join(f"ep {e}" for e in range(2, SELECTION_EPOCHS + 1, 2))
-            + " | best (epoch) |",
-            "|---|---|" + "---|" * (SELECTION_EPOCHS // 2) + "---|",
+            "| arm | recipe | " + " | ".join(f"ep {e}" for e in shown_epochs) + " | best (epoch) |",
+            "|---|---|" + "---|" * len(shown_epochs) + "---|",
         ]
         for arm, entries in result["grid"].items():
             chosen = result["chosen"].get(arm, {}).get("settings", {})
             for item in entries:
                 curve = item["val_acc_mean"]
-                cells = [
-                    f"{100 * curve[e - 1]:.2f}" if e <= len(curve) else "" for e in range(2, SELECTION_EPOCHS + 1, 2)
-                ]
+                cells = [f"{100 * curve[e - 1]:.2f}" if e <= len(curve) else "" for e in shown_epochs]
                 best = max(range(len(curve)), key=lambda i: (curve[i], -i))
                 mark = "**" if {**item["settings"], "epochs": chosen.get("epochs")} == chosen else ""
                 label = shown({k: v for k, v in item["settings"].items() if k != "epochs"})
@@ -577,7 +594,7 @@ def run_selection(args: argparse.Namespace, data: TextClassificationDataModule, 
     }
     for seed in args.seeds:
         for arm in args.arms:
-            for index, recipe in enumerate(GRID[arm]):
+            for index, recipe in enumerate(GRIDS[args.student][arm]):
                 if (arm, json.dumps(recipe.settings()), seed) in done or (args.grid and index not in args.grid):
                     continue
                 result = run_arm(arm, args.student, args.data, seed, recipe, data, teacher)
@@ -612,8 +629,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--recipe", choices=["first", "selected"], default="first")
     parser.add_argument("--recipe-from", choices=sorted(DATA), help="take the recipe selected on another data set")
-    parser.add_argument("--select", action="store_true", help="run the validation grid (GRID) on --seeds")
-    parser.add_argument("--grid", nargs="+", type=int, help="only these GRID entries (to split a grid across runs)")
+    parser.add_argument("--select", action="store_true", help="run the student's validation grid (GRIDS) on --seeds")
+    parser.add_argument("--grid", nargs="+", type=int, help="only these grid entries (to split a grid across runs)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="only rebuild text.json and RESULTS.md")
     parser.add_argument("--latency", action="store_true", help="only time the teacher and students side by side")

@@ -33,12 +33,12 @@ def _test(arm: str, seed: int, acc: float, recipe: str = "first") -> dict:
 
 
 def test_choice_is_best_mean_over_seeds_with_ties_to_fewer_epochs() -> None:
-    low, high = td.GRID["scratch"][0], td.GRID["scratch"][1]
+    low, high = td.GRIDS["bilstm"]["scratch"][0], td.GRIDS["bilstm"]["scratch"][1]
     rows = [
         _selection("scratch", low, 0, [0.70, 0.80, 0.80]),
         _selection("scratch", low, 1, [0.70, 0.76, 0.78]),
         # Best on seed 0 alone, but never run on seed 1: it does not compete.
-        _selection("scratch", td.GRID["scratch"][2], 0, [0.95, 0.95, 0.95]),
+        _selection("scratch", td.GRIDS["bilstm"]["scratch"][2], 0, [0.95, 0.95, 0.95]),
         _selection("scratch", high, 0, [0.60, 0.79, 0.78]),
         _selection("scratch", high, 1, [0.60, 0.77, 0.80]),
     ]
@@ -51,7 +51,7 @@ def test_choice_is_best_mean_over_seeds_with_ties_to_fewer_epochs() -> None:
 
 def test_selected_recipe_must_match_the_validation_rows(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     runs = tmp_path / "runs.jsonl"
-    recipe = td.GRID["distilled"][0]
+    recipe = td.GRIDS["bilstm"]["distilled"][0]
     runs.write_text(td.json.dumps(_selection("distilled", recipe, 0, [0.5, 0.9, 0.7])) + "\n")
     monkeypatch.setattr(td, "RUNS", runs)
     args = argparse.Namespace(recipe="selected", recipe_from=None, data="trec6", student="bilstm")
@@ -67,7 +67,7 @@ def test_selected_recipe_must_match_the_validation_rows(monkeypatch: pytest.Monk
 def test_summary_keeps_the_issue_shape_and_pairs_each_recipe() -> None:
     teacher = {"data": "trec6", "arm": "teacher", "test_acc": 0.93, "params": 22_567_686, "command": "t"}
     teacher |= {"commit": "abc"}
-    rows = [teacher, _selection("scratch", td.GRID["scratch"][0], 0, [0.7, 0.8])]
+    rows = [teacher, _selection("scratch", td.GRIDS["bilstm"]["scratch"][0], 0, [0.7, 0.8])]
     without_latency = "\n".join(td.markdown(td.summarise([*rows, *(_test(a, 0, 0.8, "selected") for a in ARMS)])))
     assert "No side-by-side latency yet: `python -m benchmarks.text_distillation --data trec6 --latency`" in (
         without_latency
