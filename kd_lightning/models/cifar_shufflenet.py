@@ -74,12 +74,12 @@ class CifarShuffleNetV1(nn.Module):
         self.conv1 = nn.Conv2d(in_chans, STEM_WIDTH, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(STEM_WIDTH)
         self.relu = nn.ReLU(inplace=True)
-        cin = STEM_WIDTH
-        for i, (width, blocks) in enumerate(zip(STAGE_WIDTHS, STAGE_BLOCKS, strict=True)):
-            setattr(self, f"layer{i + 1}", self._stage(cin, width, blocks))
-            cin = width
+        widths, blocks = (STEM_WIDTH, *STAGE_WIDTHS), STAGE_BLOCKS
+        self.layer1 = self._stage(widths[0], widths[1], blocks[0])
+        self.layer2 = self._stage(widths[1], widths[2], blocks[1])
+        self.layer3 = self._stage(widths[2], widths[3], blocks[2])
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.feature_dim = cin
+        self.feature_dim = widths[3]
 
     @staticmethod
     def _stage(cin: int, width: int, blocks: int) -> nn.Sequential:
