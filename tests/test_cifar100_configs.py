@@ -35,8 +35,12 @@ REFERENCE_MEAN, REFERENCE_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.276
 # The wide nets (7-9M parameters) take several seconds a step on a shared 2-core CPU: their
 # recipes step in the slow run; every method still steps by default on the two smaller pairs.
 HEAVY = ("resnet32x4", "vgg13")
-# The references' learning rate where it is not RepDistiller's 0.05 (the MLKD authors' configs).
+# The references' learning rate where it is not RepDistiller's 0.05: the MLKD authors' configs, and the
+# ShuffleNet student's 0.01 (RepDistiller, mdistiller and the WKD authors' config for that pair).
 REFERENCE_LR = {"mlkd": 0.025}
+PAIR_LR = {"wrn_40_2_shufflev1": 0.01}
+# WKD-L's (temperature, gamma) in the authors' configs for each pair.
+WKD_SETTINGS = {"resnet32x4_resnet8x4": (8.0, 600.0), "wrn_40_2_shufflev1": (6.0, 200.0)}
 
 
 def _is_heavy(path: Path) -> bool:
@@ -57,6 +61,7 @@ def test_every_pair_has_a_teacher_and_the_five_methods() -> None:
     for pair in ("resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2"):  # the newer logit methods' two pairs
         assert {f"{pair}/{m}.yaml" for m in ("kd_ls", "dkd_ls", "ctkd", "mlkd")} <= names
     assert {f"resnet32x4_resnet8x4/{m}.yaml" for m in ("nkd", "wkd")} <= names
+    assert "wrn_40_2_shufflev1/wkd.yaml" in names  # WKD-L's second pair in its paper
     assert {f"resnet32x4x3_vgg8/{m}.yaml" for m in ("camkd", "aekd")} <= names
     assert {"teachers/resnet32x4_seed1.yaml", "teachers/resnet32x4_seed2.yaml"} <= names
     for teacher in ("resnet32x4", "wrn_40_2", "resnet56", "vgg13"):
@@ -121,7 +126,7 @@ def test_recipe_follows_the_reference_protocol(
     assert isinstance(optimizer, DOT if path.stem.endswith("_dot") else torch.optim.SGD)
     assert optimizer.defaults.get("delta", 0.075) == 0.075
     assert (optimizer.defaults["lr"], optimizer.defaults["momentum"], optimizer.defaults["weight_decay"]) == (
-        REFERENCE_LR.get(path.stem, 0.05),
+        REFERENCE_LR.get(path.stem, PAIR_LR.get(path.parent.name, 0.05)),
         0.9,
         5e-4,
     )
@@ -163,8 +168,10 @@ def test_recipe_follows_the_reference_protocol(
         if path.stem.endswith("_ls"):
             assert loss.standardize  # LS-KD's --logit-stand
         if isinstance(loss, WKDLogitLoss):  # full weight to epoch 150, then a half cosine to 0 at 240
-            assert loss.cost.shape == (100, 100) and loss.gamma_at(149) == 600.0
-            assert loss.gamma_at(194) == pytest.approx(300.0) and loss.gamma_at(239) == pytest.approx(0.0)
+            temperature, gamma = WKD_SETTINGS[path.parent.name]
+            assert loss.cost.shape == (100, 100) and loss.temperature == temperature and loss.sharpen == 1.0
+            assert loss.gamma_at(149) == gamma and loss.gamma_at(194) == pytest.approx(gamma / 2)
+            assert loss.gamma_at(239) == pytest.approx(0.0)
         if isinstance(loss, CRDLoss):
             assert loss.negative_sampling == "other_classes" and loss.num_negatives == 16384
             assert loss.configured_num_samples is None  # sized by the training set, never typed in

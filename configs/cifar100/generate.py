@@ -330,20 +330,26 @@ def feature_recipe_rows() -> list[str]:
     return rows
 
 
-# MLKD, NKD and WKD-L on resnet32x4 -> resnet8x4 (MLKD also on wrn_40_2 -> wrn_16_2), and CA-MKD's multi-teacher
-# setting, each with its reference's hyper-parameters. Where the library cannot express a reference's setting the
-# recipe runs on the protocol above and its header and the README say what differs. A target of None: no
-# published number was found for that recipe.
+# MLKD, NKD and WKD-L on resnet32x4 -> resnet8x4 (MLKD also on wrn_40_2 -> wrn_16_2, WKD-L also on its paper's second
+# CIFAR-100 pair, wrn_40_2 -> shufflev1), and CA-MKD's multi-teacher setting, each with its reference's
+# hyper-parameters. Where the library cannot express a reference's setting the recipe runs on the protocol above and
+# its header and the README say what differs. A target of None: no published number was found for that recipe.
 MLKD_TABLE = "MLKD paper, as listed by LS-KD"
 WKD_TABLE = "WKD-L, the WKD authors' README"
 NOT_FOUND = "none found"
+REFERENCE_PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "shufflev1")]
 REFERENCE_TARGETS: dict[str, dict[str, float | None]] = {
     "resnet32x4_resnet8x4": {"mlkd": 77.08, "nkd": None, "wkd": 76.53},
     "wrn_40_2_wrn_16_2": {"mlkd": 76.63},
+    "wrn_40_2_shufflev1": {"wkd": None},
 }
 REFERENCE_SOURCES = {"mlkd": MLKD_TABLE, "nkd": NOT_FOUND, "wkd": WKD_TABLE}
 # The MLKD authors' configs (configs/cifar100/ours/*.yaml) set LR 0.025 for every pair.
 MLKD_LR = 0.025
+# RepDistiller and mdistiller train ShuffleNet students at lr 0.01, and so does the WKD authors' config for this pair.
+STUDENT_LR = {"shufflev1": 0.01}
+# WKD-L's temperature and weight per pair, from the configs/cifar100/wkd_l/ files named in the headers below.
+WKD_SETTINGS = {"resnet8x4": {"temperature": 8.0, "gamma": 600.0}, "shufflev1": {"temperature": 6.0, "gamma": 200.0}}
 REFERENCE_HEADERS = {
     "mlkd": (
         "MLKD: 0.2 CE + 0.9 x MLKD (T = 4, 3, 5, 2, 6) at lr 0.025, the authors' configs.\n"
@@ -355,13 +361,23 @@ REFERENCE_HEADERS = {
         "# Differs from the reference: its only CIFAR-100 run is ResNet34 -> ResNet18 on mmcls's schedule (200\n"
         "# epochs, batch 128, lr 0.1, x0.2 at 60/120/160); here its loss runs on the protocol below."
     ),
-    "wkd": (
+}
+WKD_HEADERS = {
+    "resnet32x4_resnet8x4": (
         "WKD-L: CE + target term + 600 x Sinkhorn WD (T = 8, lambda 0.05, 10 iterations,\n"
         "# cost sharpened with kappa 1, weight on a cosine decay from epoch 150), as in configs/cifar100/wkd_l/\n"
         "# res32x4_res8x4.yaml of forks of JiamingLv/WKD (hainn2803/WKD, Changhy26/WKL; the upstream file was not\n"
         "# available to check, one fork's later commit has 800). Differs from the reference: its cost is a\n"
         "# precomputed CKA-based class-to-class file (COST_MATRIX 'cka', linear_cka.pth), sharpened; here it is\n"
         "# 1 - exp(-(1 - cos)) of the teacher's classifier rows (its COST_MATRIX 'fc' option)."
+    ),
+    "wrn_40_2_shufflev1": (
+        "WKD-L: CE + target term + 200 x Sinkhorn WD (T = 6, lambda 0.05, 10 iterations,\n"
+        "# cost sharpened with kappa 1, weight on a cosine decay from epoch 150) at lr 0.01, as in configs/cifar100/\n"
+        "# wkd_l/wrn40_2_shuv1.yaml of Changhy26/WKL, a fork of JiamingLv/WKD (hainn2803/WKD's run_cifar100.sh runs a\n"
+        "# file of that name; the upstream file was not available to check). Differs from the reference: its cost is\n"
+        "# a precomputed CKA-based class-to-class file of WRN-40-2 (COST_MATRIX 'cka', linear_cka.pth), sharpened;\n"
+        "# here it is 1 - exp(-(1 - cos)) of the teacher's classifier rows (its COST_MATRIX 'fc' option)."
     ),
 }
 # CA-MKD (Zhang et al., ICASSP 2022; Rorozhl/CA-MKD scripts/run.sh and setting.py): three resnet32x4 teachers trained
@@ -408,7 +424,7 @@ def seeded_teacher_config(name: str, seed: int) -> dict:
     return config
 
 
-def reference_losses(method: str) -> list[dict]:
+def reference_losses(method: str, student: str) -> list[dict]:
     if method == "mlkd":
         kwargs = {"temperatures": [4.0, 3.0, 5.0, 2.0, 6.0]}
         return [{"name": "ce", "weight": 0.2}, {"name": "mlkd", "weight": 0.9, "kwargs": kwargs}]
@@ -419,8 +435,7 @@ def reference_losses(method: str) -> list[dict]:
         ]
     if method == "wkd":
         kwargs = {
-            "temperature": 8.0,
-            "gamma": 600.0,
+            **WKD_SETTINGS[student],
             "sinkhorn_reg": 0.05,
             "sinkhorn_iters": 10,
             "sharpen": 1.0,
@@ -442,6 +457,8 @@ def reference_config(teacher: str, student: str, method: str) -> dict:
     optimizer = {**OPTIMIZER, "init_args": {**OPTIMIZER["init_args"]}}
     if method == "mlkd":
         optimizer["init_args"]["lr"] = MLKD_LR
+    if student in STUDENT_LR:
+        optimizer["init_args"]["lr"] = STUDENT_LR[student]
     init_args: dict = {"student": {"name": student}}
     if method in MULTI_TEACHER:
         optimizer["init_args"]["nesterov"] = True
@@ -451,7 +468,7 @@ def reference_config(teacher: str, student: str, method: str) -> dict:
         init_args["teacher_options"] = MULTI_TEACHER_OPTIONS[method]
     else:
         init_args["teacher"] = {"name": teacher, "weights_path": f"runs/cifar100/{teacher}/last.ckpt"}
-    init_args.update(losses=reference_losses(method), optimizer=optimizer, lr_scheduler=SCHEDULER)
+    init_args.update(losses=reference_losses(method, student), optimizer=optimizer, lr_scheduler=SCHEDULER)
     model = {"class_path": "kd_lightning.modules.DistillationModule", "init_args": init_args}
     return {"seed_everything": 0, "trainer": trainer(f"runs/cifar100/{pair}/{method}"), "model": model, "data": data()}
 
@@ -461,16 +478,18 @@ def stated_target(target: float | None, source: str) -> str:
 
 
 def write_reference_recipes(out: Path) -> None:
-    for teacher, student, *_ in PAIRS:
+    for teacher, student in REFERENCE_PAIRS:
         pair = f"{teacher}_{student}"
-        for method, target in REFERENCE_TARGETS.get(pair, {}).items():
-            schedule = SCHEDULE.replace("lr 0.05", f"lr {MLKD_LR}") if method == "mlkd" else SCHEDULE
+        for method, target in REFERENCE_TARGETS[pair].items():
+            config = reference_config(teacher, student, method)
+            lr = config["model"]["init_args"]["optimizer"]["init_args"]["lr"]
+            header = WKD_HEADERS[pair] if method == "wkd" else REFERENCE_HEADERS[method]
             write(
                 out / pair / f"{method}.yaml",
-                f"# CIFAR-100 {teacher} -> {student}. {REFERENCE_HEADERS[method]}\n# {schedule}\n"
+                f"# CIFAR-100 {teacher} -> {student}. {header}\n# {SCHEDULE.replace('lr 0.05', f'lr {lr}')}\n"
                 f"# Target: {stated_target(target, REFERENCE_SOURCES[method])}. Train the teacher first.\n"
                 f"#   {COMMAND.format(f'{pair}/{method}.yaml')}\n",
-                reference_config(teacher, student, method),
+                config,
             )
     for seed in CAMKD_SEEDS[1:]:
         name = f"resnet32x4_seed{seed}"
@@ -500,7 +519,8 @@ def reference_recipe_rows() -> list[str]:
     for pair, targets in REFERENCE_TARGETS.items():
         for method, target in targets.items():
             name, shown = f"{pair}/{method}.yaml", "—" if target is None else f"{target:.2f}"
-            rows.append(f"| `{name}` | {shown} | {REFERENCE_SOURCES[method]} | `{COMMAND.format(name)}` |")
+            source = NOT_FOUND if target is None else REFERENCE_SOURCES[method]
+            rows.append(f"| `{name}` | {shown} | {source} | `{COMMAND.format(name)}` |")
     for method in MULTI_TEACHER:
         name = f"{CAMKD_PAIR}/{method}.yaml"
         rows.append(f"| `{name}` | — | {NOT_FOUND} | `{COMMAND.format(name)}` |")

@@ -3,6 +3,7 @@
 from kd_lightning.errors import CheckpointError
 from kd_lightning.models import (  # noqa: F401  (register the built-in nets)
     cifar_resnet,
+    cifar_shufflenet,
     cifar_vgg,
     cifar_wrn,
     efficientnet_lite,
