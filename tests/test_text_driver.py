@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
+import yaml
 
 from benchmarks import text_distillation as td
 
@@ -103,3 +105,28 @@ def test_students_take_the_class_order_the_teacher_checkpoint_recorded(tmp_path)
     td.torch.save({"state_dict": {"w": td.torch.zeros(1)}, "datamodule_hyper_parameters": {"labels": None}}, checkpoint)
     with pytest.raises(SystemExit, match="records no class order: retrain the teacher"):
         td.teacher_labels(checkpoint)
+
+
+CONFIGS = {
+    ("trec6", "bilstm"): ("trec/student_scratch.yaml", "trec/distill.yaml"),
+    ("rotten_tomatoes", "bilstm"): ("rotten_tomatoes/student_scratch.yaml", "rotten_tomatoes/distill.yaml"),
+    ("trec6", "distilbert"): ("trec/distilbert_scratch.yaml", "trec/distill_distilbert.yaml"),
+}
+
+
+@pytest.mark.parametrize("key", sorted(td.SELECTED), ids="/".join)
+def test_the_configs_run_the_recipe_the_validation_chose(key: tuple[str, str]) -> None:
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for arm, name in zip(("scratch", "distilled"), CONFIGS[key], strict=True):
+        recipe, config = td.SELECTED[key][arm], yaml.safe_load((configs / name).read_text())
+        model = config["model"]["init_args"]
+        network = model.get("student") or model["network"]
+        ran = {
+            "epochs": config["trainer"]["max_epochs"],
+            "lr": model["optimizer"]["init_args"]["lr"],
+            "weight_decay": model["optimizer"]["init_args"].get("weight_decay", 0.0),
+            "dropout": network["kwargs"].get("dropout"),
+            "temperature": model.get("temperature"),
+            "alpha": model.get("alpha"),
+        }
+        assert {k: v for k, v in ran.items() if v is not None} == recipe.settings(), name
