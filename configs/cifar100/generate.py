@@ -335,7 +335,7 @@ def feature_recipe_rows() -> list[str]:
 # hyper-parameters. Where the library cannot express a reference's setting the recipe runs on the protocol above and
 # its header and the README say what differs. A target of None: no published number was found for that recipe.
 MLKD_TABLE = "MLKD paper, as listed by LS-KD"
-WKD_TABLE = "WKD-L, the WKD authors' README"
+WKD_TABLE = "WKD-L, the WKD authors' README as first read; unverified (see WKD-L above)"
 NOT_FOUND = "none found"
 REFERENCE_PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "shufflev1")]
 REFERENCE_TARGETS: dict[str, dict[str, float | None]] = {
