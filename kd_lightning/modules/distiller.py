@@ -240,8 +240,7 @@ class DistillationModule(SupervisedModule):
     def prepare_training_data(self, datamodule: ImageClassificationDataModule) -> None:
         """Refuse teachers that number the classes otherwise and label-hungry losses on unlabeled data, size
         losses by the training set (CRD), serve the teacher cache through the DataModule."""
-        teachers = self.teacher.members() if isinstance(self.teacher, TeacherEnsemble) else [self.teacher]
-        for teacher in teachers:
+        for teacher in self.teacher.members():
             teacher.check_class_order(datamodule.class_names)
         if datamodule.has_unlabeled:
             needs_labels = [key for key, loss in self.loss_terms.items() if loss.needs_labels]
@@ -286,8 +285,7 @@ class DistillationModule(SupervisedModule):
         return callbacks
 
     def networks_to_compile(self) -> list[nn.Module]:
-        teachers = self.teacher.members() if isinstance(self.teacher, TeacherEnsemble) else [self.teacher]
-        return [self.network, *(teacher.network for teacher in teachers)]
+        return [self.network, *(teacher.network for teacher in self.teacher.members())]
 
     def student_outputs(self, x: torch.Tensor) -> ModelOutputs:
         if self.student_taps is None:

@@ -103,6 +103,10 @@ class FrozenTeacher(nn.Module):
         self.taps: FeatureTaps | None = None
         self.eval()
 
+    def members(self) -> list[FrozenTeacher]:
+        """The teachers this unit is made of: itself (a :class:`TeacherEnsemble` lists its members)."""
+        return [self]
+
     def tap(self, layers: Sequence[str], sample: torch.Tensor) -> dict[str, torch.Size]:
         """Record ``layers`` in every :meth:`forward` from now on; returns their probed shapes."""
         self.taps = FeatureTaps(self.network, layers, sample)
