@@ -120,6 +120,19 @@ def header(title: str) -> None:
     )
 
 
+def median_epoch_times(times: dict[str, list[float]]) -> dict[str, float]:
+    """Each configuration's median epoch time, the first epoch (warm-up, one-off work) left out."""
+    return {name: statistics.median(t[1:]) for name, t in times.items()}
+
+
+def print_ratios(medians: dict[str, float], pairs: list[tuple[str, ...]]) -> None:
+    """``a / b`` of median epoch times for each pair ``(a, b[, goal])`` whose two configurations both ran."""
+    print("\nratios of median epoch times (goal in brackets):")
+    for a, b, *goal in pairs:
+        if a in medians and b in medians:
+            print(f"  {a} / {b}: {medians[a] / medians[b]:.3f} {' '.join(goal)}".rstrip())
+
+
 def latency_ranges(
     networks: dict[str, torch.nn.Module], example: torch.Tensor, rounds: int
 ) -> dict[str, dict[str, float]]:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks import _torchdistill
-from benchmarks._common import fashion_mnist, header, quiet, trainer
+from benchmarks._common import fashion_mnist, header, median_epoch_times, print_ratios, quiet, trainer
 from benchmarks._turns import Clock, RoundRobin, TurnCallback
 from kd_lightning.cache.teacher import TeacherCacheConfig
 from kd_lightning.data.transforms import to_float_images
@@ -242,25 +242,23 @@ def _seeded(seed: int, cls, *args, **kwargs):
 
 
 def report(times: dict[str, list[float]], accuracies: dict[str, float]) -> None:
-    medians = {name: statistics.median(t[1:]) for name, t in times.items()}
+    medians = median_epoch_times(times)
     print(f"\n{'configuration':<36} {'s/epoch':>8} {'test acc':>9}  epoch times (s)")
     for name, median in medians.items():
         epochs = " ".join(f"{t:.2f}" for t in times[name])
         print(f"{name:<36} {median:8.3f} {accuracies[name]:9.4f}  {epochs}")
-    print("\nratios of median epoch times (goal in brackets):")
-
-    def ratio(a: str, b: str, goal: str = "") -> None:
-        if a in medians and b in medians:
-            print(f"  {a} / {b}: {medians[a] / medians[b]:.3f} {goal}".rstrip())
-
-    ratio(ONLINE, BARE_DISTILL, "(<= 1.05)")
-    ratio(CACHED, BARE_STUDENT, "(<= 1.10)")
-    ratio(KD_STUDENT, BARE_STUDENT)
-    ratio(ONLINE, TORCHDISTILL, "(<= 0.6)")
-    ratio(CACHED, TORCHDISTILL, "(<= 0.4)")
-    ratio(BARE_DISTILL, TORCHDISTILL)
-    for layout in (f"{ONLINE}, channels_last", f"{ONLINE}, compile"):
-        ratio(layout, ONLINE)
+    print_ratios(
+        medians,
+        [
+            (ONLINE, BARE_DISTILL, "(<= 1.05)"),
+            (CACHED, BARE_STUDENT, "(<= 1.10)"),
+            (KD_STUDENT, BARE_STUDENT),
+            (ONLINE, TORCHDISTILL, "(<= 0.6)"),
+            (CACHED, TORCHDISTILL, "(<= 0.4)"),
+            (BARE_DISTILL, TORCHDISTILL),
+            *((layout, ONLINE) for layout in (f"{ONLINE}, channels_last", f"{ONLINE}, compile")),
+        ],
+    )
     if ONLINE in accuracies and BARE_DISTILL in accuracies:
         gap = 100 * (accuracies[ONLINE] - accuracies[BARE_DISTILL])
         print(f"test accuracy, kd_lightning online - bare distill: {gap:+.2f} points (goal: within 0.5)")

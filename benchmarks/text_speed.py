@@ -33,7 +33,6 @@ import argparse
 import copy
 import functools
 import math
-import statistics
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from torch import nn
 from transformers.utils import logging as transformers_logging
 
 from benchmarks import _textbrewer
-from benchmarks._common import header, quiet, trainer
+from benchmarks._common import header, median_epoch_times, print_ratios, quiet, trainer
 from benchmarks._turns import Clock, RoundRobin, TurnCallback
 from kd_lightning.cache.teacher import TeacherCacheConfig
 from kd_lightning.data import TextClassificationDataModule
@@ -261,29 +260,28 @@ def run(setup: Setup, only: tuple[str, ...] = ALL) -> Results:
 
 
 def report(results: Results) -> None:
-    medians = {name: statistics.median(times[1:]) for name, times in results.epoch_times.items()}
+    medians = median_epoch_times(results.epoch_times)
     print(f"\n{'configuration':<22} {'s/epoch':>8} {'step-1 loss':>12}  epoch times (s)")
     for name, median in medians.items():
         epochs = " ".join(f"{t:.2f}" for t in results.epoch_times[name])
         print(f"{name:<22} {median:8.3f} {results.first_losses[name]:12.6f}  {epochs}")
     for name, reason in results.skipped.items():
         print(f"{name:<22} not run: TextBrewer does not import here ({reason})")
-    print("\nratios of median epoch times (goal in brackets):")
-
-    def ratio(a: str, b: str, goal: str = "") -> None:
-        if a in medians and b in medians:
-            print(f"  {a} / {b}: {medians[a] / medians[b]:.3f} {goal}".rstrip())
-
-    ratio(ONLINE, BARE_DISTILL, "(<= 1.05)")
-    ratio(CACHED, BARE_STUDENT, "(<= 1.10)")
-    ratio(KD_STUDENT, BARE_STUDENT)
-    ratio(CACHED, KD_STUDENT)
-    ratio(CACHED, ONLINE)
-    ratio(BARE_STUDENT, BARE_DISTILL)
-    ratio(ONLINE, TB_ONLINE)
-    ratio(CACHED, TB_CACHED)
-    ratio(TB_ONLINE, BARE_DISTILL)
-    ratio(TB_CACHED, TB_ONLINE)
+    print_ratios(
+        medians,
+        [
+            (ONLINE, BARE_DISTILL, "(<= 1.05)"),
+            (CACHED, BARE_STUDENT, "(<= 1.10)"),
+            (KD_STUDENT, BARE_STUDENT),
+            (CACHED, KD_STUDENT),
+            (CACHED, ONLINE),
+            (BARE_STUDENT, BARE_DISTILL),
+            (ONLINE, TB_ONLINE),
+            (CACHED, TB_CACHED),
+            (TB_ONLINE, BARE_DISTILL),
+            (TB_CACHED, TB_ONLINE),
+        ],
+    )
     print("\nsame arithmetic:")
     if TB_ONLINE in results.first_losses and BARE_DISTILL in results.first_losses:
         offset = results.first_losses[TB_ONLINE] - results.first_losses[BARE_DISTILL]
