@@ -52,12 +52,14 @@ def test_text_config_instantiates_and_runs_a_step(path: Path, tmp_path: Path, mo
         weights.parent.mkdir(parents=True)
         torch.save(ModelSpec(teacher["name"], kwargs=teacher["kwargs"]).build(num_classes).state_dict(), weights)
     args = ["fit", "--config", str(path), "--trainer.max_epochs=1", "--trainer.limit_train_batches=1"]
-    cli = lightning_main([*args, "--trainer.limit_val_batches=1", "--trainer.logger=false"])
+    # The config's own logger, as a user runs it: a test without one once hid a crash of every streamed run.
+    cli = lightning_main([*args, "--trainer.limit_val_batches=1"])
     assert cli.model.num_classes == cli.datamodule.num_classes == num_classes
     # The CLI passes labels=None: the data set's own class order must still be used, as from Python.
     assert cli.datamodule.class_names == LABELS[path.parent.name]
     assert cli.trainer.global_step == 1
     assert Path(config["trainer"]["default_root_dir"], "best.ckpt").is_file()
+    assert cli.trainer.logger is not None and Path(cli.trainer.logger.log_dir).is_dir()
 
 
 def _fake_wheels(folder: Path) -> Path:
