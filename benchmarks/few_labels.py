@@ -116,6 +116,8 @@ STUDENT_CONFIGS = {
 # The teacher's head: Adam at the learning rate of the old probe config, a fixed number of steps for every k
 # (at k=10 the old 30-epoch schedule was 60 steps), batch 64 drawn with replacement.
 TEACHER_STEPS, TEACHER_LR, TEACHER_BATCH = 500, 3e-3, 64
+# A teacher fitted again on another machine may differ by a few test images (thread count changes float sums).
+TEACHER_REFIT_TOLERANCE = 0.001
 # The modules of EfficientNet's trunk after its last stage: a stage-3+4 probe never reads them.
 UNUSED_BY_PROBE = ("conv_head", "bn2")
 SELECTION = (
@@ -390,10 +392,37 @@ def student_cli(regime: str, model: str, seed: int, setting: Setting):
     return cli
 
 
+def restore_teacher(regime: str, seed: int, setting: Setting) -> None:
+    """Make sure the teacher of ``regime`` and ``seed`` is on disk for its students.
+
+    A teacher already in the runs log but not on this machine (a fresh checkout: ``runs/`` is not in git) is
+    fitted again, which is deterministic, and must reproduce the test accuracy its row records: a student is
+    never taught by a teacher other than the one the table reports.
+    """
+    if setting.teacher_weights(regime, seed).exists():
+        return
+    logged = [
+        r
+        for r in load_rows(setting.out / "few_labels_runs.jsonl")
+        if (r["regime"], r["model"], r["seed"]) == (regime, "teacher", seed)
+    ]
+    if not logged:
+        raise FileNotFoundError(f"{regime} seed {seed} needs its teacher: run --models teacher first")
+    refit = fit_teacher(regime, seed, setting)
+    recorded = logged[-1]["test_acc"]
+    print(f"{regime} teacher seed {seed} fitted again: test acc {refit['test_acc']} (logged {recorded})", flush=True)
+    if abs(refit["test_acc"] - recorded) > TEACHER_REFIT_TOLERANCE:
+        setting.teacher_weights(regime, seed).unlink()
+        raise RuntimeError(
+            f"{regime} teacher seed {seed} fitted again scores {refit['test_acc']}, its logged row {recorded}: the "
+            "features or the code changed since; rerun its teacher and students under a new results folder (--out)"
+        )
+
+
 def fit_student(regime: str, model: str, seed: int, setting: Setting) -> dict:
     """Train one student for its fixed schedule and test its last step on every test image."""
-    if model in TEACHER_TAUGHT and not setting.teacher_weights(regime, seed).exists():
-        raise FileNotFoundError(f"{regime}/{model} seed {seed} needs its teacher: run --models teacher first")
+    if model in TEACHER_TAUGHT:
+        restore_teacher(regime, seed, setting)
     start = time.time()
     cli = student_cli(regime, model, seed, setting)
     labelled = labelled_positions(data_module(regime, seed, setting))

@@ -47,7 +47,7 @@ def test_no_stage_reads_a_label_outside_the_budget(smoke: few_labels.Setting) ->
         labelled = few_labels.labelled_positions(data)
         assert torch.bincount(data.train_set.labels[labelled]).tolist() == [10] * 10
         positions[seed] = set(labelled.tolist())
-        for model in ("scratch", "pseudo_label", "fixmatch", "distilled"):
+        for model in few_labels.STUDENT_CONFIGS:
             cli = few_labels.student_cli("k10", model, seed, smoke)
             built = cli.datamodule
             # No validation labels: the split is empty and never run.
@@ -63,7 +63,10 @@ def test_no_stage_reads_a_label_outside_the_budget(smoke: few_labels.Setting) ->
                 teacher = cli.model.hparams["teacher"]
                 assert teacher["weights_path"] == str(smoke.teacher_weights("k10", seed))
                 terms = [term["name"] for term in cli.model.hparams["losses"] or []]
-                assert terms == (["pseudo_label"] if model == "pseudo_label" else [])
+                assert terms == (["pseudo_label"] if model.startswith("pseudo_label") else [])
+            if model.endswith("_views"):  # the student's augmented view is the one the teacher's targets come from
+                assert cli.model.hparams["teacher_cache"]["views"] == 2
+                assert (built.crop_padding, built.hflip) == (4, True)
     assert positions[0] != positions[1]
 
 
@@ -75,6 +78,26 @@ def test_rows_record_the_budget_the_subset_and_the_commit(smoke: few_labels.Sett
     protocol = few_labels.protocol(rows)
     assert protocol["labels_used"] == {"k10": 100, "k100": None} and protocol["subset_differs_per_seed"] is True
     assert few_labels.protocol([rows[0], rows[0] | {"seed": 1}])["subset_differs_per_seed"] is False
+
+
+def test_a_teacher_missing_here_is_fitted_again_and_must_match_its_row(tmp_path: Path) -> None:
+    setting = few_labels.Setting(smoke=True, out=tmp_path)
+    runs = tmp_path / "few_labels_runs.jsonl"
+    row = few_labels.run_one("k10", "teacher", 0, setting)
+    runs.write_text(json.dumps(row) + "\n")
+    weights = setting.teacher_weights("k10", 0)
+    fitted = torch.load(weights, weights_only=True)
+    weights.unlink()
+    few_labels.restore_teacher("k10", 0, setting)  # a fresh checkout: the row is there, the weights are not
+    refitted = torch.load(weights, weights_only=True)
+    assert all(torch.equal(fitted[name], refitted[name]) for name in fitted)
+    weights.unlink()
+    runs.write_text(json.dumps(row | {"test_acc": row["test_acc"] + 0.01}) + "\n")
+    with pytest.raises(RuntimeError, match="fitted again scores"):
+        few_labels.restore_teacher("k10", 0, setting)
+    assert not weights.exists()  # no student is taught by a teacher the table does not report
+    with pytest.raises(FileNotFoundError, match="run --models teacher first"):
+        few_labels.restore_teacher("k10", 1, setting)
 
 
 def test_head_standardisation_is_the_exact_feature_statistics() -> None:
