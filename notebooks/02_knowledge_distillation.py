@@ -159,8 +159,9 @@ plt.show()
 # semi-supervised paper would: every seed draws its own labelled subset and trains its own teacher, no stage reads
 # a label outside the budget (no validation split, schedules fixed in advance), and the distilled student is
 # compared with the same student alone, self-trained on the teacher's hard labels, trained by FixMatch without a
-# teacher, and with the teacher itself; `distilled_t1` (hatched) is a variant added after the declared student
-# trailed self-training, reported as post hoc. The runs take hours on a CPU, so this cell plots the recorded results of
+# teacher, and with the teacher itself. Hatched bars are variants added after the declared student trailed
+# self-training, reported as post hoc: `distilled_t1` (T=1) and the pair `distilled_views` / `pseudo_label_views`
+# (soft / hard teacher targets on the same augmented view the student sees). The runs take hours on a CPU, so this cell plots the recorded results of
 # `python benchmarks/few_labels.py` (full 10,000-image test set; one dot per seed, bars at the mean; seeds still
 # running are missing; paired differences and commands in `benchmarks/RESULTS.md`) instead of training.
 
@@ -172,8 +173,8 @@ results_file = Path("../benchmarks/results/few_labels.json")
 if not results_file.exists():  # run from the repository root rather than notebooks/
     results_file = Path("benchmarks/results/few_labels.json")
 few_labels = json.loads(results_file.read_text())
-models = ("teacher", "scratch", "pseudo_label", "fixmatch", "distilled", "distilled_t1")  # the last: post hoc (hatched)
 regimes = [regime for regime in ("k10", "k100") if few_labels.get(regime)]
+models = list(dict.fromkeys(model for regime in regimes for model in few_labels[regime]))  # the driver's order
 print(f"labels any stage of one run read: {few_labels['protocol']['labels_used']}")
 fig, axes = plt.subplots(1, max(1, len(regimes)), figsize=(5 * max(1, len(regimes)), 3.8), squeeze=False)
 for ax, regime in zip(axes[0], regimes, strict=False):
@@ -184,8 +185,8 @@ for ax, regime in zip(axes[0], regimes, strict=False):
         accuracies = entry["test_acc"]
         ax.bar(i, statistics.mean(accuracies), color=f"C{i}", alpha=0.5, hatch="//" if entry.get("post_hoc") else None)
         ax.plot([i] * len(accuracies), accuracies, "k.", ms=4)
-        print(f"{regime} {model:12s} seeds {entry['seeds']}: mean {statistics.mean(accuracies):.4f}")
-    ax.set_xticks(range(len(models)), models, rotation=20)
+        print(f"{regime} {model:18s} seeds {entry['seeds']}: mean {statistics.mean(accuracies):.4f}")
+    ax.set_xticks(range(len(models)), models, rotation=30, ha="right")
     ax.set_ylim(0.3, 0.95)
     ax.set_ylabel("test accuracy (10,000 images)")
     ax.set_title(f"Fashion-MNIST, {regime}")
