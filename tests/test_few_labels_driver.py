@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -98,6 +99,18 @@ def test_a_teacher_missing_here_is_fitted_again_and_must_match_its_row(tmp_path:
     assert not weights.exists()  # no student is taught by a teacher the table does not report
     with pytest.raises(FileNotFoundError, match="run --models teacher first"):
         few_labels.restore_teacher("k10", 1, setting)
+
+
+def test_each_student_runs_its_own_configs_epochs() -> None:
+    data = SimpleNamespace(train_set=object())  # only scratch's schedule reads the data
+    setting = few_labels.Setting()
+    epochs = {
+        model: few_labels.student_schedule(model, data, setting)[1]  # type: ignore[arg-type]
+        for model in few_labels.STUDENT_CONFIGS
+        if model != "scratch"
+    }
+    assert epochs.pop("distilled_long") == epochs.pop("pseudo_label_long") == "30"
+    assert set(epochs.values()) == {"10"}  # every other student: the distilled student's 4,690 steps
 
 
 def test_head_standardisation_is_the_exact_feature_statistics() -> None:
