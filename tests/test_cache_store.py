@@ -34,6 +34,25 @@ def test_an_entry_reads_back_as_written_and_without_its_checksum(tmp_path):
     assert all(torch.equal(read[name], ENTRY[name]) and torch.equal(returned[name], ENTRY[name]) for name in ENTRY)
 
 
+def test_two_writers_filling_one_entry_at_once_both_succeed_and_leave_no_temp_file(tmp_path, monkeypatch):
+    # Two runs on one teacher compute the same entry; the second starts writing while the first
+    # is between its fsync and its rename. A shared temp name made the first one's rename fail.
+    first, second = CacheStore("disk", tmp_path), CacheStore("disk", tmp_path)
+    real_fsync, interleaved = os.fsync, []
+
+    def fsync_then_let_the_other_writer_in(fd: int) -> None:
+        real_fsync(fd)
+        if not interleaved:
+            interleaved.append(True)
+            second.put("k", ENTRY)
+
+    monkeypatch.setattr(os, "fsync", fsync_then_let_the_other_writer_in)
+    first.put("k", ENTRY)
+    assert interleaved
+    assert [p.name for p in tmp_path.iterdir()] == ["k.pt"]
+    assert all(torch.equal(first.get("k")[name], ENTRY[name]) for name in ENTRY)
+
+
 def test_zeroed_bytes_in_the_middle_of_an_entry_are_refused_naming_the_file(tmp_path):
     store = CacheStore("disk", tmp_path)
     store.put("k", ENTRY)

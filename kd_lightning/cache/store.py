@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Literal
 
@@ -50,7 +51,8 @@ class CacheStore:
     module). ``"disk"`` writes one ``<key>.pt`` file per entry under ``cache_dir``, with a checksum
     of every tensor, and loads it with ``mmap=True``, so an entry larger than RAM pages in on
     demand and later runs (or other processes) reuse it. A changed key simply misses, which is how
-    a stale entry is rebuilt.
+    a stale entry is rebuilt. Processes that fill one entry at once each write their own temp
+    file; the last to finish puts its (identical) entry in place.
 
     Args:
         storage: ``"memory"`` or ``"disk"``.
@@ -98,13 +100,19 @@ class CacheStore:
         size = sum(t.nbytes for t in entry.values())
         check_room(self.cache_dir, size, self.setting)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path(key).with_suffix(".tmp")
-        with removed_if_the_disk_fills(self.cache_dir, size, self.setting, tmp):
-            with open(tmp, "wb") as file:  # a Python file, so a full disk surfaces as its OSError
-                torch.save(entry | {CHECKSUMS: _checksums(entry)}, file)
-                file.flush()
-                os.fsync(file.fileno())
-        tmp.replace(self.path(key))  # atomic: a crashed write never leaves a truncated entry
+        # Each writer its own temp file: two runs filling the same entry at once (two jobs on one
+        # teacher, DDP ranks on a shared disk) must not truncate or move each other's bytes.
+        tmp = self.cache_dir / f".{key}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            with removed_if_the_disk_fills(self.cache_dir, size, self.setting, tmp):
+                with open(tmp, "wb") as file:  # a Python file, so a full disk surfaces as its OSError
+                    torch.save(entry | {CHECKSUMS: _checksums(entry)}, file)
+                    file.flush()
+                    os.fsync(file.fileno())
+            tmp.replace(self.path(key))  # atomic: a crashed write never leaves a truncated entry
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         stored = safe_torch_load(
             self.path(key), "cache file", "delete it to rebuild the cache", error=InvalidDataError, mmap=True
         )
