@@ -729,7 +729,7 @@ def plot_accuracy(summary: dict, path: Path) -> None:
             hatch = "//" if model in POST_HOC else None
             ax.bar(i, statistics.mean(entry["test_acc"]), color=f"C{i}", alpha=0.5, hatch=hatch)
             ax.plot([i] * len(entry["test_acc"]), entry["test_acc"], "k.", ms=4)
-        ax.set_xticks(range(len(MODELS)), MODELS, rotation=20)
+        ax.set_xticks(range(len(MODELS)), MODELS, rotation=30, ha="right")
         ax.set_ylim(0.3, 0.95)
         ax.set_title(f"{regime}: {REGIMES[regime]} labels per class")
         ax.set_ylabel("test accuracy (10,000 images)")
