@@ -160,10 +160,11 @@ plt.show()
 # a label outside the budget (no validation split, schedules fixed in advance), and the distilled student is
 # compared with the same student alone, self-trained on the teacher's hard labels, trained by FixMatch without a
 # teacher, and with the teacher itself. Hatched bars are variants added after the declared student trailed
-# self-training, reported as post hoc: `distilled_t1` (T=1) and the pair `distilled_views` / `pseudo_label_views`
-# (soft / hard teacher targets on the same augmented view the student sees). The runs take hours on a CPU, so this cell plots the recorded results of
-# `python benchmarks/few_labels.py` (full 10,000-image test set; one dot per seed, bars at the mean; seeds still
-# running are missing; paired differences and commands in `benchmarks/RESULTS.md`) instead of training.
+# self-training, reported as post hoc: `distilled_t1` (T=1), the pair `distilled_views` / `pseudo_label_views`
+# (soft / hard teacher targets on the same augmented view the student sees) and the pair `distilled_long` /
+# `pseudo_label_long` (30 epochs instead of 10). The runs take hours on a CPU, so this cell plots the recorded
+# results of `python benchmarks/few_labels.py` (full 10,000-image test set; one dot per seed, bars at the mean;
+# seeds still running are missing; paired differences and commands in `benchmarks/RESULTS.md`) instead of training.
 
 # %%
 import json  # noqa: E402
