@@ -4,6 +4,7 @@ is there), each row carrying the commit and machine it ran on."""
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import subprocess
@@ -47,6 +48,36 @@ def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4f} (1 seed)"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def student_t_quantile(p: float, dof: int) -> float:
+    """The ``p`` quantile (p > 0.5) of Student's t with ``dof`` degrees of freedom: bisection on its CDF, the
+    density integrated by Simpson's rule, so the report needs no SciPy."""
+    log_norm = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
+
+    def density(t: float) -> float:
+        return math.exp(log_norm - (dof + 1) / 2 * math.log1p(t * t / dof))
+
+    def cdf(x: float, steps: int = 2000) -> float:
+        h = x / steps
+        inner = sum((4 if i % 2 else 2) * density(i * h) for i in range(1, steps))
+        return 0.5 + h / 3 * (density(0.0) + inner + density(x))
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        high *= 2
+    for _ in range(50):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2
+
+
+def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """The two-sided ``level`` t-interval of the mean of ``values`` (per-seed paired differences): a mean whose
+    interval holds zero is not told apart from no difference by this many seeds."""
+    mean = statistics.mean(values)
+    half = student_t_quantile((1 + level) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean - half, mean + half
 
 
 def write_section(report: Path, lines: list[str]) -> None:

@@ -61,7 +61,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._common import latency_ranges  # noqa: E402
-from benchmarks._runs_log import append_row, load_rows, mean_std, provenance, write_section  # noqa: E402
+from benchmarks._runs_log import append_row, load_rows, mean_interval, mean_std, provenance, write_section  # noqa: E402
 from kd_lightning.cache.keys import backbone_digest, cache_key, tensor_digest  # noqa: E402
 from kd_lightning.cache.store import CacheStore  # noqa: E402
 from kd_lightning.cache.teacher.entry import ViewTable, backbone_key, view_key_parts  # noqa: E402
@@ -648,16 +648,28 @@ def report_lines(summary: dict) -> list[str]:
                 f"| {entry['params']:,} | {latency} | {entry['steps']:,} | {fit} |"
             )
     lines += [""] + [f"Post hoc, `{model}`: {why}." for model, why in POST_HOC.items()]
-    lines += ["", "Paired differences per seed (test accuracy points; only seeds both models finished):", ""]
+    lines += [
+        "",
+        "Paired differences per seed (test accuracy points; only seeds both models finished), each with the 95 %",
+        "Student-t interval of its mean over seeds (one interval per line, not corrected for the many lines):",
+        "",
+    ]
     for regime in REGIMES:
         for a, b in COMPARISONS:
             diffs = paired(summary, regime, a, b)
             if diffs:
                 per_seed = ", ".join(f"seed {s}: {100 * d:+.2f}" for s, d in diffs)
                 wins = sum(d > 0 for _, d in diffs)
+                interval = (
+                    "; 95 % t-interval of the mean [{:+.2f}, {:+.2f}]".format(
+                        *(100 * end for end in mean_interval([d for _, d in diffs]))
+                    )
+                    if len(diffs) > 1
+                    else ""
+                )
                 lines.append(
                     f"- {regime}, {a} − {b}: {per_seed}; mean {100 * statistics.mean(d for _, d in diffs):+.2f}, "
-                    f"ahead on {wins} of {len(diffs)} seeds"
+                    f"ahead on {wins} of {len(diffs)} seeds{interval}"
                 )
     lines += [
         "",

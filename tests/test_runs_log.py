@@ -45,3 +45,15 @@ def test_write_section_replaces_only_the_text_between_its_markers(tmp_path: Path
     assert report.read_text() == "intro\n<!-- a -->\nnew\n<!-- /a -->\noutro\n"
     _runs_log.write_section(report, ["<!-- b -->", "b", "<!-- /b -->"])
     assert report.read_text().endswith("outro\n\n<!-- b -->\nb\n<!-- /b -->\n")
+
+
+@pytest.mark.parametrize(("dof", "quantile"), [(1, 12.7062), (4, 2.7764), (9, 2.2622), (30, 2.0423)])
+def test_student_t_quantile_matches_the_printed_tables(dof: int, quantile: float) -> None:
+    assert _runs_log.student_t_quantile(0.975, dof) == pytest.approx(quantile, abs=1e-4)
+
+
+def test_mean_interval_of_five_paired_differences_by_hand() -> None:
+    # mean 3, sample std sqrt(2.5), t(0.975, 4) = 2.7764: half-width 2.7764 * sqrt(2.5 / 5) = 1.9632
+    low, high = _runs_log.mean_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert low == pytest.approx(3 - 1.9632, abs=1e-4)
+    assert high == pytest.approx(3 + 1.9632, abs=1e-4)
