@@ -658,18 +658,15 @@ def report_lines(summary: dict) -> list[str]:
         for a, b in COMPARISONS:
             diffs = paired(summary, regime, a, b)
             if diffs:
+                values = [d for _, d in diffs]
                 per_seed = ", ".join(f"seed {s}: {100 * d:+.2f}" for s, d in diffs)
-                wins = sum(d > 0 for _, d in diffs)
-                interval = (
-                    "; 95 % t-interval of the mean [{:+.2f}, {:+.2f}]".format(
-                        *(100 * end for end in mean_interval([d for _, d in diffs]))
-                    )
-                    if len(diffs) > 1
-                    else ""
-                )
+                interval = ""
+                if len(values) > 1:
+                    low, high = mean_interval(values)
+                    interval = f"; 95 % t-interval of the mean [{100 * low:+.2f}, {100 * high:+.2f}]"
                 lines.append(
-                    f"- {regime}, {a} − {b}: {per_seed}; mean {100 * statistics.mean(d for _, d in diffs):+.2f}, "
-                    f"ahead on {wins} of {len(diffs)} seeds{interval}"
+                    f"- {regime}, {a} − {b}: {per_seed}; mean {100 * statistics.mean(values):+.2f}, "
+                    f"ahead on {sum(d > 0 for d in values)} of {len(values)} seeds{interval}"
                 )
     lines += [
         "",

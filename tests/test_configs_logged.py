@@ -54,11 +54,10 @@ def _cifar100(root: Path) -> Path:
     return root
 
 
-def _fashion_mnist(root: Path) -> Path:
+def _fashion_mnist(root: Path) -> None:
     """Fashion-MNIST's four IDX files where torchvision downloads them: 600 training images per class (the
     largest label budget a config asks for is 500 per class, with an unlabeled rest) and 20 test images per class."""
     write_mnist(root / "FashionMNIST" / "raw", n_train=6000, n_test=200)
-    return root
 
 
 def _logged_runs(root: Path) -> list[Path]:
